@@ -1,0 +1,86 @@
+"""Typed, validated configuration of the dual adapters (imitating peft's ``LoraConfig``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
+
+InitMethod = Literal["rrqr", "rrqr-main", "rrqr-sub", "lora", "pissa", "milora"]
+INIT_METHODS: tuple[str, ...] = get_args(InitMethod)
+
+#: Initialisers that are a function of the pretrained weight alone, so their factors can be cached.
+DETERMINISTIC_INITS: frozenset[str] = frozenset({"rrqr", "rrqr-main", "rrqr-sub", "pissa", "milora"})
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Where and how dual adapters are attached to a ViT.
+
+    ``rrqr`` is RecycleLoRA (main adapter on the minor RRQR directions, sub adapter on the major ones);
+    ``rrqr-main`` / ``rrqr-sub`` keep one of the two (the other rank is treated as 0). The single-adapter
+    baselines ``lora``, ``pissa`` and ``milora`` use one adapter of rank ``rank_main + rank_sub`` in the main
+    slot, so every method trains the same number of parameters.
+    """
+
+    rank_main: int = field(default=32, metadata={"help": "rank of the main adapter (minor directions)"})
+    rank_sub: int = field(default=4, metadata={"help": "rank of the sub adapter (major directions)"})
+    alpha: float = field(default=1.0, metadata={"help": "scaling s = alpha / (rank_main + rank_sub)"})
+    init: InitMethod = field(default="rrqr", metadata={"help": f"initialiser, one of {INIT_METHODS}"})
+    target_modules: tuple[str, ...] = field(
+        default=("qkv", "proj", "fc1", "fc2"),
+        metadata={"help": "linear layers to adapt, matched as dotted suffixes of names inside a block"},
+    )
+    blocks: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "indices of the blocks to adapt (negative counts from the end); None = all"}
+    )
+    lr_mult_main: float = field(default=1.0, metadata={"help": "learning-rate multiplier of the main adapter"})
+    lr_mult_sub: float = field(default=0.5, metadata={"help": "learning-rate multiplier of the sub adapter"})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay of the adapter parameters"})
+
+    def __post_init__(self) -> None:
+        if self.init not in INIT_METHODS:
+            raise ValueError(f"init={self.init!r} is not supported: choose one of {', '.join(INIT_METHODS)}")
+        for name in ("rank_main", "rank_sub"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.effective_ranks == (0, 0):
+            raise ValueError(
+                f"init={self.init!r} with rank_main={self.rank_main}, rank_sub={self.rank_sub} trains nothing: "
+                "give the adapter a positive rank"
+            )
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha!r}")
+        for name in ("lr_mult_main", "lr_mult_sub", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+            raise ValueError(f"target_modules must be non-empty names, got {self.target_modules!r}")
+        if self.blocks is not None:
+            object.__setattr__(self, "blocks", tuple(self.blocks))
+            if not self.blocks or not all(isinstance(b, int) for b in self.blocks):
+                raise ValueError(f"blocks must be None (all) or a non-empty list of integers, got {self.blocks!r}")
+
+    @property
+    def effective_ranks(self) -> tuple[int, int]:
+        """``(main, sub)`` ranks the layers get under this initialiser."""
+        if self.init == "rrqr-main":
+            return self.rank_main, 0
+        if self.init == "rrqr-sub":
+            return 0, self.rank_sub
+        if self.init in ("lora", "pissa", "milora"):
+            return self.rank_main + self.rank_sub, 0
+        return self.rank_main, self.rank_sub
+
+    @property
+    def scaling(self) -> float:
+        """``s = alpha / (r_main + r_sub)`` over the effective ranks."""
+        return self.alpha / sum(self.effective_ranks)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form (lists for tuples)."""
+        data = asdict(self)
+        data["target_modules"] = list(self.target_modules)
+        data["blocks"] = None if self.blocks is None else list(self.blocks)
+        return data
