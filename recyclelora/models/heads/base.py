@@ -1,0 +1,184 @@
+"""Decode-head contract, its typed configuration and the weight-decay split of head parameters."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+from recyclelora.data.classes import IGNORE_INDEX, NUM_CLASSES
+
+HeadKind = Literal["light", "mask2former"]
+HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
+#: Width of the head's feature maps when ``HeadConfig.channels`` is left unset.
+DEFAULT_CHANNELS: dict[str, int] = {"light": 128, "mask2former": 256}
+
+
+@dataclass
+class HeadConfig:
+    """Decode head settings; the Mask2Former fields default to the paper's recipe (reference/method.md)."""
+
+    kind: HeadKind = field(
+        default="mask2former", metadata={"help": "'light' (FPN, CPU runs) or 'mask2former'."}
+    )
+    num_classes: int = field(
+        default=NUM_CLASSES, metadata={"help": "Number of semantic classes (no ignore)."}
+    )
+    channels: int | None = field(
+        default=None, metadata={"help": "Feature width: FPN width (light, 128) or pixel-decoder width (256)."}
+    )
+    num_queries: int = field(default=100, metadata={"help": "Mask2Former object queries."})
+    hidden_dim: int = field(default=256, metadata={"help": "Width of the Mask2Former transformer decoder."})
+    pixel_decoder_layers: int = field(
+        default=6,
+        metadata={"help": "Deformable-attention encoder layers of the pixel decoder (over 3 levels)."},
+    )
+    decoder_layers: int = field(
+        default=9, metadata={"help": "Masked-attention decoder layers (each adds one auxiliary prediction)."}
+    )
+    num_heads: int = field(default=8, metadata={"help": "Attention heads in the pixel decoder and decoder."})
+    dim_feedforward: int = field(default=2048, metadata={"help": "FFN width of the transformer decoder."})
+    pixel_decoder_feedforward_dim: int = field(
+        default=1024, metadata={"help": "FFN width of the pixel decoder."}
+    )
+    class_weight: float = field(default=2.0, metadata={"help": "Weight of the query classification loss."})
+    no_object_weight: float = field(default=0.1, metadata={"help": "CE weight of the no-object class."})
+    mask_weight: float = field(default=5.0, metadata={"help": "Weight of the point-sampled mask BCE loss."})
+    dice_weight: float = field(default=5.0, metadata={"help": "Weight of the point-sampled dice loss."})
+    train_num_points: int = field(
+        default=12544, metadata={"help": "Points sampled per mask for the mask losses."}
+    )
+    oversample_ratio: float = field(default=3.0, metadata={"help": "Candidate points per sampled point."})
+    importance_sample_ratio: float = field(
+        default=0.75, metadata={"help": "Share of points taken where the mask is most uncertain."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.kind not in HEAD_KINDS:
+            raise ValueError(f"HeadConfig.kind must be one of {HEAD_KINDS}, got {self.kind!r}.")
+        if self.channels is None:
+            self.channels = DEFAULT_CHANNELS[self.kind]
+        positive = (
+            "num_classes", "channels", "num_queries", "hidden_dim", "pixel_decoder_layers", "decoder_layers",
+            "num_heads", "dim_feedforward", "pixel_decoder_feedforward_dim", "train_num_points",
+        )  # fmt: skip
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"HeadConfig.{name} must be an integer >= 1, got {value!r}.")
+        for name in ("class_weight", "mask_weight", "dice_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"HeadConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+        if self.class_weight == self.mask_weight == self.dice_weight == 0:
+            raise ValueError(
+                "HeadConfig.class_weight, mask_weight and dice_weight are all 0: make one positive."
+            )
+        if not 0.0 < self.no_object_weight <= 1.0:
+            raise ValueError(f"HeadConfig.no_object_weight must be in (0, 1], got {self.no_object_weight!r}.")
+        if self.oversample_ratio < 1.0:
+            raise ValueError(f"HeadConfig.oversample_ratio must be >= 1, got {self.oversample_ratio!r}.")
+        if not 0.0 <= self.importance_sample_ratio <= 1.0:
+            raise ValueError(
+                f"HeadConfig.importance_sample_ratio must be in [0, 1], got {self.importance_sample_ratio!r}."
+            )
+        if self.kind == "mask2former":
+            self._check_mask2former_widths()
+
+    def _check_mask2former_widths(self) -> None:
+        if self.channels % 32:
+            raise ValueError(
+                f"HeadConfig.channels must be a multiple of 32 for Mask2Former (GroupNorm with 32 groups), "
+                f"got {self.channels}."
+            )
+        for name in ("channels", "hidden_dim"):
+            if getattr(self, name) % self.num_heads:
+                raise ValueError(
+                    f"HeadConfig.{name}={getattr(self, name)} must be divisible by "
+                    f"num_heads={self.num_heads}: change one of them."
+                )
+
+
+class SegHead(nn.Module, abc.ABC):
+    """A decode head: multi-scale features -> raw output -> losses or per-class scores.
+
+    ``forward`` returns whatever the head's loss and inference need; ``semantic_logits`` turns it into
+    ``(B, num_classes, H, W)`` scores at a requested size, so the caller never looks inside.
+    """
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        self.in_channels = tuple(int(c) for c in in_channels)
+        self.num_classes = num_classes
+
+    @abc.abstractmethod
+    def forward(self, features: list[Tensor]) -> Any:
+        """Decode the backbone's feature maps (finest first)."""
+
+    @abc.abstractmethod
+    def loss(self, output: Any, labels: Tensor) -> dict[str, Tensor]:
+        """Losses against ``(B, H, W)`` labels (IGNORE_INDEX = ignore); ``"loss"`` is their weighted sum."""
+
+    @abc.abstractmethod
+    def semantic_logits(self, output: Any, size: tuple[int, int]) -> Tensor:
+        """Per-class scores ``(B, num_classes, *size)``; the prediction is their argmax over classes."""
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names, beyond norms, vectors and embeddings, that weight decay skips (timm's hook)."""
+        return set()
+
+    def check_features(self, features: Sequence[Tensor]) -> None:
+        """Raise a ValueError if ``features`` does not match ``in_channels`` level by level."""
+        channels = tuple(f.shape[1] for f in features)
+        if channels != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} was built for feature channels {self.in_channels}, got {channels}: "
+                "build the head with the backbone's out_channels."
+            )
+
+    def check_labels(self, labels: Tensor) -> None:
+        """Raise a ValueError unless ``labels`` is an integer ``(B, H, W)`` map of class ids or ignore."""
+        if labels.ndim != 3 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(
+                "labels must be an integer tensor of shape (B, H, W), "
+                f"got {labels.dtype} {tuple(labels.shape)}."
+            )
+        invalid = (labels < 0) | ((labels >= self.num_classes) & (labels != IGNORE_INDEX))
+        if bool(invalid.any()):
+            bad = sorted(labels[invalid].unique().tolist())[:10]
+            raise ValueError(
+                f"labels hold ids {bad} outside [0, {self.num_classes}) and != {IGNORE_INDEX}: "
+                "map them to trainIds (or the ignore index) first."
+            )
+
+
+@dataclass
+class ParamGroups:
+    """Trainable parameters split for AdamW, each with its name relative to the module it came from."""
+
+    decay: list[tuple[str, nn.Parameter]]
+    no_decay: list[tuple[str, nn.Parameter]]
+
+
+_NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Embedding)
+
+
+def head_param_groups(head: SegHead) -> ParamGroups:
+    """Split ``head``'s trainable parameters into weight-decay and no-decay groups, as the recipe asks.
+
+    No decay: parameters of norm layers and embeddings (Mask2Former's query and level embeddings), every
+    vector (biases, norm scales) and the names listed by ``head.no_weight_decay()``. Everything else decays.
+    """
+    skip = head.no_weight_decay()
+    groups = ParamGroups(decay=[], no_decay=[])
+    for module_name, module in head.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            name = f"{module_name}.{param_name}" if module_name else param_name
+            exempt = isinstance(module, _NO_DECAY_MODULES) or param.ndim <= 1 or name in skip
+            (groups.no_decay if exempt else groups.decay).append((name, param))
+    return groups
