@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.linalg import lapack
+from threadpoolctl import threadpool_limits
 
 #: Bumped whenever an initialiser's output changes, so cached decompositions are recomputed.
 ALGORITHM_VERSION = 1
@@ -57,7 +58,7 @@ def check_ranks(shape: tuple[int, int], rank_main: int, rank_sub: int) -> None:
 def _as_float32(weight: torch.Tensor) -> np.ndarray:
     if weight.ndim != 2:
         raise ValueError(f"expected a 2-D weight (out x in), got shape {tuple(weight.shape)}")
-    return np.array(weight.detach().to(device="cpu", dtype=torch.float32).numpy(), order="F", copy=True)
+    return weight.detach().to(device="cpu", dtype=torch.float32).numpy()
 
 
 def _selection(rows: np.ndarray, columns: int) -> torch.Tensor:
@@ -67,17 +68,21 @@ def _selection(rows: np.ndarray, columns: int) -> torch.Tensor:
     return a
 
 
-def rrqr_factors(weight: torch.Tensor, rank_main: int, rank_sub: int) -> Factors:
-    """RecycleLoRA factors from one column-pivoted QR ``W0[:, P] = Q R`` (LAPACK geqp3, float32, economic).
+def rrqr_columns(weight: np.ndarray, rank_main: int, rank_sub: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pivots ``P`` and the columns ``Q[:, :r_sub]``, ``Q[:, n - r_main:n]`` of ``W0[:, P] = Q R`` (numpy only).
 
-    With ``n = min(out, in)``: ``B_sub = Q[:, :r_sub]``, ``A_sub[i, P[i]] = 1`` (major directions) and
-    ``B_main = Q[:, n - r_main:n]``, ``A_main[i, P[n - r_main + i]] = 1`` (minor directions). Only the
-    ``r_main + r_sub`` needed columns of Q are formed, by applying the Householder reflectors to unit vectors
-    (ormqr); pivots equal scipy's ``qr(..., pivoting=True, mode="economic")`` and Q columns equal its Q to
-    float32 rounding.
+    One LAPACK geqp3 (float32, optimal workspace: the same pivots as scipy's ``qr(..., pivoting=True)``);
+    only the needed columns of Q are formed, by applying the Householder reflectors to unit vectors
+    (ormqr), which equals scipy's Q to float32 rounding. Returns ``(pivots (n,), q_columns (out, r_sub + r_main))``.
+
+    BLAS runs single-threaded here: with near-tied column norms the pivot order depends on the BLAS thread
+    count, and the factors must not depend on the machine they were computed on.
     """
-    check_ranks(tuple(weight.shape), rank_main, rank_sub)
-    w = _as_float32(weight)
+    with threadpool_limits(1):
+        return _rrqr_columns(np.array(weight, dtype=np.float32, order="F", copy=True), rank_main, rank_sub)
+
+
+def _rrqr_columns(w: np.ndarray, rank_main: int, rank_sub: int) -> tuple[np.ndarray, np.ndarray]:
     out_features, in_features = w.shape
     n = min(out_features, in_features)
     geqp3, ormqr = lapack.get_lapack_funcs(("geqp3", "ormqr"), (w,))
@@ -85,25 +90,45 @@ def rrqr_factors(weight: torch.Tensor, rank_main: int, rank_sub: int) -> Factors
     qr, jpvt, tau, _, info = geqp3(w, lwork=lwork, overwrite_a=True)
     if info != 0:
         raise RuntimeError(f"LAPACK geqp3 failed with info={info}")
-    pivots = jpvt.astype(np.int64) - 1
     columns = np.concatenate([np.arange(rank_sub), np.arange(n - rank_main, n)])
     unit = np.zeros((out_features, len(columns)), dtype=np.float32, order="F")
     unit[columns, np.arange(len(columns))] = 1.0
     if len(columns):
         reflectors = np.asfortranarray(qr[:, :n])
         lwork = int(ormqr("L", "N", reflectors, tau, unit, -1)[1][0])
-        q_cols, _, info = ormqr("L", "N", reflectors, tau, unit, lwork, overwrite_c=True)
+        unit, _, info = ormqr("L", "N", reflectors, tau, unit, lwork, overwrite_c=True)
         if info != 0:
             raise RuntimeError(f"LAPACK ormqr failed with info={info}")
-    else:
-        q_cols = unit
-    q_cols = torch.from_numpy(np.ascontiguousarray(q_cols))
+    return jpvt[:n].astype(np.int64) - 1, np.ascontiguousarray(unit)
+
+
+def factors_from_columns(
+    pivots: np.ndarray, q_columns: np.ndarray, in_features: int, rank_main: int, rank_sub: int
+) -> Factors:
+    """RecycleLoRA factors from :func:`rrqr_columns`' output.
+
+    With ``n = min(out, in)``: ``B_sub = Q[:, :r_sub]``, ``A_sub[i, P[i]] = 1`` (major directions) and
+    ``B_main = Q[:, n - r_main:n]``, ``A_main[i, P[n - r_main + i]] = 1`` (minor directions).
+    """
+    n = len(pivots)
+    q = torch.from_numpy(q_columns)
     return Factors(
         a_main=_selection(pivots[n - rank_main : n], in_features),
-        b_main=q_cols[:, rank_sub:].contiguous(),
+        b_main=q[:, rank_sub:].contiguous(),
         a_sub=_selection(pivots[:rank_sub], in_features),
-        b_sub=q_cols[:, :rank_sub].contiguous(),
+        b_sub=q[:, :rank_sub].contiguous(),
     )
+
+
+def rrqr_factors(weight: torch.Tensor, rank_main: int, rank_sub: int) -> Factors:
+    """RecycleLoRA factors of one weight from one column-pivoted QR ``W0[:, P] = Q R`` (float32, economic).
+
+    Main and sub adapters come from the same factorisation; see :func:`rrqr_columns` and
+    :func:`factors_from_columns`.
+    """
+    check_ranks(tuple(weight.shape), rank_main, rank_sub)
+    pivots, q_columns = rrqr_columns(_as_float32(weight), rank_main, rank_sub)
+    return factors_from_columns(pivots, q_columns, weight.shape[1], rank_main, rank_sub)
 
 
 def svd_factors(weight: torch.Tensor, rank: int, scaling: float, *, minor: bool) -> Factors:

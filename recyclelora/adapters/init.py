@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
+import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
 
 import torch
-from threadpoolctl import threadpool_limits
 
 from recyclelora.adapters.config import AdapterConfig
-from recyclelora.adapters.factors import Factors, lora_factors, rrqr_factors, svd_factors
+from recyclelora.adapters.factors import (
+    Factors,
+    check_ranks,
+    factors_from_columns,
+    lora_factors,
+    rrqr_columns,
+    rrqr_factors,
+    svd_factors,
+)
+
+RRQR_INITS = ("rrqr", "rrqr-main", "rrqr-sub")
 
 
 def layer_factors(
@@ -19,7 +28,7 @@ def layer_factors(
 ) -> Factors:
     """The initial factors of one weight under ``config.init`` and its effective ranks."""
     rank_main, rank_sub = config.effective_ranks
-    if config.init in ("rrqr", "rrqr-main", "rrqr-sub"):
+    if config.init in RRQR_INITS:
         return rrqr_factors(weight, rank_main, rank_sub)
     if config.init in ("pissa", "milora"):
         return svd_factors(weight, rank_main, config.scaling, minor=config.init == "milora")
@@ -36,36 +45,32 @@ def compute_factors(
 ) -> dict[str, Factors]:
     """Factors of every weight, keyed like ``weights``.
 
-    Deterministic initialisers run on ``workers`` threads (default: all cores; LAPACK releases the GIL),
-    each with single-threaded BLAS so the threads do not oversubscribe the cores. LoRA's random init runs
-    sequentially so that it depends on ``generator`` alone.
+    RRQR runs on ``workers`` processes (default: all cores), one matrix each, BLAS single-threaded (see
+    :func:`rrqr_columns`; processes because one-thread OpenBLAS calls from several threads at once have
+    been seen to return wrong pivots). SVD initialisers use torch's own threads; LoRA's
+    random init runs in order so that it depends on ``generator`` alone.
     """
-    if config.init == "lora":
+    workers = max(1, workers or os.cpu_count() or 1)
+    if config.init not in RRQR_INITS or workers == 1 or len(weights) == 1:
         result = {}
         for name, weight in weights.items():
             result[name] = layer_factors(weight, config, generator)
             if on_done is not None:
                 on_done(name)
         return result
-    workers = max(1, workers or os.cpu_count() or 1)
-    with threadpool_limits(1 if workers > 1 else None), _torch_threads(1 if workers > 1 else None):
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {name: pool.submit(layer_factors, weight, config) for name, weight in weights.items()}
-            result = {}
-            for name, future in futures.items():
-                result[name] = future.result()
-                if on_done is not None:
-                    on_done(name)
+    rank_main, rank_sub = config.effective_ranks
+    for weight in weights.values():
+        check_ranks(tuple(weight.shape), rank_main, rank_sub)
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with ProcessPoolExecutor(max_workers=min(workers, len(weights)), mp_context=context) as pool:
+        futures: dict[str, Future] = {
+            name: pool.submit(rrqr_columns, w.detach().to("cpu", torch.float32).numpy(), rank_main, rank_sub)
+            for name, w in weights.items()
+        }
+        result = {}
+        for name, future in futures.items():
+            pivots, q_columns = future.result()
+            result[name] = factors_from_columns(pivots, q_columns, weights[name].shape[1], rank_main, rank_sub)
+            if on_done is not None:
+                on_done(name)
     return result
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Temporarily set ``torch.set_num_threads`` (None: leave unchanged)."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
