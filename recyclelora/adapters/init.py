@@ -21,6 +21,9 @@ from recyclelora.adapters.factors import (
 )
 
 RRQR_INITS = ("rrqr", "rrqr-main", "rrqr-sub")
+#: With ``workers=None``, models with fewer adapted weight elements than this decompose in-process
+#: (starting worker processes costs about a second; a ViT-S has 21M elements, a DINOv2-L 302M).
+AUTO_PARALLEL_MIN_ELEMENTS = 1 << 22
 
 
 def layer_factors(
@@ -45,13 +48,15 @@ def compute_factors(
 ) -> dict[str, Factors]:
     """Factors of every weight, keyed like ``weights``.
 
-    RRQR runs on ``workers`` processes (default: all cores), one matrix each, BLAS single-threaded (see
+    RRQR runs on ``workers`` processes (None: all cores, or in-process for small models), one matrix each, BLAS single-threaded (see
     :func:`rrqr_columns`; processes because one-thread OpenBLAS calls from several threads at once have
     been seen to return wrong pivots). SVD initialisers use torch's own threads; LoRA's
     random init runs in order so that it depends on ``generator`` alone.
     """
-    workers = max(1, workers or os.cpu_count() or 1)
-    if config.init not in RRQR_INITS or workers == 1 or len(weights) == 1:
+    if workers is None:
+        small = sum(w.numel() for w in weights.values()) < AUTO_PARALLEL_MIN_ELEMENTS
+        workers = 1 if small else os.cpu_count() or 1
+    if config.init not in RRQR_INITS or workers <= 1 or len(weights) == 1:
         result = {}
         for name, weight in weights.items():
             result[name] = layer_factors(weight, config, generator)
