@@ -1,0 +1,309 @@
+"""Download, verify and unpack the datasets that can be fetched, then prepare them.
+
+GTAV is public: its 10 image and 10 label zips are fetched over HTTP(S) with resume (a ``.part`` file is
+continued with a ``Range`` request), checked against ``Content-Length`` and, where a SHA-256 is known (a
+``sha256sum``-style checksum file, or a ``<zip>.sha256`` beside the zip on the server), against it.
+Cityscapes is fetched with ``cityscapesscripts``' downloader using ``CITYSCAPES_USERNAME`` /
+``CITYSCAPES_PASSWORD``. The other datasets need a registration: :func:`download_dataset` says where to get them.
+Layout under ``out``: ``archives/<dataset>/`` (the zips), ``raw/<dataset>/`` (unpacked), then the prepared labels
+and manifests (:func:`recyclelora.data.prepare.prepare_dataset`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from http.client import HTTPException, HTTPResponse
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+from unittest import mock
+from urllib.error import HTTPError, URLError
+from urllib.parse import urljoin
+from urllib.request import Request, urlopen
+
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from recyclelora.data.prepare import PrepareResult, prepare_dataset
+from recyclelora.data.raw import RAW_DATASETS
+from recyclelora.io import atomic_path, sha256_file
+
+if TYPE_CHECKING:
+    import requests
+
+GTA5_URL = "https://download.visinf.tu-darmstadt.de/data/from_games/data/"
+GTA5_PARTS: tuple[str, ...] = tuple(
+    f"{i:02d}_{kind}.zip" for kind in ("images", "labels") for i in range(1, 11)
+)
+CITYSCAPES_PACKAGES: tuple[str, ...] = ("gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip")
+_CHUNK = 1 << 20
+_TIMEOUT_S = 60
+
+
+class DownloadError(RuntimeError):
+    """A download, checksum or unpacking step failed; the message says what to do."""
+
+
+def download_progress() -> Progress:
+    """A rich progress display in bytes."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+
+
+def read_checksums(path: str | os.PathLike[str]) -> dict[str, str]:
+    """File name -> SHA-256 from a ``sha256sum`` output file (``<hex>  <name>`` per line)."""
+    checksums = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        match = re.fullmatch(r"([0-9a-fA-F]{64}) [ *](.+)", line.strip())
+        if match is None:
+            raise ValueError(f"{path}:{number}: expected '<sha256 hex>  <file name>' as written by sha256sum")
+        checksums[PurePosixPath(match.group(2)).name] = match.group(1).lower()
+    return checksums
+
+
+def remote_checksum(url: str) -> str | None:
+    """The SHA-256 in ``<url>.sha256`` if the server has that file, else None."""
+    try:
+        with urlopen(url + ".sha256", timeout=_TIMEOUT_S) as response:
+            text = response.read(4096).decode("ascii", errors="replace")
+    except (HTTPError, URLError):
+        return None
+    match = re.match(r"\s*([0-9a-fA-F]{64})\b", text)
+    return match.group(1).lower() if match else None
+
+
+def download_file(
+    url: str, dest: str | os.PathLike[str], *, sha256: str | None = None, progress: Progress | None = None
+) -> Path:
+    """Fetch ``url`` to ``dest``, resuming ``<dest>.part``; verify size and, if given, ``sha256``.
+
+    ``dest`` appears only complete and verified (renamed from the ``.part`` file). A cut transfer leaves the
+    ``.part`` file for the next call to continue; a checksum mismatch deletes it. Raises :class:`DownloadError`.
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        _verify(dest, dest, sha256)
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    offset = part.stat().st_size if part.is_file() else 0
+    try:
+        response = urlopen(
+            Request(url, headers={"Range": f"bytes={offset}-"} if offset else {}), timeout=_TIMEOUT_S
+        )
+    except HTTPError as error:
+        if error.code == 416 and offset:  # the .part file is not a prefix the server can continue: restart
+            part.unlink()
+            return download_file(url, dest, sha256=sha256, progress=progress)
+        raise DownloadError(f"{url}: HTTP {error.code} {error.reason}: check the URL (--base-url)") from error
+    except URLError as error:
+        raise DownloadError(f"cannot reach {url} ({error.reason}): check the URL and the network") from error
+    with response:
+        total = _expected_size(response, offset)
+        if response.status != 206:
+            offset = 0
+        task = progress.add_task(dest.name, total=total, completed=offset) if progress else None
+        with open(part, "ab" if offset else "wb") as handle:
+            try:
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    handle.write(chunk)
+                    if progress is not None and task is not None:
+                        progress.advance(task, len(chunk))
+            except (OSError, HTTPException) as error:
+                raise DownloadError(
+                    f"{dest.name}: the transfer broke off ({error}): run the command again to resume"
+                ) from error
+            finally:
+                handle.flush()
+                os.fsync(handle.fileno())
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise DownloadError(
+            f"{dest.name}: received {size} of {total} bytes (the transfer was cut): run the command again to "
+            f"resume from {part}"
+        )
+    _verify(part, dest, sha256)
+    os.replace(part, dest)
+    return dest
+
+
+def _expected_size(response: HTTPResponse, offset: int) -> int | None:
+    """Full size of the file: from ``Content-Range`` of a 206 reply, else ``Content-Length``."""
+    if response.status == 206:
+        match = re.fullmatch(r"bytes (\d+)-\d+/(\d+)", response.headers.get("Content-Range", ""))
+        if match is None or int(match.group(1)) != offset:
+            raise DownloadError(
+                f"{response.url}: the server answered the resume request at byte {offset} with Content-Range "
+                f"{response.headers.get('Content-Range')!r}: delete the .part file and run again"
+            )
+        return int(match.group(2))
+    length = response.headers.get("Content-Length")
+    return int(length) if length is not None else None
+
+
+def _verify(path: Path, dest: Path, sha256: str | None) -> None:
+    if sha256 is None:
+        return
+    actual = sha256_file(path)
+    if actual != sha256.lower():
+        path.unlink()
+        raise DownloadError(
+            f"{dest.name}: SHA-256 {actual} does not match the expected {sha256}: the file is corrupt and was "
+            "deleted; run the command again to download it anew"
+        )
+
+
+def extract_zip(
+    archive: str | os.PathLike[str], dest: str | os.PathLike[str], *, into: str = ""
+) -> list[Path]:
+    """Unpack ``archive`` below ``dest``, under the folder ``into`` unless a member already starts with it.
+
+    Members are written atomically; one whose file already exists with the member's size is kept.
+    """
+    dest = Path(dest)
+    written = []
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            for info in zipped.infolist():
+                parts = PurePosixPath(info.filename).parts
+                if info.is_dir():
+                    continue
+                if not parts or parts[0] == "/" or ".." in parts:
+                    raise DownloadError(
+                        f"{archive}: member {info.filename!r} points outside the target folder"
+                    )
+                if into and parts[0] != into:
+                    parts = (into, *parts)
+                target = dest.joinpath(*parts)
+                if target.is_file() and target.stat().st_size == info.file_size:
+                    continue
+                with zipped.open(info) as source, atomic_path(target) as tmp, open(tmp, "wb") as sink:
+                    shutil.copyfileobj(source, sink, _CHUNK)
+                written.append(target)
+    except zipfile.BadZipFile as error:
+        raise DownloadError(
+            f"{archive} is not a valid zip ({error}): delete it and download again"
+        ) from error
+    return written
+
+
+def download_gta5(
+    out: str | os.PathLike[str],
+    *,
+    base_url: str = GTA5_URL,
+    checksums: str | os.PathLike[str] | None = None,
+    parts: Sequence[str] = GTA5_PARTS,
+    workers: int | None = None,
+    strict: bool = False,
+) -> PrepareResult:
+    """Fetch, verify and unpack the GTAV zips into ``<out>/raw/gta5/{images,labels}``, then prepare them."""
+    out = Path(out)
+    archives, raw = out / "archives" / "gta5", out / "raw" / "gta5"
+    known = read_checksums(checksums) if checksums is not None else {}
+    base_url = base_url.rstrip("/") + "/"
+    with download_progress() as progress:
+        for name in parts:
+            url = urljoin(base_url, name)
+            download_file(
+                url, archives / name, sha256=known.get(name) or remote_checksum(url), progress=progress
+            )
+    for name in parts:
+        extract_zip(archives / name, raw, into=name.removesuffix(".zip").split("_", 1)[1])
+    return prepare_dataset("gta5", raw, out, workers=workers, strict=strict)
+
+
+def cityscapes_login(username: str, password: str) -> requests.Session:
+    """A logged-in session from ``cityscapesscripts``' own ``login``, fed the given credentials.
+
+    ``login`` reads a stored ``credentials.json`` or prompts and offers to store the answers in it; here it
+    looks in an empty temporary folder, its prompts are answered from memory and storing is declined, so the
+    credentials are never written to disk.
+    """
+    from cityscapesscripts.download import downloader
+
+    answers = iter([username, "n"])  # the username prompt, then "Store credentials unencrypted? [y/N]"
+    with (
+        tempfile.TemporaryDirectory() as empty,
+        mock.patch.object(downloader.appdirs, "user_data_dir", return_value=empty),
+        mock.patch.object(downloader, "input", lambda _prompt="": next(answers)),
+        mock.patch.object(downloader.getpass, "getpass", return_value=password),
+    ):
+        try:
+            return downloader.login()
+        # the package raises a bare Exception ("Bad credentials.") besides requests' errors
+        except Exception as error:
+            raise DownloadError(
+                f"Cityscapes login failed ({error}): check CITYSCAPES_USERNAME and CITYSCAPES_PASSWORD"
+            ) from error
+
+
+def download_cityscapes(
+    out: str | os.PathLike[str], *, workers: int | None = None, strict: bool = False
+) -> PrepareResult:
+    """Fetch the Cityscapes packages (credentials from the environment), unpack and prepare them."""
+    from cityscapesscripts.download import downloader
+
+    username, password = os.environ.get("CITYSCAPES_USERNAME"), os.environ.get("CITYSCAPES_PASSWORD")
+    if not username or not password:
+        raise DownloadError(
+            "Cityscapes needs an account (https://www.cityscapes-dataset.com/register/): set CITYSCAPES_USERNAME "
+            "and CITYSCAPES_PASSWORD in the environment, or download "
+            f"{' and '.join(CITYSCAPES_PACKAGES)} yourself and run `recyclelora-cli data prepare cityscapes`"
+        )
+    session = cityscapes_login(username, password)
+    out = Path(out)
+    archives, raw = out / "archives" / "cityscapes", out / "raw" / "cityscapes"
+    partial = archives / "partial"
+    for package in CITYSCAPES_PACKAGES:
+        final = archives / package
+        if not final.is_file():
+            partial.mkdir(parents=True, exist_ok=True)
+            try:
+                downloader.download_packages(
+                    session=session,
+                    package_names=[package],
+                    destination_path=str(partial),
+                    resume=(partial / package).is_file(),
+                )
+            # the package raises a bare Exception (MD5 mismatch, no access) besides requests' errors
+            except Exception as error:
+                raise DownloadError(
+                    f"Cityscapes package {package} failed ({error}): run again to resume, or delete "
+                    f"{partial / package} to start it over"
+                ) from error
+            os.replace(partial / package, final)
+        extract_zip(final, raw)
+    return prepare_dataset("cityscapes", raw, out, workers=workers, strict=strict)
+
+
+def download_dataset(
+    name: str,
+    out: str | os.PathLike[str],
+    *,
+    base_url: str = GTA5_URL,
+    checksums: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    strict: bool = False,
+) -> PrepareResult:
+    """Download and prepare ``name``; for a dataset behind a registration raise :class:`DownloadError`
+    saying where to get it and which layout ``prepare`` expects."""
+    if name == "gta5":
+        return download_gta5(out, base_url=base_url, checksums=checksums, workers=workers, strict=strict)
+    if name == "cityscapes":
+        return download_cityscapes(out, workers=workers, strict=strict)
+    if name not in RAW_DATASETS:
+        raise ValueError(f"dataset {name!r} is unknown: choose one of {list(RAW_DATASETS)}")
+    raise DownloadError(registration_message(name))
+
+
+def registration_message(name: str) -> str:
+    """Where to get a dataset that needs a registration, and the layout ``prepare`` expects."""
+    spec = RAW_DATASETS[name]
+    return (
+        f"{name} cannot be downloaded automatically: get it from {spec.source}, unpack it and run "
+        f"`recyclelora-cli data prepare {name} --raw RAW --out OUT`, with RAW laid out as\n{spec.layout()}"
+    )

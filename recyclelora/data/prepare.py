@@ -1,0 +1,281 @@
+"""Raw dataset -> trainId label PNGs + one Parquet manifest per split + a bad-data report.
+
+For each image/label pair: decode both, check sizes and label values, map the label through the dataset's
+lookup table (:mod:`recyclelora.data.labelmaps`) and write it as an 8-bit PNG to
+``<out>/labels/<dataset>/<split>/<key>.png``. Manifest rows point at the raw image (absolute path) and the new
+label (relative to ``<out>``); Mapillary validation pairs are halved in width and height (bicubic image,
+nearest label, as the field evaluates them) and the halved image goes to ``<out>/images/mapillary/val/``.
+A rerun reuses a pair when its label PNG still has the checksum the previous manifest recorded and is newer
+than both raw files (so an edited raw file is converted again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from recyclelora.data.classes import NUM_CLASSES
+from recyclelora.data.labelmaps import LabelMap, load_label_map
+from recyclelora.data.manifest import Sample, manifest_path, read_manifest, write_manifest
+from recyclelora.data.raw import RAW_DATASETS, RawDataset
+from recyclelora.data.report import BadDataLog, BadFile, Problem
+from recyclelora.io import atomic_path, atomic_write_bytes, sha256_bytes, sha256_file
+
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def default_workers() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """What to prepare: ``dataset`` from ``raw`` into ``out``, one ``split`` or all (None)."""
+
+    dataset: str
+    raw: Path
+    out: Path
+    split: str | None = None
+    workers: int | None = None
+    strict: bool = False
+    halve_mapillary_val: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dataset not in RAW_DATASETS:
+            raise ValueError(f"dataset={self.dataset!r} is unknown: choose one of {list(RAW_DATASETS)}")
+        splits = RAW_DATASETS[self.dataset].splits
+        if self.split is not None and self.split not in splits:
+            raise ValueError(
+                f"split={self.split!r} does not exist for {self.dataset}: choose one of {list(splits)}"
+            )
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers={self.workers} must be >= 1 (or None for all cores)")
+        if not Path(self.raw).is_dir():
+            raise FileNotFoundError(
+                f"raw={self.raw} is not a folder: point it at the unpacked {self.dataset} download, laid out as\n"
+                f"{RAW_DATASETS[self.dataset].layout()}\nGet it from {RAW_DATASETS[self.dataset].source}."
+            )
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """One prepared split: its manifest and how many pairs were converted, reused and skipped."""
+
+    split: str
+    manifest: Path
+    converted: int
+    reused: int
+    skipped: int
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    splits: list[SplitResult]
+    report: Path
+    bad: BadDataLog
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One image/label pair to convert; ``*_entry`` are the manifest's path strings."""
+
+    dataset: str
+    split: str
+    image: Path
+    label: Path
+    label_out: Path
+    image_out: Path | None
+    image_entry: str
+    label_entry: str
+    label_map: LabelMap
+    read_label: Callable[[Path], np.ndarray]
+    previous: Sample | None
+
+
+def prepare_dataset(
+    name: str,
+    raw: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    split: str | None = None,
+    workers: int | None = None,
+    strict: bool = False,
+    halve_mapillary_val: bool = True,
+) -> PrepareResult:
+    """Prepare ``name`` from ``raw`` into ``out`` and write ``<out>/<name>_report.json``.
+
+    Raises ``FileNotFoundError`` for a wrong layout, :class:`~recyclelora.data.report.BadDataError` on the first
+    bad file when ``strict``, and ``ValueError`` when a split ends up with no usable pair.
+    """
+    config = PrepareConfig(name, Path(raw), Path(out), split, workers, strict, halve_mapillary_val)
+    spec = RAW_DATASETS[name]
+    raw, out = config.raw.resolve(), config.out.resolve()
+    splits = [config.split] if config.split else list(spec.splits)
+    for s in splits:
+        spec.check_layout(raw, s)
+    label_map = load_label_map(name, raw)
+    bad = BadDataLog(name, strict=config.strict)
+    results = []
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+    ) as progress:
+        for s in splits:
+            halve = name == "mapillary" and s == "val" and config.halve_mapillary_val
+            jobs = _jobs(spec, s, raw, out, label_map, halve, bad)
+            task = progress.add_task(f"{name}/{s}", total=len(jobs))
+            rows, reused = [], 0
+            with contextlib.closing(_run(jobs, config.workers or default_workers())) as outcomes:
+                for outcome in outcomes:
+                    progress.advance(task)
+                    if isinstance(outcome, BadFile):
+                        bad.add(outcome)
+                        continue
+                    row, was_reused = outcome
+                    rows.append(row)
+                    reused += was_reused
+            path = manifest_path(out, name, s)
+            if rows:
+                write_manifest(path, rows)
+            else:  # an earlier manifest of this split would describe data that is no longer usable
+                path.unlink(missing_ok=True)
+            skipped = sum(r.split == s for r in bad.records)
+            results.append(SplitResult(s, path, len(rows) - reused, reused, skipped))
+    report = bad.write(out / f"{name}_report.json", {r.split: r.converted + r.reused for r in results})
+    empty = [r.split for r in results if r.converted + r.reused == 0]
+    if empty:
+        raise ValueError(f"{name}: no usable image/label pair in split(s) {empty}; see {report}")
+    return PrepareResult(results, report, bad)
+
+
+def _jobs(
+    spec: RawDataset, split: str, raw: Path, out: Path, label_map: LabelMap, halve: bool, bad: BadDataLog
+) -> list[_Job]:
+    """Pair images with labels by key; an unpaired file goes to ``bad``."""
+    raw_split = spec.splits[split]
+    images = spec.images.collect(raw, raw_split)
+    labels = spec.labels.collect(raw, raw_split)
+    if not images and not labels:
+        raise FileNotFoundError(
+            f"{spec.name}/{split}: no files match <raw>/{spec.images.describe(raw_split)} or "
+            f"<raw>/{spec.labels.describe(raw_split)} in {raw}. Get the dataset from {spec.source}."
+        )
+    unpaired = (("image", images, labels, spec.labels), ("label", labels, images, spec.images))
+    for kind, files, partners, partner_set in unpaired:
+        for key in sorted(files.keys() - partners.keys()):
+            detail = f"{kind} without partner: no <raw>/{partner_set.describe(raw_split)} with key {key!r}"
+            bad.add(BadFile(spec.name, split, str(files[key]), Problem.MISSING_PARTNER, detail))
+    previous = _previous_samples(manifest_path(out, spec.name, split))
+    jobs = []
+    for key in sorted(images.keys() & labels.keys()):
+        label_entry = f"labels/{spec.name}/{split}/{key}.png"
+        image_entry = f"images/{spec.name}/{split}/{key}.png" if halve else str(images[key])
+        jobs.append(
+            _Job(
+                dataset=spec.name,
+                split=split,
+                image=images[key],
+                label=labels[key],
+                label_out=out / label_entry,
+                image_out=out / image_entry if halve else None,
+                image_entry=image_entry,
+                label_entry=label_entry,
+                label_map=label_map,
+                read_label=spec.read_label,
+                previous=previous.get(out / label_entry),
+            )
+        )
+    return jobs
+
+
+def _previous_samples(path: Path) -> dict[Path, Sample]:
+    """Rows of an earlier manifest by absolute label path; none when it is missing or unreadable."""
+    try:
+        return {sample.label: sample for sample in read_manifest(path)}
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _run(jobs: list[_Job], workers: int) -> Iterator[BadFile | tuple[dict, bool]]:
+    """Convert ``jobs`` in order, on ``workers`` processes; closing the iterator cancels pending jobs."""
+    if workers == 1 or len(jobs) < 2:
+        yield from map(_convert, jobs)
+        return
+    workers = min(workers, len(jobs))
+    pool = ProcessPoolExecutor(max_workers=workers)
+    try:
+        yield from pool.map(_convert, jobs, chunksize=max(1, min(64, len(jobs) // (8 * workers))))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _convert(job: _Job) -> BadFile | tuple[dict, bool]:
+    """Reuse the previous row if its outputs are intact and current, else decode, check, map and write."""
+    row = {"dataset": job.dataset, "split": job.split, "image": job.image_entry, "label": job.label_entry}
+    previous = job.previous
+    if (
+        previous is not None
+        and previous.image == (job.image_out or job.image)
+        and previous.image.is_file()
+        and job.label_out.is_file()
+        and job.label_out.stat().st_mtime_ns >= max(p.stat().st_mtime_ns for p in (job.image, job.label))
+        and sha256_file(job.label_out) == previous.label_sha256
+    ):
+        row.update(
+            height=previous.height,
+            width=previous.width,
+            class_pixels=list(previous.class_pixels),
+            label_sha256=previous.label_sha256,
+        )
+        return row, True
+
+    def bad(path: Path, problem: Problem, detail: str) -> BadFile:
+        return BadFile(job.dataset, job.split, str(path), problem, detail)
+
+    try:
+        with Image.open(job.image) as opened:
+            image = opened.convert("RGB")
+    except _DECODE_ERRORS as error:
+        return bad(job.image, Problem.UNREADABLE, f"image: {type(error).__name__}: {error}")
+    try:
+        values = job.read_label(job.label)
+    except _DECODE_ERRORS as error:
+        return bad(job.label, Problem.UNREADABLE, f"label: {type(error).__name__}: {error}")
+    if values.shape != (image.height, image.width):
+        sizes = f"label {values.shape[1]}x{values.shape[0]}, image {image.width}x{image.height} ({job.image})"
+        return bad(job.label, Problem.SIZE_MISMATCH, sizes)
+    unknown = job.label_map.unknown_values(values)
+    if unknown.size:
+        count = int(np.isin(values, unknown).sum())
+        detail = f"values {_head(unknown.tolist())} ({count} pixels) are not {job.dataset} label values"
+        return bad(job.label, Problem.UNKNOWN_VALUE, detail)
+    train_ids = job.label_map(values)
+    if job.image_out is not None:
+        size = (max(1, image.width // 2), max(1, image.height // 2))
+        with atomic_path(job.image_out) as tmp:
+            image.resize(size, Image.Resampling.BICUBIC).save(tmp, format="PNG")
+        train_ids = np.asarray(Image.fromarray(train_ids).resize(size, Image.Resampling.NEAREST))
+    buffer = io.BytesIO()
+    Image.fromarray(train_ids).save(buffer, format="PNG")
+    atomic_write_bytes(job.label_out, buffer.getvalue())
+    row.update(
+        height=train_ids.shape[0],
+        width=train_ids.shape[1],
+        class_pixels=np.bincount(train_ids.ravel(), minlength=256)[:NUM_CLASSES].tolist(),
+        label_sha256=sha256_bytes(buffer.getvalue()),
+    )
+    return row, False
+
+
+def _head(values: list[int], n: int = 10) -> str:
+    """``values`` as ``[a, b, ...]``, at most ``n`` of them."""
+    return "[" + ", ".join(map(str, values[:n])) + (", ...]" if len(values) > n else "]")
