@@ -10,3 +10,11 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+from recyclelora.cli.data import data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
+
+from recyclelora.cli.synth import synth as _synth  # noqa: E402
+
+data_app.command("synth")(_synth)
