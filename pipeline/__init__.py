@@ -1,0 +1,1 @@
+"""DVC stage glue: each stage reads ``params.yaml``, calls :mod:`recyclelora` and records itself in MLflow."""

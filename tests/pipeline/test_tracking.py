@@ -1,0 +1,336 @@
+"""MLflow stage tracking: store resolution, reachability, and parent/child runs across stage processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+from pipeline.tracking import (
+    DB_ENV,
+    KEPT_IN_DVC_TAG,
+    OFFLINE_ENV,
+    PIPELINE_KEY_TAG,
+    TrackingServerUnreachable,
+    flatten_params,
+    pipeline_key,
+    server_reachable,
+    tracking_uri,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PARAMS = "base:\n  seed: 0\ntrain:\n  lr: 0.001\n  epochs: 2\n"
+ENV_OWNED = (
+    "MLFLOW_TRACKING_URI",
+    "DVC_EXP_NAME",
+    "DVC_EXP_BASELINE_REV",
+    DB_ENV,
+    OFFLINE_ENV,
+    "RECYCLELORA_PARENT_RUN_ID",
+)
+
+# A stage process: argv = stage, experiment, "final"|"-", "fail"|"-", seconds to stay open.
+STAGE = """
+import sys, time
+from pathlib import Path
+import mlflow, yaml
+from pipeline.tracking import log_small_artifacts, stage_run
+
+stage, experiment, final, fail, hold = sys.argv[1:6]
+params = yaml.safe_load(Path("params.yaml").read_text())
+with stage_run(stage, params, repo_root=Path.cwd(), experiment=experiment, final=final == "final"):
+    for step in range(3):
+        mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+    Path("small.txt").write_text("x" * 10)
+    Path("big.bin").write_bytes(bytes(100))
+    log_small_artifacts(["small.txt", "big.bin"], max_bytes=64)
+    Path("tables", "sub").mkdir(parents=True, exist_ok=True)
+    Path("tables", "iou.csv").write_text("class,iou")
+    Path("tables", "sub", "huge.bin").write_bytes(bytes(100))
+    log_small_artifacts(["tables"], max_bytes=64, artifact_path="eval")
+    time.sleep(float(hold))
+    if fail == "fail":
+        raise RuntimeError("stage broke on purpose")
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_OWNED:
+        monkeypatch.delenv(name, raising=False)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real ``mlflow server`` (SQLite backend) for the module; its process group is stopped after."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    uri = f"http://127.0.0.1:{closed_port()}"
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root}/mlflow.db",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        uri.rsplit(":", 1)[1],
+        "--workers",
+        "1",
+    ]
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(root / "server.log", "wb") as log:
+        server = subprocess.Popen(
+            command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not server_reachable(uri, timeout=1.0):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
+                time.sleep(0.3)
+            yield uri
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the group is already gone
+                os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+def make_repo(path: Path) -> Path:
+    """A Git repository with one commit, an (empty) ``.dvc/`` and ``params.yaml``."""
+    (path / ".dvc").mkdir(parents=True)
+    (path / "params.yaml").write_text(PARAMS)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+    for args in (["init", "-q"], ["add", "params.yaml"], ["commit", "-q", "-m", "init"]):
+        subprocess.run(git + args, cwd=path, check=True, capture_output=True)
+    return path
+
+
+def head(repo: Path) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def run_stage(
+    repo: Path,
+    env: dict[str, str],
+    stage: str,
+    experiment: str,
+    *,
+    final: bool = False,
+    fail: bool = False,
+    hold: float = 0.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run one stage as its own Python process in ``repo``, like ``dvc repro`` does."""
+    child_env = {k: v for k, v in os.environ.items() if k not in ENV_OWNED}
+    child_env |= {"PYTHONPATH": str(PROJECT_ROOT), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"} | env
+    args = [stage, experiment, "final" if final else "-", "fail" if fail else "-", str(hold)]
+    return subprocess.run(
+        [sys.executable, "-c", STAGE, *args],
+        check=False,
+        cwd=repo,
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def pipeline_runs(client: MlflowClient, experiment: str) -> tuple[list[Run], list[Run]]:
+    """(parents, children) of ``experiment``, oldest first."""
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    return parents, children
+
+
+# Store resolution and reachability (no server).
+
+
+def test_default_store_is_absolute_sqlite_at_main_root_from_exp_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main = tmp_path / "repo"
+    (main / ".dvc").mkdir(parents=True)
+    workspace = main / ".dvc" / "tmp" / "exps" / "tmpab12cd34"
+    (workspace / ".dvc").mkdir(parents=True)
+    expected = f"sqlite:///{main.resolve()}/mlflow.db"
+    assert expected.startswith("sqlite:////")
+    assert tracking_uri(workspace) == expected
+    assert tracking_uri(main / "src") == expected
+    monkeypatch.chdir(workspace)
+    assert tracking_uri(".") == expected
+
+
+def test_store_outside_a_dvc_repo_or_relative_override_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValueError, match="dvc init"):
+        tracking_uri(tmp_path)
+    monkeypatch.setenv(DB_ENV, "mlflow.db")
+    with pytest.raises(ValueError, match="absolute"):
+        tracking_uri(tmp_path)
+    monkeypatch.setenv(DB_ENV, str(tmp_path / "shared" / "runs.db"))
+    assert tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/shared/runs.db"
+
+
+@pytest.mark.parametrize("uri", ["./mlruns", "file:///tmp/mlruns", "sqlite:///mlflow.db", "sqlite://"])
+def test_file_store_and_relative_sqlite_uris_are_refused(
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(ValueError, match="sqlite:////absolute"):
+        tracking_uri(tmp_path)
+
+
+def test_unreachable_server_fails_fast_and_offline_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".dvc").mkdir()
+    uri = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    start = time.monotonic()
+    with pytest.raises(TrackingServerUnreachable) as error:
+        tracking_uri(tmp_path)
+    assert time.monotonic() - start < 10
+    assert uri in str(error.value) and OFFLINE_ENV in str(error.value)
+    monkeypatch.setenv(OFFLINE_ENV, "1")
+    local = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.warns(RuntimeWarning, match=re.escape(local)):
+        assert tracking_uri(tmp_path) == local
+
+
+def test_flatten_params_dots_nested_keys_and_respects_mlflow_limits() -> None:
+    flat = flatten_params({"train": {"lr": 1e-4, "sizes": [512, 512]}, "seed": 0, "note": "x" * 7000})
+    assert flat["train.lr"] == "0.0001" and flat["train.sizes"] == "[512, 512]" and flat["seed"] == "0"
+    assert len(flat["note"]) == MAX_PARAM_VAL_LENGTH and flat["note"].endswith("[truncated]")
+    with pytest.raises(ValueError, match="shorten"):
+        flatten_params({"k" * 200: {"k" * 60: 1}})
+
+
+def test_pipeline_key_follows_commit_experiment_and_params(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo(tmp_path)
+    key = pipeline_key(repo)
+    assert pipeline_key(repo) == key
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-a")
+    with_exp = pipeline_key(repo)
+    assert with_exp != key
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    assert pipeline_key(repo) != with_exp
+    (repo / "params.yaml").write_text(PARAMS.replace("0.001", "0.002"))
+    assert pipeline_key(repo) not in (key, with_exp)
+    (repo / "params.yaml").unlink()
+    with pytest.raises(FileNotFoundError, match="params.yaml"):
+        pipeline_key(repo)
+
+
+# Stage processes against a real server.
+
+
+@pytest.mark.slow
+def test_stage_processes_share_one_parent(
+    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo(tmp_path)
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "DVC_EXP_NAME": "exp-shared"}
+    for stage, final, hold in (("prepare", False, 0.0), ("train", True, 0.5)):
+        done = run_stage(repo, env, stage, "shared", final=final, hold=hold)
+        assert done.returncode == 0, done.stderr
+    client = MlflowClient(mlflow_server)
+    parents, children = pipeline_runs(client, "shared")
+    assert len(parents) == 1 and [child.info.run_name for child in children] == ["prepare", "train"]
+    parent = parents[0]
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-shared")
+    assert parent.data.tags[PIPELINE_KEY_TAG] == pipeline_key(repo)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "exp-shared"
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["params.yaml"]
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["stage"] == child.info.run_name
+        assert child.data.tags["git_commit"] == head(repo)
+        assert child.data.tags["dvc_exp"] == "exp-shared"
+        assert child.data.params["train.lr"] == "0.001" and child.data.params["base.seed"] == "0"
+        history = client.get_metric_history(child.info.run_id, "loss")
+        assert sorted((m.step, m.value) for m in history) == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert artifacts == {"params.yaml", "small.txt", "eval"}
+        assert {a.path for a in client.list_artifacts(child.info.run_id, "eval/tables")} == {
+            "eval/tables/iou.csv"
+        }
+        kept = "big.bin (100 bytes)\ntables/sub/huge.bin (100 bytes)"
+        assert child.data.tags[KEPT_IN_DVC_TAG] == kept
+    assert any(name.startswith("system/") for name in children[1].data.metrics)
+
+
+@pytest.mark.slow
+def test_failed_stage_is_rerun_under_the_same_parent_until_params_change(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path)
+    env = {"MLFLOW_TRACKING_URI": mlflow_server}
+    failed = run_stage(repo, env, "train", "rerun", fail=True)
+    assert failed.returncode != 0 and "stage broke on purpose" in failed.stderr
+    client = MlflowClient(mlflow_server)
+    (parent,), (child,) = pipeline_runs(client, "rerun")
+    assert child.info.status == "FAILED" and parent.info.status == "FAILED"
+    assert "dvc_exp" not in child.data.tags
+    done = run_stage(repo, env, "train", "rerun")
+    assert done.returncode == 0, done.stderr
+    parents, children = pipeline_runs(client, "rerun")
+    assert [p.info.run_id for p in parents] == [parent.info.run_id] and parents[0].info.status == "RUNNING"
+    assert [c.info.status for c in children] == ["FAILED", "FINISHED"]
+    assert children[1].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    (repo / "params.yaml").write_text(PARAMS.replace("0.001", "0.002"))
+    done = run_stage(repo, env, "train", "rerun")
+    assert done.returncode == 0, done.stderr
+    parents, children = pipeline_runs(client, "rerun")
+    assert (
+        len(parents) == 2 and parents[0].data.tags[PIPELINE_KEY_TAG] != parents[1].data.tags[PIPELINE_KEY_TAG]
+    )
+    assert children[2].data.tags["mlflow.parentRunId"] == parents[1].info.run_id
+    assert [c.data.params["train.lr"] for c in children] == ["0.001", "0.001", "0.002"]
+
+
+@pytest.mark.slow
+def test_offline_fallback_records_into_local_store_with_artifacts_beside_it(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}", OFFLINE_ENV: "1"}
+    done = run_stage(repo, env, "prepare", "offline", final=True)
+    assert done.returncode == 0, done.stderr
+    local = f"sqlite:///{tmp_path}/mlflow.db"
+    assert local in done.stderr
+    client = MlflowClient(local)
+    (parent,), (child,) = pipeline_runs(client, "offline")
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and parent.info.status == "FINISHED"
+    assert client.get_experiment_by_name("offline").artifact_location == (tmp_path / "mlartifacts").as_uri()
+    assert (tmp_path / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
