@@ -1,18 +1,16 @@
-"""Shared fixtures: tiny randomly initialised timm ViTs (no hub access)."""
+"""Shared fixtures: tiny random ViTs and a tiny embedded benchmark (no hub access)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-import timm
 import torch
 
-
-def tiny_vit(**overrides) -> torch.nn.Module:
-    """A 2-block DINOv2-layout ViT with LayerScale 1.0, so blocks change the output measurably."""
-    kwargs = dict(pretrained=False, img_size=28, embed_dim=48, depth=2, num_heads=2, init_values=1.0)
-    kwargs.update(overrides)
-    torch.manual_seed(0)
-    return timm.create_model("vit_small_patch14_dinov2", **kwargs).eval()
+from recyclelora.data.synth import SynthConfig, generate_benchmark
+from recyclelora.data.transforms import TrainTransformConfig
+from recyclelora.train.config import DataConfig
+from tests.helpers import tiny_vit
 
 
 @pytest.fixture
@@ -23,3 +21,19 @@ def vit() -> torch.nn.Module:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+    """Manifests by domain and split of a 96 x 48 benchmark: 16 source train images, 4 per target."""
+    config = SynthConfig(width=96, height=48, source_train=16, source_val=4, target_val=4, targets=("synth_night",))
+    return generate_benchmark(tmp_path_factory.mktemp("synth"), seed=0, config=config, workers=1).manifests
+
+
+@pytest.fixture
+def tiny_data(tiny_benchmark: dict[str, dict[str, Path]]) -> DataConfig:
+    return DataConfig(
+        train=(str(tiny_benchmark["synth_src"]["train"]),),
+        val=(str(tiny_benchmark["synth_night"]["val"]),),
+        transform=TrainTransformConfig(crop_size=(42, 42), base_size=48),
+    )

@@ -18,3 +18,11 @@ app.add_typer(data_app, name="data")
 from recyclelora.cli.synth import synth as _synth  # noqa: E402
 
 data_app.command("synth")(_synth)
+
+from recyclelora.cli.adapters import info as _info  # noqa: E402
+from recyclelora.cli.adapters import init as _init  # noqa: E402
+from recyclelora.cli.train import train_command as _train  # noqa: E402
+
+app.command("init")(_init)
+app.command("info")(_info)
+app.command("train")(_train)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from recyclelora.data.classes import IGNORE_INDEX
 
 from recyclelora.models.heads.base import SegHead
 
@@ -41,10 +44,28 @@ class Segmentor(nn.Module):
     def num_classes(self) -> int:
         return self.head.num_classes
 
+    @property
+    def size_divisor(self) -> int:
+        """Input sizes the backbone takes are multiples of this (its patch size; 1 if it declares none)."""
+        return int(getattr(self.backbone, "patch_size", 1))
+
+    def _pad(self, images: Tensor, value: float) -> Tensor:
+        """Pad bottom and right up to a multiple of :attr:`size_divisor` (the image keeps its origin)."""
+        d = self.size_divisor
+        pad_h, pad_w = -images.shape[-2] % d, -images.shape[-1] % d
+        return F.pad(images, (0, pad_w, 0, pad_h), value=value)
+
     def forward(self, images: Tensor) -> Tensor:
-        """Per-class scores ``(B, num_classes, H, W)`` for ``(B, 3, H, W)`` normalised images."""
-        output = self.head(self.backbone(images))
-        return self.head.semantic_logits(output, (images.shape[-2], images.shape[-1]))
+        """Per-class scores ``(B, num_classes, H, W)`` for ``(B, 3, H, W)`` normalised images of any size.
+
+        Inputs are zero-padded at the bottom and right to a multiple of the patch size and the scores cropped
+        back, so the padded border never shifts or rescales the prediction.
+        """
+        height, width = images.shape[-2], images.shape[-1]
+        padded = self._pad(images, 0.0)
+        output = self.head(self.backbone(padded))
+        scores = self.head.semantic_logits(output, (padded.shape[-2], padded.shape[-1]))
+        return scores[..., :height, :width]
 
     def forward_train(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """The head's losses (``"loss"`` = total) for images and their ``(B, H, W)`` labels (255 = ignore)."""
@@ -54,4 +75,6 @@ class Segmentor(nn.Module):
                 f"labels must have shape (B, H, W) = {expected} to match images {tuple(images.shape)}, "
                 f"got {tuple(labels.shape)}."
             )
-        return self.head.loss(self.head(self.backbone(images)), labels)
+        padded = self._pad(images, 0.0)
+        labels = self._pad(labels, IGNORE_INDEX)
+        return self.head.loss(self.head(self.backbone(padded)), labels)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recyclelora import AdapterConfig, effective_rank, inject_adapters, rank_report, subspace_similarity
-from tests.conftest import tiny_vit
+from tests.helpers import tiny_vit
 
 
 def test_effective_rank_of_known_spectra() -> None:

@@ -11,7 +11,7 @@ from recyclelora import AdapterConfig, inject_adapters
 from recyclelora.adapters import init as init_module
 from recyclelora.adapters.cache import CacheEntry, read_cache_metadata
 from recyclelora.adapters.inject import find_target_linears
-from tests.conftest import tiny_vit
+from tests.helpers import tiny_vit
 
 CONFIG = AdapterConfig(rank_main=6, rank_sub=2)
 

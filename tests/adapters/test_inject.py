@@ -8,7 +8,7 @@ from torch import nn
 from recyclelora import AdapterConfig, adapter_param_groups, inject_adapters, merge_adapters
 from recyclelora.adapters import DualLoRALinear, adapter_layers, adapter_state_dict, load_adapter_state_dict
 from recyclelora.adapters.config import INIT_METHODS
-from tests.conftest import tiny_vit
+from tests.helpers import tiny_vit
 
 CONFIG = dict(rank_main=6, rank_sub=2)
 

@@ -12,7 +12,7 @@ from recyclelora.models.heads import (
     Mask2FormerHead,
     Mask2FormerOutput,
     build_head,
-    head_param_groups,
+    weight_decay_groups,
     semantic_to_mask_labels,
 )
 
@@ -284,7 +284,7 @@ def test_default_config_is_the_paper_recipe():
 def test_param_groups_exempt_norms_vectors_and_embeddings_from_decay():
     head = make_head("mask2former")
     head.model.class_predictor.weight.requires_grad_(False)
-    groups = head_param_groups(head)
+    groups = weight_decay_groups(head)
     decay, no_decay = dict(groups.decay), dict(groups.no_decay)
     trainable = {n for n, p in head.named_parameters() if p.requires_grad}
     assert set(decay) | set(no_decay) == trainable and not set(decay) & set(no_decay)
@@ -306,7 +306,7 @@ def test_param_groups_exempt_norms_vectors_and_embeddings_from_decay():
         "model.transformer_module.decoder.layers.0.fc1.weight",
     ]:
         assert name in decay, name
-    light = head_param_groups(make_head("light"))
+    light = weight_decay_groups(make_head("light"))
     assert {n for n, _ in light.decay} == {
         "laterals.0.weight", "laterals.1.weight", "laterals.2.weight", "laterals.3.weight", "fuse.0.weight",
         "classifier.weight",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from recyclelora.models.heads.base import HeadConfig, ParamGroups, SegHead, head_param_groups
+from recyclelora.models.heads.base import HeadConfig, ParamGroups, SegHead, weight_decay_groups
 from recyclelora.models.heads.light import LightHead
 from recyclelora.models.heads.mask2former import Mask2FormerHead, Mask2FormerOutput, semantic_to_mask_labels
 
@@ -18,5 +18,5 @@ def build_head(config: HeadConfig, in_channels: Sequence[int]) -> SegHead:
 
 __all__ = [
     "HeadConfig", "LightHead", "Mask2FormerHead", "Mask2FormerOutput", "ParamGroups", "SegHead", "build_head",
-    "head_param_groups", "semantic_to_mask_labels",
+    "weight_decay_groups", "semantic_to_mask_labels",
 ]  # fmt: skip

@@ -166,15 +166,16 @@ class ParamGroups:
 _NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Embedding)
 
 
-def head_param_groups(head: SegHead) -> ParamGroups:
-    """Split ``head``'s trainable parameters into weight-decay and no-decay groups, as the recipe asks.
+def weight_decay_groups(root: nn.Module) -> ParamGroups:
+    """Split ``root``'s trainable parameters into weight-decay and no-decay groups, as the recipe asks.
 
     No decay: parameters of norm layers and embeddings (Mask2Former's query and level embeddings), every
-    vector (biases, norm scales) and the names listed by ``head.no_weight_decay()``. Everything else decays.
+    vector (biases, norm scales) and the names listed by ``root.no_weight_decay()`` (timm's hook, when the
+    module has it). Everything else decays. Used for heads, the pyramid neck and fully tuned backbones.
     """
-    skip = head.no_weight_decay()
+    skip = root.no_weight_decay() if hasattr(root, "no_weight_decay") else set()
     groups = ParamGroups(decay=[], no_decay=[])
-    for module_name, module in head.named_modules():
+    for module_name, module in root.named_modules():
         for param_name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue

@@ -1,0 +1,40 @@
+"""``recyclelora-cli train``: train a segmentor as ``params.yaml`` says (one process, or DDP under torchrun)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from recyclelora.cli._common import console, user_errors
+from recyclelora.cli.adapters import default_init_cache
+from recyclelora.config import load_params
+from recyclelora.train.loop import NonFiniteLossError, train
+
+
+def train_command(
+    params: Annotated[Path, typer.Option(help="params.yaml with data, model and train sections.")] = Path("params.yaml"),
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, model.safetensors, train_log.csv.")] = Path(
+        "models/train"
+    ),
+    resume: Annotated[bool, typer.Option(help="Continue from the run folder's latest checkpoint.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="Init cache [default: ~/.cache/recyclelora/init].")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train. Multi-GPU: ``torchrun --nproc_per_node=N -m recyclelora train --params params.yaml``."""
+    with user_errors(NonFiniteLossError):
+        run = load_params(params, sections=("data", "model", "train"))
+        result = train(
+            run.model,
+            run.train,
+            run.data,
+            out,
+            resume=resume,
+            cache_dir=cache_dir or default_init_cache(),
+            progress=progress,
+        )
+    console.print(
+        f"{len(result.history) and result.history[-1]['step']} steps, {result.iterations_per_second:.2f} it/s, "
+        f"peak memory {result.peak_memory_mb:.0f} MiB -> {result.model_path}"
+    )

@@ -1,0 +1,93 @@
+"""``params.yaml`` -> typed, validated run configuration (every key checked before any work starts)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recyclelora.models.build import ModelConfig
+from recyclelora.train.config import DataConfig, TrainConfig
+
+
+class ParamsError(ValueError):
+    """A params file names an unknown key or holds a value its field refuses."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the target domains are scored (the protocol: sliding 512 x 512 windows, stride 341)."""
+
+    targets: tuple[str, ...] = field(default=(), metadata={"help": "target manifests, one dataset each"})
+    crop: int = field(default=512, metadata={"help": "sliding-window size"})
+    stride: int = field(default=341, metadata={"help": "sliding-window stride"})
+    whole: bool = field(default=False, metadata={"help": "whole-image inference instead of sliding windows"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(str(t) for t in self.targets))
+        if not 0 < self.stride <= self.crop:
+            raise ValueError(f"eval.stride must be in (0, crop={self.crop}], got {self.stride!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: data, model, training and evaluation settings."""
+
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def build_config(cls: type, data: Any, where: str) -> Any:
+    """Instantiate dataclass ``cls`` from a mapping, recursing into nested dataclass fields.
+
+    ``where`` names the mapping in errors (``params.train``): unknown keys and refused values raise
+    :class:`ParamsError` naming the key and, for unknown keys, the allowed ones.
+    """
+    if not isinstance(data, dict):
+        raise ParamsError(f"{where} must be a mapping of keys to values, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ParamsError(f"unknown key(s) {[f'{where}.{k}' for k in unknown]}: allowed keys are {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(hints[name], value, f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ParamsError(f"{where}: {error}") from None
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    for option in options:
+        if dataclasses.is_dataclass(option):
+            return value if value is None and type(None) in options else build_config(option, value, where)
+        if typing.get_origin(option) is tuple and isinstance(value, list):
+            return tuple(value)
+    return value
+
+
+def load_params(path: str | Path, sections: tuple[str, ...] = ("data", "model", "train", "eval")) -> RunConfig:
+    """Read ``params.yaml`` and validate it. ``base.seed`` seeds training unless ``train.seed`` is given."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"params file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections")
+    seed = (raw.get("base") or {}).get("seed")
+    run = {key: raw[key] for key in sections if key in raw}
+    if seed is not None:
+        run.setdefault("train", {}).setdefault("seed", seed)
+    if "data" not in run:
+        raise ParamsError(f"{path} has no 'data' section: it must list at least data.train")
+    return build_config(RunConfig, run, "params")

@@ -1,0 +1,161 @@
+"""Self-describing segmentor checkpoints in safetensors: config, trained tensors, initial factors.
+
+A training checkpoint holds what training changed (adapters, or the whole backbone under ``full``; neck;
+head) plus the adapters' initial factors, so the residual ``W0 - s B0 A0`` is rebuilt from the pretrained
+weights without recomputing any decomposition. The pretrained backbone is identified by the SHA-256 of its
+state dict, checked on load. A merged checkpoint holds every tensor of a plain timm backbone and the head;
+so does one of a randomly initialised backbone (``weights="none"``), which no source could rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from recyclelora.adapters import Factors, merge_adapters
+from recyclelora.io import atomic_path, sha256_file
+from recyclelora.models.build import ModelConfig, build_segmentor
+from recyclelora.models.segmentor import Segmentor
+
+FORMAT = "recyclelora-segmentor"
+VERSION = 1
+_INIT = "init."
+_FIELDS = ("a_main", "b_main", "a_sub", "b_sub")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint file says about itself."""
+
+    config: ModelConfig
+    merged: bool
+    backbone_sha256: str
+    metadata: dict[str, str]
+
+
+def _saved_keys(model: Segmentor, everything: bool) -> list[str]:
+    if everything:
+        return list(model.state_dict())
+    trained_vit = {f"backbone.vit.{n}" for n, p in model.backbone.vit.named_parameters() if p.requires_grad}
+    return [k for k in model.state_dict() if not k.startswith("backbone.vit.") or k in trained_vit]
+
+
+def save_segmentor(
+    path: str | Path,
+    model: Segmentor,
+    config: ModelConfig,
+    *,
+    backbone_sha256: str,
+    init_factors: dict[str, Factors] | None = None,
+    merged: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write the checkpoint atomically; ``metadata`` adds string entries (e.g. step, source hash)."""
+    state = model.state_dict()
+    everything = merged or config.backbone.weights == "none"  # a random backbone cannot be rebuilt: keep it
+    tensors = {k: state[k].detach().to("cpu").contiguous() for k in _saved_keys(model, everything)}
+    for layer, factors in (init_factors or {}).items():
+        for field in _FIELDS:
+            tensors[f"{_INIT}{layer}.{field}"] = getattr(factors, field).detach().to("cpu").contiguous()
+    header = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "model_config": json.dumps(config.to_dict()),
+        "merged": json.dumps(merged),
+        "backbone_sha256": backbone_sha256,
+        **(metadata or {}),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=header)
+    return Path(path)
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    """Read and check a checkpoint's header; raises a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: train a model or give the right path")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path} is not a readable safetensors checkpoint ({error})") from None
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a recyclelora segmentor checkpoint (format {metadata.get('format')!r})")
+    if metadata.get("version") != str(VERSION):
+        raise ValueError(
+            f"{path} has checkpoint version {metadata.get('version')}, this recyclelora reads version {VERSION}: "
+            "use the recyclelora release that wrote it"
+        )
+    return CheckpointInfo(
+        config=ModelConfig.from_dict(json.loads(metadata["model_config"])),
+        merged=json.loads(metadata["merged"]),
+        backbone_sha256=metadata["backbone_sha256"],
+        metadata=metadata,
+    )
+
+
+def load_segmentor(
+    path: str | Path, *, backbone_weights: str | None = None
+) -> tuple[Segmentor, CheckpointInfo, dict[str, Factors] | None]:
+    """Rebuild a segmentor from a checkpoint: ``(model, info, initial factors)``.
+
+    ``backbone_weights`` overrides where the pretrained backbone comes from (e.g. a local file on another
+    machine); its hash must equal the one recorded at training time. Merged checkpoints need no weights.
+    """
+    info = read_checkpoint_info(path)
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    config = info.config
+    if info.merged:
+        config = replace(config, backbone=replace(config.backbone, weights="none"), tuning="full")
+    elif backbone_weights is not None:
+        config = replace(config, backbone=replace(config.backbone, weights=backbone_weights))
+    factors = _init_factors(tensors) or None
+    if not info.merged and config.tuning == "adapters" and factors is None:
+        raise ValueError(f"{path} has no initial adapter factors: it was not written by save_segmentor")
+    everything = info.merged or config.backbone.weights == "none"
+    built = build_segmentor(config, init_factors=None if info.merged else factors)
+    if not everything and built.backbone_sha256 != info.backbone_sha256:
+        raise ValueError(
+            f"checkpoint {path} was trained on backbone weights with SHA-256 {info.backbone_sha256[:16]}..., "
+            f"but {config.backbone.weights!r} gives {built.backbone_sha256[:16]}...: pass the pretrained weights "
+            "it was trained from (backbone_weights=...)"
+        )
+    model = built.model
+    state = {k: v for k, v in tensors.items() if not k.startswith(_INIT)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    allowed_missing = set(model.state_dict()) - set(_saved_keys(model, everything))
+    missing = sorted(set(missing) - allowed_missing)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path} does not fit the model its config builds: missing {missing[:10]}, "
+            f"unexpected {sorted(unexpected)[:10]}"
+        )
+    return model, info, factors
+
+
+def _init_factors(tensors: dict[str, torch.Tensor]) -> dict[str, Factors]:
+    layers = sorted({k[len(_INIT) :].rsplit(".", 1)[0] for k in tensors if k.startswith(_INIT)})
+    return {layer: Factors(*(tensors[f"{_INIT}{layer}.{f}"] for f in _FIELDS)) for layer in layers}
+
+
+def merge_checkpoint(source: str | Path, destination: str | Path, *, backbone_weights: str | None = None) -> Path:
+    """Fold a checkpoint's adapters into its backbone and write a merged checkpoint (plain timm backbone + head).
+
+    The merged file records the source's SHA-256 (``source_sha256``) and needs no pretrained weights to load.
+    """
+    model, info, _ = load_segmentor(source, backbone_weights=backbone_weights)
+    merge_adapters(model.backbone.vit)
+    return save_segmentor(
+        destination,
+        model,
+        info.config,
+        backbone_sha256=info.backbone_sha256,
+        merged=True,
+        metadata={"source_sha256": sha256_file(source)},
+    )
