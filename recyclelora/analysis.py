@@ -16,13 +16,32 @@ def effective_rank(matrix: torch.Tensor, eps: float = 1e-12) -> float:
 
     ``s`` are the singular values; a zero matrix has effective rank 0.
     """
-    s = torch.linalg.svdvals(matrix.detach().double())
+    return _effective_rank(torch.linalg.svdvals(matrix.detach().double()), eps)
+
+
+def _effective_rank(s: torch.Tensor, eps: float = 1e-12) -> float:
     total = s.sum()
     if total <= eps:
         return 0.0
     p = s / total
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+def product_singular_values(b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Singular values of ``B A`` (``out x r`` times ``r x in``) from an ``r x r`` problem.
+
+    With ``B = Q_b R_b`` and ``A^T = Q_a R_a``, ``B A = Q_b (R_b R_a^T) Q_a^T`` and ``Q_b``, ``Q_a`` have
+    orthonormal columns, so ``B A`` and ``R_b R_a^T`` share their singular values.
+    """
+    _, r_b = torch.linalg.qr(b.detach().double(), mode="reduced")
+    _, r_a = torch.linalg.qr(a.detach().double().T, mode="reduced")
+    return torch.linalg.svdvals(r_b @ r_a.T)
+
+
+def effective_rank_of_product(b: torch.Tensor, a: torch.Tensor) -> float:
+    """:func:`effective_rank` of ``B A`` without forming the ``out x in`` product."""
+    return _effective_rank(product_singular_values(b, a))
 
 
 @dataclass(frozen=True)
@@ -86,8 +105,6 @@ def rank_report(model: nn.Module) -> list[LayerRankReport]:
     similarity of ``B_main`` and ``B_sub`` (NaN when either side is empty)."""
     reports = []
     for name, layer in adapter_layers(model):
-        main = layer.lora_B_main.detach() @ layer.lora_A_main.detach()
-        sub = layer.lora_B_sub.detach() @ layer.lora_A_sub.detach()
         if layer.rank_main and layer.rank_sub:
             sim = subspace_similarity(layer.lora_B_main, layer.lora_B_sub)
             distance, similarity = sim.grassmann_distance, sim.similarity
@@ -98,8 +115,10 @@ def rank_report(model: nn.Module) -> list[LayerRankReport]:
                 layer=name,
                 rank_main=layer.rank_main,
                 rank_sub=layer.rank_sub,
-                erank_main=effective_rank(main) if layer.rank_main else math.nan,
-                erank_sub=effective_rank(sub) if layer.rank_sub else math.nan,
+                erank_main=effective_rank_of_product(layer.lora_B_main, layer.lora_A_main)
+                if layer.rank_main
+                else math.nan,
+                erank_sub=effective_rank_of_product(layer.lora_B_sub, layer.lora_A_sub) if layer.rank_sub else math.nan,
                 grassmann_distance=distance,
                 similarity=similarity,
             )

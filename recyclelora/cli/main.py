@@ -26,3 +26,15 @@ from recyclelora.cli.train import train_command as _train  # noqa: E402
 app.command("init")(_init)
 app.command("info")(_info)
 app.command("train")(_train)
+
+from recyclelora.cli.evaluate import eval_command as _eval  # noqa: E402
+from recyclelora.cli.evaluate import predict_command as _predict  # noqa: E402
+from recyclelora.cli.model import analyze as _analyze  # noqa: E402
+from recyclelora.cli.model import export_app as _export_app  # noqa: E402
+from recyclelora.cli.model import merge as _merge  # noqa: E402
+
+app.command("eval")(_eval)
+app.command("predict")(_predict)
+app.command("merge")(_merge)
+app.add_typer(_export_app, name="export")
+app.command("analyze")(_analyze)

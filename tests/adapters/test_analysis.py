@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from recyclelora import AdapterConfig, effective_rank, inject_adapters, rank_report, subspace_similarity
+from recyclelora.analysis import effective_rank_of_product
 from tests.helpers import tiny_vit
 
 
@@ -48,3 +49,10 @@ def test_rank_report_single_adapter_has_nan_sub() -> None:
     inject_adapters(model, AdapterConfig(init="pissa", rank_main=6, rank_sub=2))
     row = rank_report(model)[0]
     assert row.rank_sub == 0 and math.isnan(row.erank_sub) and math.isnan(row.similarity)
+
+
+def test_effective_rank_of_product_matches_the_formed_product() -> None:
+    g = torch.Generator().manual_seed(0)
+    b, a = torch.randn(40, 5, generator=g), torch.randn(5, 30, generator=g) * torch.logspace(0, -2, 5)[:, None]
+    assert effective_rank_of_product(b, a) == pytest.approx(effective_rank(b.double() @ a.double()), rel=1e-9)
+    assert effective_rank_of_product(torch.zeros(4, 2), torch.zeros(2, 3)) == 0.0

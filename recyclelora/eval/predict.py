@@ -1,0 +1,137 @@
+"""Test-time inference at a chosen size, and predictions for a user's own (unlabelled) images.
+
+:class:`InferencePredictor` is mmseg's test pipeline behind the ``predict`` contract: an image normalised at
+its original size ``H x W`` is resized to the inference size ``h x w`` (bilinear, antialiased), scored by
+sliding windows or whole, and the scores are resized back to ``H x W`` (bilinear), so that the argmax is
+compared with the original label. With ``size``, ``h x w`` is that size; with ``short_edge``,
+``f = short_edge / min(H, W)`` and ``h x w = round(f H) x round(f W)``; with neither, ``h x w = H x W``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from recyclelora.data.classes import NUM_CLASSES
+from recyclelora.data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_tensor, normalize
+from recyclelora.eval.evaluate import PROTOCOL_SLIDING, PredictionWriter
+from recyclelora.eval.sliding import Predict, SlidingWindowConfig, slide_inference, whole_inference
+
+#: Sub-folder of the output folder that receives the trainId PNGs (overlays go to ``<folder>_overlay``).
+PREDICTION_FOLDER = "pred"
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How images are scored: sliding windows (``None``: the whole image at once) at an optional test size."""
+
+    sliding: SlidingWindowConfig | None = PROTOCOL_SLIDING
+    size: tuple[int, int] | None = None  # (width, height)
+    short_edge: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size is not None and self.short_edge is not None:
+            raise ValueError(f"size={self.size} and short_edge={self.short_edge} are exclusive: set one")
+        if self.size is not None:
+            object.__setattr__(self, "size", tuple(self.size))
+            if len(self.size) != 2 or not all(isinstance(v, int) and v > 0 for v in self.size):
+                raise ValueError(f"size={self.size} must be a (width, height) pair of positive integers")
+        if self.short_edge is not None and not (isinstance(self.short_edge, int) and self.short_edge > 0):
+            raise ValueError(f"short_edge={self.short_edge!r} must be a positive integer")
+
+    def inference_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) at which an ``height x width`` image is scored (see the module docstring)."""
+        if self.size is not None:
+            return self.size[1], self.size[0]
+        if self.short_edge is not None:
+            factor = self.short_edge / min(height, width)
+            return int(height * factor + 0.5), int(width * factor + 0.5)
+        return height, width
+
+
+class InferencePredictor:
+    """``predict`` wrapped into the test pipeline of :class:`InferenceConfig`; returns float32 scores
+    ``(B, num_classes, H, W)`` at the input size, so pass it to ``evaluate(..., sliding=None)``."""
+
+    def __init__(self, predict: Predict, config: InferenceConfig, num_classes: int = NUM_CLASSES) -> None:
+        self.predict = predict
+        self.config = config
+        self.num_classes = num_classes
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        size = self.config.inference_size(height, width)
+        resized = size != (height, width)
+        if resized:
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        if self.config.sliding is None:
+            scores = whole_inference(self.predict, images, self.num_classes)
+        else:
+            scores = slide_inference(self.predict, images, self.num_classes, self.config.sliding)
+        if resized:
+            scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
+        return scores
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """An image file as an (H, W, 3) uint8 RGB array; a missing or unreadable file raises a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as handle:
+            return np.asarray(handle.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for unknown or truncated files
+        raise ValueError(
+            f"image {path} is corrupt or not an image PIL can read ({error}): replace it"
+        ) from None
+
+
+def predict_images(
+    predict: Predict,
+    images: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    overlays: bool = False,
+    device: torch.device | str = "cpu",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    progress: bool = True,
+) -> list[Path]:
+    """Write the argmax of ``predict`` for each image as ``out/pred/<stem>.png`` (8-bit trainIds at the
+    image's size) and, with ``overlays``, the class colours over the image at ``out/pred_overlay/<stem>.png``.
+
+    ``predict`` sees one normalised ``(1, 3, H, W)`` image at its original size (e.g. a
+    :class:`InferencePredictor`). Images with the same stem are refused before any inference.
+    """
+    paths = [Path(image) for image in images]
+    if not paths:
+        raise ValueError("no image to predict: pass at least one image file")
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in stems:
+            raise ValueError(
+                f"{stems[path.stem]} and {path} have the same stem {path.stem!r}, so their predictions would "
+                "overwrite each other: predict them in separate runs"
+            )
+        stems[path.stem] = path
+    writer = PredictionWriter(out, overlays, mean, std)
+    written = []
+    columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress) as bar, torch.inference_mode():
+        task = bar.add_task("predict", total=len(paths))
+        for path in paths:
+            image = normalize(image_tensor(read_image(path)), tuple(mean), tuple(std)).to(device)
+            pred = predict(image.unsqueeze(0)).argmax(1)[0]
+            writer.write(PREDICTION_FOLDER, path.stem, pred, image)
+            written.append(Path(out) / PREDICTION_FOLDER / f"{path.stem}.png")
+            bar.advance(task)
+    return written
