@@ -3,19 +3,22 @@ and report what its adapters learned."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import torch
 import typer
+from safetensors.torch import save_file
 
 from recyclelora.adapters import adapter_layers, merge_adapters
+from recyclelora.adapters.export import lora_delta
 from recyclelora.analysis import rank_report
 from recyclelora.cli._common import console, user_errors
 from recyclelora.cli.evaluate import WeightsOpt
 from recyclelora.eval.analyze import rank_table, write_rank_report
 from recyclelora.export import OnnxParityError, export_onnx, verify_onnx
-from recyclelora.io import atomic_path, sha256_file
+from recyclelora.io import atomic_path, atomic_write_text, sha256_file
 from recyclelora.models import Segmentor, load_segmentor, merge_checkpoint, read_checkpoint_info
 
 #: Largest ``max |merged - unmerged| / max |unmerged|`` over the logits that a merge may change.
@@ -101,6 +104,35 @@ def export_onnx_command(
         f"at logit scale {parity.logit_scale:.3g} (relative {parity.max_rel_diff:.3g}, allowed 1e-3), "
         f"argmax agreement {parity.argmax_agreement:.4%}"
     )
+
+
+@export_app.command("lora")
+def export_lora_command(
+    checkpoint: CheckpointOpt,
+    out: Annotated[Path, typer.Option(help="Folder for adapter_model.safetensors and adapter_config.json.")],
+) -> None:
+    """The trained update as a peft LoRA (rank 2 (r_main + r_sub)) on the untouched pretrained backbone."""
+    with user_errors():
+        info = read_checkpoint_info(checkpoint)
+        if info.merged or info.config.tuning != "adapters":
+            raise ValueError(f"{checkpoint} holds no adapters (merged or tuning={info.config.tuning!r})")
+        model, _, factors = load_segmentor(checkpoint)
+        delta = lora_delta(model.backbone.vit, factors)
+        tensors = {f"base_model.model.{key}": value for key, value in delta.state_dict.items()}
+        adapter_config = {
+            "peft_type": "LORA",
+            "base_model_name_or_path": info.config.backbone.name,
+            "r": delta.rank,
+            "lora_alpha": delta.lora_alpha,
+            "target_modules": list(delta.target_modules),
+            "lora_dropout": 0.0,
+            "bias": "none",
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "adapter_model.safetensors") as tmp:
+            save_file(tensors, tmp)
+        atomic_write_text(out / "adapter_config.json", json.dumps(adapter_config, indent=2) + "\n")
+    console.print(f"LoRA of rank {delta.rank} on {len(delta.state_dict) // 2} layers of {info.config.backbone.name} -> {out}")
 
 
 def analyze(

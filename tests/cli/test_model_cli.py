@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -9,11 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 import timm
 import torch
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import recyclelora.cli.model as model_cli
-from recyclelora.adapters import merge_adapters
+from recyclelora.adapters import adapter_layers, merge_adapters
 from recyclelora.analysis import rank_report
 from recyclelora.cli.main import app
 from recyclelora.eval.analyze import rank_rows
@@ -171,3 +173,25 @@ def test_analyze_refuses_merged_and_adapterless_checkpoints(merged, tmp_path) ->
     assert_user_error(invoke("analyze", "--checkpoint", merged[0]), "is merged", "analyse the checkpoint")
     full = save_tiny_checkpoint(tmp_path / "full.safetensors", tuning="full")
     assert_user_error(invoke("analyze", "--checkpoint", full), "tuning='full'", "no adapters")
+
+
+def test_export_lora_loads_into_peft_on_the_pretrained_vit(tmp_path: Path) -> None:
+    checkpoint = save_tiny_checkpoint(tmp_path / "model.safetensors")
+    result = runner.invoke(app, ["export", "lora", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "lora")])
+    assert result.exit_code == 0, result.output
+    adapted, _, factors = load_segmentor(checkpoint)
+    vit = adapted.backbone.vit.eval()
+    # the pretrained weights the residuals were made from: W0 = W_res + s B0 A0
+    plain = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=SIZE, **TINY_VIT).eval()
+    state = merge_adapters(copy.deepcopy(vit)).state_dict()
+    for name, layer in adapter_layers(vit):
+        state[f"{name}.weight"] = layer.weight.detach() + layer.scaling * factors[name].product()
+    plain.load_state_dict(state, strict=True)
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    peft_model = get_peft_model(plain, LoraConfig(r=config["r"], lora_alpha=config["lora_alpha"],
+                                                  target_modules=config["target_modules"], lora_dropout=0.0))  # fmt: skip
+    outcome = set_peft_model_state_dict(peft_model, load_file(tmp_path / "lora" / "adapter_model.safetensors"))
+    assert not outcome.unexpected_keys
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model.forward_features(x), vit.forward_features(x), rtol=1e-4, atol=1e-4)
