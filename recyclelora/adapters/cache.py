@@ -30,7 +30,8 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
     """SHA-256 over dtype, shape and raw bytes of a tensor."""
     data = tensor.detach().to("cpu").contiguous()
     digest = hashlib.sha256(f"{data.dtype}|{tuple(data.shape)}|".encode())
-    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    if data.numel():
+        digest.update(data.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
     return digest.hexdigest()
 
 

@@ -17,6 +17,8 @@ class DualLoRALinear(nn.Module):
     ``weight`` holds the frozen residual ``W_res = W0 - s (B_main A_main + B_sub A_sub)`` of the initial
     factors, in the base layer's dtype; the four adapter tensors (float32, trainable) keep the names of the
     published implementation so checkpoints port. A rank of 0 on either side gives an empty adapter.
+    ``base`` is consumed: its weight tensor becomes the residual in place, so no second copy of the
+    weights is ever held (keep a copy of ``base`` if you still need the pretrained layer).
     """
 
     def __init__(self, base: nn.Linear, factors: Factors, alpha: float = 1.0) -> None:
@@ -38,24 +40,34 @@ class DualLoRALinear(nn.Module):
         self.lora_B_main = nn.Parameter(factors.b_main.to(device, torch.float32).clone())
         self.lora_A_sub = nn.Parameter(factors.a_sub.to(device, torch.float32).clone())
         self.lora_B_sub = nn.Parameter(factors.b_sub.to(device, torch.float32).clone())
-        residual = base.weight.detach().float() - self.delta_weight()
-        self.weight = nn.Parameter(residual.to(base.weight.dtype), requires_grad=False)
-        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach().clone(), requires_grad=False)
+        weight = base.weight.detach()
+        with torch.no_grad():  # W_res = W0 - s B A, written over W0 (no second copy of the weights)
+            b, a = self._stacked()
+            if weight.dtype == torch.float32:
+                weight.addmm_(b, a, alpha=-self.scaling)
+            else:
+                weight.copy_(torch.addmm(weight.float(), b, a, alpha=-self.scaling))
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)
         self.merged = False
         self._unmerged_weight: torch.Tensor | None = None
 
-    def delta_weight(self) -> torch.Tensor:
-        """``s (B_main A_main + B_sub A_sub)`` in float32 (out x in)."""
+    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B = [B_main | B_sub]`` (out x r) and ``A = [A_main; A_sub]`` (r x in): one product for both adapters."""
         b = torch.cat([self.lora_B_main, self.lora_B_sub], dim=1)
         a = torch.cat([self.lora_A_main, self.lora_A_sub], dim=0)
+        return b, a
+
+    def delta_weight(self) -> torch.Tensor:
+        """``s (B_main A_main + B_sub A_sub)`` in float32 (out x in)."""
+        b, a = self._stacked()
         return (b @ a) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = F.linear(x, self.weight, self.bias)
         if self.merged:
             return result
-        a = torch.cat([self.lora_A_main, self.lora_A_sub], dim=0)
-        b = torch.cat([self.lora_B_main, self.lora_B_sub], dim=1)
+        b, a = self._stacked()
         update = F.linear(F.linear(x.to(a.dtype), a), b)
         return result + (update * self.scaling).to(result.dtype)
 
