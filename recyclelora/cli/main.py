@@ -38,3 +38,7 @@ app.command("predict")(_predict)
 app.command("merge")(_merge)
 app.add_typer(_export_app, name="export")
 app.command("analyze")(_analyze)
+
+from pipeline.cli import stage_app as _stage_app  # noqa: E402
+
+app.add_typer(_stage_app, name="stage")

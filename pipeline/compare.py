@@ -1,0 +1,255 @@
+"""The comparison table: every method x seed as a queued DVC experiment, aggregated into a Markdown table.
+
+    python -m pipeline.compare run                 # queue 8 methods x 3 seeds, run them, write the table
+    python -m pipeline.compare queue               # only queue them; then `dvc queue start`, `dvc exp show`
+    python -m pipeline.compare table               # aggregate finished experiments into docs/comparison.md
+
+Each experiment is ``dvc exp run --queue -n <prefix>-<method>-s<seed> -S <preset keys> -S <method keys>
+-S base.seed=<seed> evaluate analyze``: the preset (``presets/table.yaml``: shorter training on a CPU) and the
+method are params overrides of the current workspace; ``export`` is not run. Data, weights and each
+initialiser's decomposition are computed once and restored from DVC's run cache afterwards. The table reports,
+per method and target domain, the mean and the sample standard deviation (n - 1) of mIoU over seeds, read from
+each experiment's ``metrics/eval.json``; the method is read back from the experiment's params, not its name.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import dvc.api
+import typer
+import yaml
+
+from recyclelora.cli._common import user_errors
+from recyclelora.io import atomic_write_text
+
+#: Params overrides of each method (frozen backbone and full fine-tuning keep the default init, unused).
+METHODS: dict[str, dict[str, str]] = {
+    "frozen": {"model.tuning": "frozen"},
+    "full": {"model.tuning": "full"},
+    "lora": {"model.tuning": "adapters", "model.adapter.init": "lora"},
+    "pissa": {"model.tuning": "adapters", "model.adapter.init": "pissa"},
+    "milora": {"model.tuning": "adapters", "model.adapter.init": "milora"},
+    "rrqr-main": {"model.tuning": "adapters", "model.adapter.init": "rrqr-main"},
+    "rrqr-sub": {"model.tuning": "adapters", "model.adapter.init": "rrqr-sub"},
+    "rrqr": {"model.tuning": "adapters", "model.adapter.init": "rrqr"},
+}
+LABELS: dict[str, str] = {
+    "frozen": "Frozen backbone",
+    "full": "Full fine-tuning",
+    "lora": "LoRA",
+    "pissa": "PiSSA",
+    "milora": "MiLoRA",
+    "rrqr-main": "RecycleLoRA, main only",
+    "rrqr-sub": "RecycleLoRA, sub only",
+    "rrqr": "RecycleLoRA",
+}
+SEEDS: tuple[int, ...] = (0, 1, 2)
+TARGET_STAGES: tuple[str, ...] = ("evaluate", "analyze")
+EVAL_METRICS = "metrics/eval.json"
+PENDING_STATES = frozenset({"Queued", "Running"})
+
+app = typer.Typer(
+    help="Queue, run and tabulate the method comparison (DVC experiments).", no_args_is_help=True
+)
+
+
+def override_value(value: Any) -> str:
+    """A params value in the override syntax of ``dvc exp run -S`` (Hydra): ``null``, ``true``, ``1e-05``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise ValueError(
+        f"only scalar values can be passed to `dvc exp run -S`, got {value!r}: put it in params.yaml"
+    )
+
+
+def preset_overrides(preset: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key=value`` overrides for every leaf of a preset mapping (dotted keys)."""
+    overrides = []
+    for key, value in preset.items():
+        if isinstance(value, Mapping):
+            overrides += preset_overrides(value, f"{prefix}{key}.")
+        else:
+            overrides.append(f"{prefix}{key}={override_value(value)}")
+    return overrides
+
+
+def method_of(params: Mapping[str, Any]) -> str:
+    """The method a params.yaml describes: ``frozen``, ``full`` or the adapters' initialiser."""
+    tuning = params["model"]["tuning"]
+    return tuning if tuning != "adapters" else params["model"]["adapter"]["init"]
+
+
+def queue_commands(
+    methods: Sequence[str], seeds: Sequence[int], overrides: Sequence[str], prefix: str
+) -> list[list[str]]:
+    """One ``dvc exp run --queue`` command per method and seed."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}: choose from {list(METHODS)}")
+    commands = []
+    for method in methods:
+        for seed in seeds:
+            pairs = [*overrides, *(f"{k}={v}" for k, v in METHODS[method].items()), f"base.seed={seed}"]
+            sets = [arg for pair in pairs for arg in ("-S", pair)]
+            name = f"{prefix}-{method}-s{seed}"
+            commands.append(["dvc", "exp", "run", "--queue", "-n", name, *sets, *TARGET_STAGES])
+    return commands
+
+
+def experiments(prefix: str) -> list[dict[str, Any]]:
+    """``dvc exp show`` rows of the experiments named ``<prefix>-...``."""
+    return [row for row in dvc.api.exp_show() if (row.get("Experiment") or "").startswith(f"{prefix}-")]
+
+
+def collect(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """``{method: {target or "mean": [mIoU of each finished experiment]}}`` read from their revisions."""
+    scores: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        if row.get("State") is not None:  # queued, running or failed
+            continue
+        rev = row["rev"]
+        method = method_of(dvc.api.params_show(rev=rev))
+        metrics = dvc.api.metrics_show(EVAL_METRICS, rev=rev)
+        per_method = scores.setdefault(method, {})
+        for name, entry in metrics.items():
+            value = entry["mIoU"] if isinstance(entry, Mapping) else entry
+            key = "mean" if name == "mean_mIoU" else name.removesuffix("_val")
+            if value is not None:
+                per_method.setdefault(key, []).append(float(value))
+    return scores
+
+
+def cell(values: Sequence[float]) -> str:
+    """``mean ± std`` in percent (sample standard deviation), ``mean`` alone for one value."""
+    mean = 100 * statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def markdown_table(scores: Mapping[str, Mapping[str, Sequence[float]]], note: str) -> str:
+    """Methods (in :data:`METHODS` order) by target domains and their mean, mIoU in percent."""
+    targets = sorted({key for per in scores.values() for key in per if key != "mean"})
+    columns = [*targets, "mean"]
+    lines = [
+        "# Method comparison on the embedded benchmark",
+        "",
+        note,
+        "",
+        "| method | seeds | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for method in (m for m in METHODS if m in scores):
+        per = scores[method]
+        seeds = max(len(values) for values in per.values())
+        cells = [cell(per[c]) if per.get(c) else "-" for c in columns]
+        lines.append(f"| {LABELS[method]} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def wait_for(prefix: str, poll_seconds: float) -> list[dict[str, Any]]:
+    """Poll ``dvc exp show`` until no ``<prefix>-`` experiment is queued or running; return the rows."""
+    while True:
+        rows = experiments(prefix)
+        pending = [row["Experiment"] for row in rows if row.get("State") in PENDING_STATES]
+        if not pending:
+            return rows
+        typer.echo(f"{len(pending)} experiment(s) queued or running ({', '.join(pending[:3])}...)")
+        time.sleep(poll_seconds)
+
+
+def _queue(methods: list[str], seeds: list[int], preset: Path | None, prefix: str) -> None:
+    existing = sorted(row["Experiment"] for row in experiments(prefix))
+    if existing:
+        raise ValueError(
+            f"experiments {existing[:4]}... exist: remove them "
+            f"(`dvc exp remove {' '.join(existing[:2])} ...`) "
+            "or choose another --prefix"
+        )
+    if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "params.yaml"], check=False).returncode:
+        typer.echo(
+            "warning: params.yaml differs from HEAD (an earlier `dvc exp run` leaves its params in the "
+            "workspace): every queued experiment inherits the difference; `git checkout params.yaml` "
+            "to avoid it",
+            err=True,
+        )
+    overrides = preset_overrides(yaml.safe_load(preset.read_text()) or {}) if preset else []
+    for command in queue_commands(methods, seeds, overrides, prefix):
+        subprocess.run(command, check=True)
+
+
+def _table(prefix: str, out: Path, preset: Path | None) -> None:
+    rows = experiments(prefix)
+    failed = [row["Experiment"] for row in rows if row.get("State") == "Failed"]
+    scores = collect(rows)
+    if not scores:
+        raise ValueError(f"no finished experiment named {prefix}-...: run `python -m pipeline.compare run`")
+    note = (
+        f"mIoU (%) on each target domain, mean ± sample standard deviation over seeds; params of "
+        f"`params.yaml` with `{preset or 'no preset'}` (`python -m pipeline.compare run`)."
+        + (f" Failed, left out: {', '.join(failed)}." if failed else "")
+    )
+    atomic_write_text(out, markdown_table(scores, note))
+    typer.echo(out.read_text())
+
+
+Methods = Annotated[
+    list[str] | None, typer.Option("--method", help=f"Repeat; default: all of {list(METHODS)}.")
+]
+Seeds = Annotated[list[int] | None, typer.Option("--seed", help=f"Repeat; default: {list(SEEDS)}.")]
+Preset = Annotated[Path | None, typer.Option(help="Params overrides for every experiment.")]
+Prefix = Annotated[str, typer.Option(help="Experiment names are <prefix>-<method>-s<seed>.")]
+Out = Annotated[Path, typer.Option(help="Markdown table to write.")]
+
+
+@app.command()
+def queue(
+    method: Methods = None,
+    seed: Seeds = None,
+    preset: Preset = Path("presets/table.yaml"),
+    prefix: Prefix = "cmp",
+) -> None:
+    """Queue one experiment per method and seed (start them with `dvc queue start`)."""
+    with user_errors():
+        _queue(method or list(METHODS), seed or list(SEEDS), preset, prefix)
+
+
+@app.command()
+def run(
+    method: Methods = None,
+    seed: Seeds = None,
+    preset: Preset = Path("presets/table.yaml"),
+    prefix: Prefix = "cmp",
+    out: Out = Path("docs/comparison.md"),
+    jobs: Annotated[int, typer.Option(help="Queue workers (more than 1 needs an MLflow server).")] = 1,
+    poll: Annotated[float, typer.Option(help="Seconds between progress checks.")] = 30.0,
+) -> None:
+    """Queue, run (`dvc queue start`), wait, and write the table."""
+    with user_errors():
+        _queue(method or list(METHODS), seed or list(SEEDS), preset, prefix)
+        subprocess.run(["dvc", "queue", "start", "--jobs", str(jobs)], check=True)
+        wait_for(prefix, poll)
+        _table(prefix, out, preset)
+
+
+@app.command()
+def table(
+    prefix: Prefix = "cmp", out: Out = Path("docs/comparison.md"), preset: Preset = Path("presets/table.yaml")
+) -> None:
+    """Aggregate the finished experiments into a Markdown table (mean ± std over seeds)."""
+    with user_errors():
+        _table(prefix, out, preset)
+
+
+if __name__ == "__main__":
+    app()

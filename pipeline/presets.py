@@ -1,0 +1,100 @@
+"""Presets: named overlays written over ``params.yaml`` (``recyclelora-cli stage preset NAME``).
+
+A preset is a YAML file ``presets/<NAME>.yaml`` beside ``params.yaml`` holding some of its keys. Every key
+must already exist in ``params.yaml`` (a typo is an error, not a new key); mappings are merged key by key,
+except the free-form ones (:data:`FREE_FORM`), which a preset replaces whole like any other value. The result
+is validated as a whole before ``params.yaml`` is replaced (atomically), and its comments are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedSeq
+
+from pipeline.params import load_pipeline_params
+from recyclelora.config import ParamsError
+from recyclelora.io import atomic_path
+
+PRESETS_DIR = "presets"
+#: Mappings whose keys are data, not settings: a preset gives them whole.
+FREE_FORM: frozenset[str] = frozenset({"datasets.real", "model.backbone.model_kwargs"})
+
+
+def available_presets(params_path: str | Path) -> list[str]:
+    """Names of the presets in the ``presets/`` folder beside ``params_path``."""
+    folder = Path(params_path).resolve().parent / PRESETS_DIR
+    return sorted(path.stem for path in folder.glob("*.yaml"))
+
+
+def preset_file(params_path: str | Path, name: str) -> Path:
+    """``presets/<name>.yaml`` beside ``params_path``, or ``name`` itself if it is a YAML file."""
+    given = Path(name)
+    if given.suffix in (".yaml", ".yml") and given.is_file():
+        return given
+    path = Path(params_path).resolve().parent / PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no preset {name!r}: choose one of {available_presets(params_path)} or give a .yaml file"
+        )
+    return path
+
+
+def _overlay(target: dict[str, Any], preset: Mapping[str, Any], prefix: str, changed: list[str]) -> None:
+    for key, value in preset.items():
+        name = f"{prefix}{key}"
+        if key not in target:
+            raise ParamsError(
+                f"preset key {name!r} is not in params.yaml: "
+                f"allowed keys are {[f'{prefix}{k}' for k in target]}"
+            )
+        current = target[key]
+        if isinstance(value, Mapping) and isinstance(current, Mapping) and name not in FREE_FORM:
+            _overlay(current, value, f"{name}.", changed)
+        elif current != value:
+            target[key] = _flow(value)
+            changed.append(name)
+
+
+def _flow(value: Any) -> Any:
+    """Lists of scalars in flow style (``[512, 512]``), as params.yaml writes them."""
+    if isinstance(value, list) and not any(isinstance(item, (list, Mapping)) for item in value):
+        sequence = CommentedSeq(value)
+        sequence.fa.set_flow_style()
+        return sequence
+    return value
+
+
+def _round_trip() -> YAML:
+    """A comment-preserving YAML reader/writer in params.yaml's style (``null`` spelled out)."""
+    rt = YAML()
+    rt.indent(mapping=2, sequence=4, offset=2)
+    rt.width = 110
+    rt.representer.add_representer(
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    return rt
+
+
+def apply_preset(params_path: str | Path, name: str) -> list[str]:
+    """Write preset ``name`` over ``params_path``; returns the dotted keys whose value changed.
+
+    Nothing is written when a preset key is unknown or the resulting params do not validate.
+    """
+    params_path = Path(params_path)
+    preset = yaml.safe_load(preset_file(params_path, name).read_text()) or {}
+    if not isinstance(preset, Mapping):
+        raise ParamsError(f"preset {name!r} must be a mapping of params.yaml sections")
+    rt = _round_trip()
+    document = rt.load(params_path.read_text())
+    changed: list[str] = []
+    _overlay(document, preset, "", changed)
+    with atomic_path(params_path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            rt.dump(document, handle)
+        load_pipeline_params(tmp)
+    return changed

@@ -1,0 +1,22 @@
+"""The DVC stages, one module each: a documented function doing the work and a ``run_*`` entry that validates
+``params.yaml``, records itself as an MLflow child run and writes its DVC outputs atomically."""
+
+from pipeline.stages.analyze import run_analyze
+from pipeline.stages.data import run_data
+from pipeline.stages.evaluate import run_evaluate
+from pipeline.stages.export import run_export
+from pipeline.stages.init import run_init
+from pipeline.stages.merge import run_merge
+from pipeline.stages.train import run_train
+from pipeline.stages.weights import run_weights
+
+__all__ = [
+    "run_analyze",
+    "run_data",
+    "run_evaluate",
+    "run_export",
+    "run_init",
+    "run_merge",
+    "run_train",
+    "run_weights",
+]

@@ -1,0 +1,87 @@
+"""What every stage shares: validated params + an MLflow child run, atomic folders, the converted backbone."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from pipeline.params import PipelineParams, load_pipeline_params
+from pipeline.tracking import stage_run
+from recyclelora.io import atomic_write_text
+from recyclelora.models.build import ModelConfig
+
+#: The ``weights`` stage's file in its output folder: the backbone in timm's layout, at the model's grid.
+BACKBONE_FILE = "backbone.safetensors"
+PARTIAL_SUFFIX = ".partial"
+
+
+@contextlib.contextmanager
+def open_stage(
+    stage: str, params_path: str | Path, sections: tuple[str, ...], *, final: bool = False
+) -> Iterator[PipelineParams]:
+    """Validate all of ``params_path`` (nothing runs on invalid params), then run as MLflow child ``stage``.
+
+    The child run records ``sections`` (the params the stage reads); the DVC workspace is the folder of
+    ``params_path``.
+    """
+    params_path = Path(params_path)
+    params = load_pipeline_params(params_path)
+    with stage_run(stage, params.sections(*sections), repo_root=params_path.resolve().parent, final=final):
+        yield params
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, *, keep_partial: bool = False) -> Iterator[Path]:
+    """Yield ``<path>.partial``, which replaces ``path`` when the block succeeds.
+
+    On failure the partial folder is removed, or kept with ``keep_partial`` (a resumable stage reuses it).
+    """
+    path = Path(path)
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    if not keep_partial:
+        shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True, exist_ok=True)
+    try:
+        yield partial
+    except BaseException:
+        if not keep_partial:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    partial.rename(path)
+
+
+def with_backbone(model: ModelConfig, weights_dir: str | Path) -> ModelConfig:
+    """``model`` reading its backbone from the ``weights`` stage's output, not ``model.backbone.weights``."""
+    file = Path(weights_dir) / BACKBONE_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist: run the weights stage first (`dvc repro weights`)")
+    return replace(model, backbone=replace(model.backbone, weights=file.as_posix()))
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as indented JSON atomically (NaN is refused: write ``None``)."""
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    return Path(path)
+
+
+def log_numbers(values: Mapping[str, Any], step: int | None = None) -> None:
+    """Log the finite numbers of ``values`` as MLflow metrics (``None``, NaN, strings are skipped)."""
+    numbers = {
+        key: float(value)
+        for key, value in values.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
+    if numbers:
+        mlflow.log_metrics(numbers, step=step)

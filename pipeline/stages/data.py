@@ -1,0 +1,78 @@
+"""Stage ``data``: generate the embedded benchmark and/or download and prepare real datasets, with manifests.
+
+Everything lands in one folder (the stage's DVC output): ``<out>/<dataset>_<split>.parquet`` manifests, the
+labels as trainIds and, for the benchmark, its images. Raw downloads stay in ``datasets.download_dir``
+(ignored by Git and DVC); they are inputs, never outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.params import DatasetsConfig, PipelineParams
+from pipeline.stages._common import atomic_dir, log_numbers, open_stage, write_json
+from pipeline.tracking import log_small_artifacts
+from recyclelora.data.download import download_dataset
+from recyclelora.data.manifest import manifest_path, read_manifest
+from recyclelora.data.prepare import prepare_dataset
+from recyclelora.data.raw import RAW_DATASETS
+from recyclelora.data.synth import generate_benchmark
+
+SUMMARY_FILE = "datasets.json"
+#: The params this stage reads (also its ``params:`` in dvc.yaml).
+PARAMS = ("datasets",)
+
+
+def prepare_datasets(config: DatasetsConfig, out: Path) -> dict[str, int]:
+    """Write every dataset of ``config`` into ``out``; returns the sample count of each manifest by file name.
+
+    A real dataset without a raw folder is downloaded (``download_dataset`` unpacks it into
+    ``<download_dir>/raw/<name>``) and then prepared from there like any other raw folder.
+    """
+    if config.synth is not None:
+        generate_benchmark(out, seed=config.synth_seed, config=config.synth, workers=config.workers)
+    for name, raw in config.real.items():
+        if raw is None:
+            download_dataset(name, config.download_dir, workers=config.workers)
+            raw = str(Path(config.download_dir) / "raw" / name)
+        prepare_dataset(name, raw, out, workers=config.workers)
+    return {path.name: len(read_manifest(path)) for path in sorted(out.glob("*.parquet"))}
+
+
+def planned_manifests(config: DatasetsConfig) -> list[str]:
+    """File names of the manifests :func:`prepare_datasets` will write: ``<dataset>_<split>.parquet``."""
+    splits = (
+        {domain: list(counts) for domain, counts in config.synth.splits().items()} if config.synth else {}
+    )
+    splits |= {name: list(RAW_DATASETS[name].splits) for name in config.real}
+    return sorted(manifest_path("", name, split).name for name, names in splits.items() for split in names)
+
+
+def check_manifests(params: PipelineParams, out: Path) -> None:
+    """Raise unless every manifest that ``data.train``, ``data.val`` and ``eval.targets`` name is one the
+    data stage writes into ``out``: run before any work."""
+    produced = planned_manifests(params.datasets)
+    wanted = {
+        "data.train": params.run.data.train,
+        "data.val": params.run.data.val,
+        "eval.targets": params.run.eval.targets,
+    }
+    for key, paths in wanted.items():
+        for path in map(Path, paths):
+            if path.parent.resolve() != out.resolve() or path.name not in produced:
+                raise ValueError(
+                    f"params.{key} names {path}, which the data stage does not produce: choose from "
+                    f"{[(out / name).as_posix() for name in produced]} or add the dataset to params.datasets"
+                )
+
+
+def run_data(params_path: Path, out: Path) -> dict[str, int]:
+    """The ``data`` stage: validate params, write ``out`` atomically, record counts and reports in MLflow."""
+    with open_stage("data", params_path, PARAMS) as params:
+        check_manifests(params, out)
+        with atomic_dir(out) as tmp:
+            counts = prepare_datasets(params.datasets, tmp)
+            write_json(tmp / SUMMARY_FILE, {"samples": counts})
+        log_numbers({f"samples/{name.removesuffix('.parquet')}": count for name, count in counts.items()})
+        log_small_artifacts(sorted(out.glob("*.json")))
+    return counts

@@ -1,0 +1,85 @@
+"""Stage ``evaluate``: score the merged model on every target domain (``eval.targets``).
+
+One confusion matrix per target, ``IoU_c = TP / (TP + FP + FN)``, mIoU over the classes present, the setting's
+score = unweighted mean over targets. The full reports (``metrics.json`` with per-class IoU, a Parquet
+per-class table, confusion matrices, a per-class IoU chart) go to the reports folder; the DVC metric file
+keeps mIoU, aAcc and mAcc per target and their mean, so ``dvc exp show`` stays readable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.stages._common import atomic_dir, log_numbers, open_stage, write_json
+from pipeline.tracking import log_small_artifacts
+from recyclelora.config import EvalConfig
+from recyclelora.data.dataset import SegmentationDataset
+from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
+from recyclelora.eval.evaluate import EvalResult, evaluate
+from recyclelora.eval.predictors import TorchPredictor
+from recyclelora.eval.reports import metrics_dict, write_reports
+from recyclelora.eval.sliding import SlidingWindowConfig
+from recyclelora.models.checkpoint import load_segmentor
+from recyclelora.train.distributed import resolve_device
+
+#: The params this stage reads (also its ``params:`` in dvc.yaml).
+PARAMS = ("eval", "data.val_transform", "train.device")
+SUMMARY_KEYS = ("mIoU", "aAcc", "mAcc", "num_images")
+
+
+def evaluate_targets(
+    checkpoint: Path,
+    config: EvalConfig,
+    transform: EvalTransformConfig,
+    device: str,
+    *,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate ``checkpoint`` on each manifest of ``config.targets`` (named by file stem)."""
+    model, _, _ = load_segmentor(checkpoint)
+    sets = {
+        Path(target).stem: SegmentationDataset(target, EvalTransform(transform)) for target in config.targets
+    }
+    sliding = (
+        None
+        if config.whole
+        else SlidingWindowConfig((config.crop, config.crop), (config.stride, config.stride))
+    )
+    torch_device = resolve_device(device)
+    return evaluate(
+        TorchPredictor(model, torch_device), sets, sliding=sliding, device=torch_device, progress=progress
+    )
+
+
+def summary(result: EvalResult) -> dict[str, object]:
+    """``{target: {mIoU, aAcc, mAcc, num_images}, "mean_mIoU": ...}`` (fractions; NaN as None)."""
+    full = metrics_dict(result)
+    return {
+        name: {key: value for key, value in entry.items() if key in SUMMARY_KEYS}
+        if isinstance(entry, dict)
+        else entry
+        for name, entry in full.items()
+    }
+
+
+def run_evaluate(
+    params_path: Path, checkpoint: Path, reports: Path, metrics: Path, *, progress: bool = True
+) -> dict:
+    """The ``evaluate`` stage: write the reports folder atomically and the metric file; log both to MLflow."""
+    with open_stage("evaluate", params_path, PARAMS, final=True) as params:
+        result = evaluate_targets(
+            checkpoint,
+            params.run.eval,
+            params.run.data.val_transform,
+            params.run.train.device,
+            progress=progress,
+        )
+        with atomic_dir(reports) as tmp:
+            write_reports(result, tmp)
+        scores = summary(result)
+        write_json(metrics, scores)
+        log_numbers(
+            {f"mIoU/{name}": m.miou for name, m in result.metrics.items()} | {"mean_mIoU": result.mean_miou}
+        )
+        log_small_artifacts([reports, metrics])
+    return scores

@@ -1,0 +1,86 @@
+"""Stage ``train``: train the segmentor of ``params.yaml`` on the prepared data, from the cached init.
+
+The run folder (model, checkpoints, ``train_log.csv``, ``train_summary.json``) is built in
+``<out>.partial`` and renamed to ``out`` when training ends. A crashed run leaves the partial folder with its
+checkpoints and a run key (SHA-256 of the params read, the backbone file and the training manifests); a rerun
+with the same key resumes from the latest checkpoint, any other rerun starts afresh. Every logged row goes to
+MLflow at its step; the summary, plus the last validation, is the DVC metric file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from pipeline.params import PipelineParams
+from pipeline.stages._common import atomic_dir, log_numbers, open_stage, with_backbone, write_json
+from pipeline.tracking import log_small_artifacts
+from recyclelora.io import atomic_write_text, sha256_bytes, sha256_file
+from recyclelora.models.build import ModelConfig
+from recyclelora.train.loop import LOG_FILE, MODEL_FILE, SUMMARY_FILE, TrainResult, train
+
+#: The params this stage reads (also its ``params:`` in dvc.yaml).
+PARAMS = ("base.seed", "data", "model", "train")
+KEY_FILE = "run_key.txt"
+
+
+def run_key(params: PipelineParams, model: ModelConfig) -> str:
+    """SHA-256 of what determines a training run: the params read, the backbone file and the manifests."""
+    manifests = (*params.run.data.train, *params.run.data.val)
+    parts = {
+        "params": params.sections(*PARAMS),
+        "backbone": sha256_file(model.backbone.weights),
+        "manifests": {path: sha256_file(path) for path in manifests},
+    }
+    return sha256_bytes(json.dumps(parts, sort_keys=True, default=str).encode())
+
+
+def _prepare_run_folder(folder: Path, key: str) -> bool:
+    """Keep ``folder`` if it holds a run of ``key`` (True: resume it), else empty it and record ``key``."""
+    key_file = folder / KEY_FILE
+    if key_file.is_file() and key_file.read_text() == key:
+        return True
+    shutil.rmtree(folder)
+    folder.mkdir()
+    atomic_write_text(key_file, key)
+    return False
+
+
+def log_row(row: dict[str, float]) -> None:
+    """One logged training row as MLflow metrics at its step (the curves)."""
+    log_numbers({key: value for key, value in row.items() if key != "step"}, int(row["step"]))
+
+
+def last_validation(result: TrainResult) -> dict[str, float]:
+    """The ``val_*`` entries of the last logged row that has them (empty without validation)."""
+    rows = [row for row in result.history if any(key.startswith("val_") for key in row)]
+    return {key: value for key, value in rows[-1].items() if key.startswith("val_")} if rows else {}
+
+
+def run_train(
+    params_path: Path, weights: Path, init_cache: Path, out: Path, metrics: Path, *, progress: bool = True
+) -> dict[str, object]:
+    """The ``train`` stage: validate params, train into ``out`` (resuming a matching partial run), write
+    ``metrics`` (the run's summary and last validation), and log curves, summary and the model (when small)
+    to MLflow."""
+    with open_stage("train", params_path, PARAMS) as params:
+        model = with_backbone(params.run.model, weights)
+        key = run_key(params, model)
+        with atomic_dir(out, keep_partial=True) as tmp:
+            resume = _prepare_run_folder(tmp, key)
+            result = train(
+                model,
+                params.run.train,
+                params.run.data,
+                tmp,
+                resume=resume,
+                cache_dir=init_cache,
+                on_log=log_row,
+                progress=progress,
+            )
+        summary = json.loads((out / SUMMARY_FILE).read_text()) | last_validation(result)
+        write_json(metrics, summary)
+        log_numbers({key: value for key, value in summary.items() if not key.startswith("val_")})
+        log_small_artifacts([out / MODEL_FILE, out / LOG_FILE, out / SUMMARY_FILE])
+    return summary

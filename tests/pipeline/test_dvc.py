@@ -1,0 +1,141 @@
+"""dvc.yaml against the stage modules, and ``dvc repro`` end to end on tiny params in a temporary Git repo."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from pipeline.presets import apply_preset
+from pipeline.stages import analyze, data, evaluate, export, init, merge, train, weights
+
+PROJECT = Path(__file__).resolve().parents[2]
+TINY = Path(__file__).with_name("tiny_params.yaml")
+MODULES = {
+    "data": data, "weights": weights, "init": init, "train": train, "merge": merge, "evaluate": evaluate,
+    "export": export, "analyze": analyze,
+}  # fmt: skip
+#: What the temporary repository needs: the pipeline definition and every code dependency of dvc.yaml.
+COPIED = (
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    ".dvc",
+    "recyclelora",
+    "pipeline",
+    "data",
+    "models",
+    "reports",
+)
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+ENV_DROPPED = ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "RECYCLELORA_PARENT_RUN_ID",
+               "RECYCLELORA_MLFLOW_DB")  # fmt: skip
+
+
+def dvc_stages() -> dict[str, dict]:
+    return yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+
+
+def out_paths(stage: dict) -> set[str]:
+    paths = set(stage.get("outs", []))
+    for entry in stage.get("metrics", []):
+        paths |= set(entry) if isinstance(entry, dict) else {entry}
+    return paths
+
+
+def test_dvc_yaml_matches_the_stage_modules() -> None:
+    stages = dvc_stages()
+    assert list(stages) == list(MODULES)
+    for name, stage in stages.items():
+        command = " ".join(stage["cmd"].split())
+        assert command.startswith(f"recyclelora-cli stage {name} "), command
+        assert tuple(stage.get("params", [])) == MODULES[name].PARAMS, name
+        deps, outs = set(stage["deps"]), out_paths(stage)
+        assert f"pipeline/stages/{name}.py" in deps
+        for dep in deps:
+            assert (PROJECT / dep).exists() or any(dep in out_paths(s) for s in stages.values()), dep
+        # every path the command reads is a dependency (or inside one), every path it writes is an output
+        for option, path in re.findall(r"--([a-z-]+) (\S+)", command):
+            if option in ("out", "metrics", "reports"):
+                assert path in outs, f"{name}: --{option} {path} is not an output"
+            else:
+                assert any(path == dep or path.startswith(f"{dep}/") for dep in deps), (
+                    f"{name}: {path} not a dep"
+                )
+        for entry in stage.get("metrics", []):
+            assert all(options == {"cache": False} for options in entry.values())
+    # the decomposition never depends on training settings
+    assert not any(
+        key == "train" or key.startswith(("train.", "data", "base")) for key in stages["init"]["params"]
+    )
+    plots = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["plots"]
+    curves = [next(iter(plot.values())) for plot in plots if isinstance(plot, dict)]
+    assert curves and all(curve["x"] == "step" for curve in curves)
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def changed_stages(repo: Path, env: dict[str, str]) -> set[str]:
+    """Stages ``dvc status`` reports as changed."""
+    status = run(["dvc", "status", "--json"], repo, env)
+    return set(yaml.safe_load(status[status.index("{") :]))
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "mlflow.db", "mlartifacts")
+    for name in COPIED:
+        source = PROJECT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=ignore)
+        else:
+            shutil.copy(source, repo / name)
+    for folder in ("data", "models", "reports"):  # only the .gitignore files DVC maintains, no outputs
+        for entry in (repo / folder).iterdir():
+            if entry.name != ".gitignore":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)
+    shutil.rmtree(repo / ".dvc" / "tmp", ignore_errors=True)
+    apply_preset(repo / "params.yaml", str(TINY))
+    env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED} | {"DVC_NO_ANALYTICS": "1"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "tiny pipeline"]):
+        run(GIT + args, repo, env)
+
+    first = run(["dvc", "repro"], repo, env)
+    assert [f"Running stage '{name}'" in first for name in MODULES] == [True] * len(MODULES)
+    for metrics in ("train", "eval", "export", "analysis"):
+        assert (repo / "metrics" / f"{metrics}.json").is_file()
+    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("recyclelora").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = sorted(
+        r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    )
+    assert children == sorted(MODULES) and parent.info.status == "FINISHED"
+
+    second = run(["dvc", "repro"], repo, env)
+    assert "Running stage" not in second and all(
+        f"Stage '{name}' didn't change" in second for name in MODULES
+    )
+    assert changed_stages(repo, env) == set()
+
+    # training params rerun training and what follows it, never the data, weights or decomposition
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["lr"] = 0.002
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert changed_stages(repo, env) == {"train"}  # dvc status names the stages whose own inputs changed
+    params["model"]["adapter"]["rank_main"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert changed_stages(repo, env) == {"init", "train"}

@@ -1,0 +1,366 @@
+"""Pipeline stages in-process: params validation before any work, MLflow child runs, outputs, resume, presets,
+the comparison table's commands and aggregation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+import pipeline.stages.train as train_stage
+from pipeline import compare, stages
+from pipeline.params import BaseConfig, DatasetsConfig, ExportConfig, load_pipeline_params
+from pipeline.presets import apply_preset, available_presets
+from pipeline.stages._common import BACKBONE_FILE, PARTIAL_SUFFIX, with_backbone
+from pipeline.stages.data import check_manifests
+from pipeline.stages.init import compute_init_cache
+from pipeline.stages.weights import convert_backbone
+from recyclelora.adapters import AdapterConfig, CacheEntry, find_target_linears
+from recyclelora.cli.main import app
+from recyclelora.config import EvalConfig, ParamsError
+from recyclelora.data.synth import SynthConfig
+from recyclelora.data.transforms import EvalTransformConfig, TrainTransformConfig
+from recyclelora.models.backbone import BackboneConfig, ViTBackbone
+from recyclelora.models.build import state_dict_sha256
+from recyclelora.models.heads import HeadConfig
+from recyclelora.train.config import TrainConfig
+
+PROJECT = Path(__file__).resolve().parents[2]
+TINY = Path(__file__).with_name("tiny_params.yaml")
+STAGE_ORDER = ["data", "weights", "init", "train", "merge", "evaluate", "export", "analyze"]
+runner = CliRunner()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A DVC workspace with the project's params.yaml shrunk by tiny_params.yaml and its own MLflow store."""
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / ".dvc").mkdir()
+    apply_preset(tmp_path / "params.yaml", str(TINY))
+    for name in (
+        "DVC_EXP_NAME",
+        "DVC_EXP_BASELINE_REV",
+        "RECYCLELORA_PARENT_RUN_ID",
+        "RECYCLELORA_MLFLOW_DB",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def edit_params(path: Path, dotted: str, value: object) -> None:
+    """Set one (possibly new) dotted key of a params file."""
+    params = yaml.safe_load(path.read_text())
+    *parents, last = dotted.split(".")
+    node = params
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run_pipeline(root: Path) -> None:
+    """Every stage in order, in this process, with the paths of dvc.yaml."""
+    params = root / "params.yaml"
+    backbone, init, trained = Path("models/backbone"), Path("models/init"), Path("models/train")
+    merged, metrics = Path("models/merged.safetensors"), Path("metrics")
+    stages.run_data(params, Path("data/prepared"))
+    stages.run_weights(params, backbone)
+    stages.run_init(params, backbone, init, progress=False)
+    stages.run_train(params, backbone, init, trained, metrics / "train.json", progress=False)
+    stages.run_merge(params, trained / "model.safetensors", merged)
+    stages.run_evaluate(params, merged, Path("reports/eval"), metrics / "eval.json", progress=False)
+    stages.run_export(params, merged, Path("models/model.onnx"), metrics / "export.json")
+    stages.run_analyze(
+        params, trained / "model.safetensors", Path("reports/analysis"), metrics / "analysis.json"
+    )
+
+
+# params.yaml
+
+
+def test_project_params_validate_and_list_every_setting() -> None:
+    params = load_pipeline_params(PROJECT / "params.yaml")
+    assert params.run.model.backbone.weights == "embedded" and params.run.model.head.kind == "light"
+    assert params.run.model.adapter.init == "rrqr" and params.run.data.transform.crop_size[0] % 14 == 0
+    raw = params.raw
+    sections = {
+        "base": BaseConfig, "datasets": DatasetsConfig, "datasets.synth": SynthConfig, "data": None,
+        "data.transform": TrainTransformConfig, "data.val_transform": EvalTransformConfig,
+        "model.backbone": BackboneConfig, "model.head": HeadConfig, "model.adapter": AdapterConfig,
+        "train": TrainConfig, "eval": EvalConfig, "export": ExportConfig,
+    }  # fmt: skip
+    for section, cls in sections.items():
+        if cls is None:
+            continue
+        keys = set(params.sections(section)[section])
+        expected = {f.name for f in dataclasses.fields(cls)} - ({"seed"} if section == "train" else set())
+        assert keys == expected, f"params.yaml {section}: missing {expected - keys}, extra {keys - expected}"
+    assert set(raw["data"]) == {"train", "val", "subset", "transform", "val_transform"}
+    assert "seed" not in raw["train"]  # train.seed comes from base.seed
+
+
+def test_every_key_of_params_yaml_is_documented() -> None:
+    lines = (PROJECT / "params.yaml").read_text().splitlines()
+    previous = ""
+    for number, line in enumerate(lines, start=1):
+        if re.match(r"^\s*[a-z_]+:", line):
+            assert "#" in line or previous.lstrip().startswith("#"), (
+                f"params.yaml:{number} has no comment: {line}"
+            )
+        if line.strip():
+            previous = line
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragments"),
+    [
+        ("model.adapter.init", "svd", ["params.model.adapter", "init='svd'", "rrqr, rrqr-main"]),
+        ("model.tuning", "half", ["model.tuning must be one of", "frozen"]),
+        ("train.lrr", 0.1, ["params.train.lrr", "allowed keys"]),
+        ("trian.lr", 0.1, ["unknown section", "allowed sections"]),
+        ("datasets.real", {"kitti": "raw/kitti"}, ["params.datasets", "kitti", "gta5"]),
+        ("datasets.real", {"bdd100k": None}, ["cannot be downloaded", "gta5"]),
+        ("export.height", 0, ["params.export", "height must be an integer >= 1"]),
+        ("eval.targets", [], ["params.eval.targets is empty"]),
+    ],
+)
+def test_invalid_params_stop_the_stage_before_any_work(
+    workspace: Path, key: str, value: object, fragments: list[str]
+) -> None:
+    edit_params(workspace / "params.yaml", key, value)
+    result = runner.invoke(app, ["stage", "data", "--out", "data/prepared"])
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.output.split())
+    assert message.startswith("error:") and "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in message
+    assert not (workspace / "data").exists() and not (workspace / "mlflow.db").exists()
+
+
+def test_data_stage_refuses_manifests_it_does_not_write(workspace: Path) -> None:
+    edit_params(workspace / "params.yaml", "eval.targets", ["data/prepared/synth_night_val.parquet"])
+    params = load_pipeline_params(workspace / "params.yaml")
+    with pytest.raises(ValueError, match=r"params.eval.targets names data/prepared/synth_night_val.parquet"):
+        check_manifests(params, Path("data/prepared"))
+    with pytest.raises(ValueError, match="params.data.train"):
+        check_manifests(load_pipeline_params(workspace / "params.yaml"), Path("data/elsewhere"))
+
+
+# Stages
+
+
+def test_pipeline_stages_record_child_runs_outputs_and_metrics(workspace: Path) -> None:
+    run_pipeline(workspace)
+    assert not list(workspace.rglob(f"*{PARTIAL_SUFFIX}"))
+    client = MlflowClient(f"sqlite:///{workspace}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("recyclelora").experiment_id],
+                              order_by=["attributes.start_time ASC"])  # fmt: skip
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = {
+        run.info.run_name: run
+        for run in runs
+        if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert list(children) == STAGE_ORDER and parent.info.status == "FINISHED"
+    assert all(run.info.status == "FINISHED" for run in children.values())
+
+    # each child records the params its stage reads, and only those
+    assert children["init"].data.params["model.adapter.rank_main"] == "2"
+    assert not any(name.startswith("train.") for name in children["init"].data.params)
+    train_run = children["train"]
+    assert train_run.data.params["train.iterations"] == "4" and train_run.data.params["base.seed"] == "0"
+    steps = [m.step for m in client.get_metric_history(train_run.info.run_id, "loss")]
+    assert sorted(steps) == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(train_run.info.run_id, "val_mIoU")] == [2, 4]
+    assert "model.safetensors" in {a.path for a in client.list_artifacts(train_run.info.run_id)}
+
+    # the DVC metric files and the MLflow metrics agree with the reports
+    scores = json.loads((workspace / "metrics/eval.json").read_text())
+    full = json.loads((workspace / "reports/eval/metrics.json").read_text())
+    targets = ["synth_tex_val", "synth_fog_val"]
+    assert [k for k in scores if k != "mean_mIoU"] == targets
+    for target in targets:
+        assert scores[target]["mIoU"] == full[target]["mIoU"] and "IoU" not in scores[target]
+        assert children["evaluate"].data.metrics[f"mIoU/{target}"] == pytest.approx(scores[target]["mIoU"])
+    assert scores["mean_mIoU"] == pytest.approx(statistics.fmean(scores[t]["mIoU"] for t in targets))
+    evaluate_artifacts = {a.path for a in client.list_artifacts(children["evaluate"].info.run_id, "eval")}
+    assert {"eval/metrics.json", "eval/class_iou.png", "eval/per_class.parquet"} <= evaluate_artifacts
+    assert "model.onnx" in {a.path for a in client.list_artifacts(children["export"].info.run_id)}
+    export = json.loads((workspace / "metrics/export.json").read_text())
+    assert export["argmax_agreement"] >= 0.999 and export["max_rel_diff"] <= 1e-3
+    train_metrics = json.loads((workspace / "metrics/train.json").read_text())
+    assert train_metrics["iterations"] == 4 and "val_mIoU" in train_metrics
+    analysis = json.loads((workspace / "metrics/analysis.json").read_text())
+    assert analysis["layers"] == 16 and analysis["erank_main"] > 0  # 4 blocks x (qkv, proj, fc1, fc2)
+
+
+def test_weights_stage_writes_a_reproducible_loadable_backbone(tmp_path: Path) -> None:
+    config = BackboneConfig(
+        weights="none", img_size=28, model_kwargs={"depth": 4, "embed_dim": 24, "num_heads": 2}
+    )
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    record = convert_backbone(config, first)
+    assert record["sha256"] == convert_backbone(config, second)["sha256"]
+    reloaded = ViTBackbone(dataclasses.replace(config, weights=str(first / BACKBONE_FILE)))
+    assert state_dict_sha256(reloaded.vit) == record["state_sha256"]
+
+
+def test_init_stage_caches_deterministic_inits_only(workspace: Path) -> None:
+    params = load_pipeline_params(workspace / "params.yaml")
+    stages.run_weights(workspace / "params.yaml", Path("models/backbone"))
+    model = with_backbone(params.run.model, Path("models/backbone"))
+    record = compute_init_cache(model, workspace / "rrqr", progress=False)
+    vit = ViTBackbone(model.backbone).vit
+    weights = {name: linear.weight for name, linear in find_target_linears(vit, model.adapter).items()}
+    entry = CacheEntry.locate(workspace / "rrqr", model.adapter, weights)
+    assert record["file"] == entry.path.name and record["layers"] == 16 and entry.load() is not None
+    lora = dataclasses.replace(model, adapter=dataclasses.replace(model.adapter, init="lora"))
+    (workspace / "lora").mkdir()
+    assert compute_init_cache(lora, workspace / "lora", progress=False)["file"] is None
+    assert not list((workspace / "lora").iterdir())
+
+
+def test_crashed_training_resumes_only_with_unchanged_inputs(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = workspace / "params.yaml"
+    stages.run_data(params, Path("data/prepared"))
+    stages.run_weights(params, Path("models/backbone"))
+    stages.run_init(params, Path("models/backbone"), Path("models/init"), progress=False)
+    paths = (Path("models/backbone"), Path("models/init"), Path("models/train"), Path("metrics/train.json"))
+    log = train_stage.log_numbers
+
+    def crash_at_step_3(values: dict, step: int | None = None) -> None:
+        if step == 3:
+            raise RuntimeError("killed")
+        log(values, step)
+
+    monkeypatch.setattr(train_stage, "log_numbers", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        stages.run_train(params, *paths, progress=False)
+    partial = workspace / f"models/train{PARTIAL_SUFFIX}"
+    assert (partial / "checkpoints" / "step_0000002").is_dir() and not (workspace / "models/train").exists()
+    monkeypatch.setattr(train_stage, "log_numbers", log)
+    assert stages.run_train(params, *paths, progress=False)["resumed_from"] == 2
+    assert not partial.exists()
+
+    monkeypatch.setattr(train_stage, "log_numbers", crash_at_step_3)
+    with pytest.raises(RuntimeError):
+        stages.run_train(params, *paths, progress=False)
+    monkeypatch.setattr(train_stage, "log_numbers", log)
+    edit_params(params, "train.lr", 0.002)  # another run: its partial folder must not be resumed
+    assert stages.run_train(params, *paths, progress=False)["resumed_from"] == 0
+
+
+# Presets
+
+
+@pytest.mark.parametrize("name", ["paper-g2cbm", "paper-gs2cbm", "paper-gsu2cbm", "paper-c2bm", "table"])
+def test_presets_validate_and_keep_comments(tmp_path: Path, name: str) -> None:
+    shutil.copytree(PROJECT / "presets", tmp_path / "presets")
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    assert name in available_presets(tmp_path / "params.yaml")
+    result = runner.invoke(app, ["stage", "preset", name, "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "params.yaml").read_text()
+    assert "# optimiser steps" in text and "# scaling s = alpha / (rank_main + rank_sub)" in text
+    preset = yaml.safe_load((PROJECT / "presets" / f"{name}.yaml").read_text())
+    written = yaml.safe_load(text)
+    for section, values in preset.items():
+        for key, value in values.items():
+            if not isinstance(value, dict) or key == "real":
+                assert written[section][key] == value, f"{section}.{key}"
+    load_pipeline_params(tmp_path / "params.yaml")
+
+
+def test_paper_presets_hold_the_published_recipe(tmp_path: Path) -> None:
+    def applied(name: str):
+        shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+        apply_preset(tmp_path / "params.yaml", str(PROJECT / "presets" / f"{name}.yaml"))
+        return load_pipeline_params(tmp_path / "params.yaml")
+
+    g = applied("paper-g2cbm")
+    model, train, data = g.run.model, g.run.train, g.run.data
+    assert (model.backbone.name, model.backbone.patch_size, model.backbone.img_size) == (
+        "vit_large_patch14_dinov2",
+        16,
+        512,
+    )
+    assert model.backbone.out_indices == (7, 11, 15, 23) and model.head.kind == "mask2former"
+    assert (model.adapter.rank_main, model.adapter.rank_sub, model.adapter.lr_mult_sub) == (32, 4, 0.5)
+    assert (train.iterations, train.batch_size, train.lr) == (40000, 4, 1e-4)
+    assert data.transform.crop_size == (512, 512) and (g.run.eval.crop, g.run.eval.stride) == (512, 341)
+    assert [Path(t).stem for t in g.run.eval.targets] == ["cityscapes_val", "bdd100k_val", "mapillary_val"]
+    assert g.datasets.synth is None and g.datasets.real["gta5"] is None
+    assert [Path(t).stem for t in applied("paper-gs2cbm").run.data.train] == ["gta5_train", "synthia_train"]
+    assert len(applied("paper-gsu2cbm").run.data.train) == 3
+    c = applied("paper-c2bm")
+    assert c.run.model.adapter.rank_sub == 2 and [Path(t).stem for t in c.run.data.train] == [
+        "cityscapes_train"
+    ]
+    assert [Path(t).stem for t in c.run.eval.targets] == ["bdd100k_val", "mapillary_val"]
+
+
+def test_a_bad_preset_leaves_params_untouched(tmp_path: Path) -> None:
+    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    before = (tmp_path / "params.yaml").read_text()
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  iteration: 10\n")
+    with pytest.raises(ParamsError, match=r"preset key 'train.iteration' is not in params.yaml"):
+        apply_preset(tmp_path / "params.yaml", str(typo))
+    invalid = tmp_path / "invalid.yaml"
+    invalid.write_text("model:\n  adapter:\n    init: svd\n")
+    with pytest.raises(ParamsError, match="choose one of"):
+        apply_preset(tmp_path / "params.yaml", str(invalid))
+    with pytest.raises(FileNotFoundError, match="no preset 'no-such-preset'"):
+        apply_preset(tmp_path / "params.yaml", "no-such-preset")
+    assert (tmp_path / "params.yaml").read_text() == before
+
+
+# Comparison table
+
+
+def test_compare_queues_one_experiment_per_method_and_seed() -> None:
+    preset = yaml.safe_load((PROJECT / "presets" / "table.yaml").read_text())
+    overrides = compare.preset_overrides(preset)
+    assert all("=" in pair and "." in pair.split("=")[0] for pair in overrides)
+    commands = compare.queue_commands(["frozen", "rrqr"], [0, 1], overrides, "cmp")
+    assert len(commands) == 4
+    frozen = commands[0]
+    assert frozen[:6] == ["dvc", "exp", "run", "--queue", "-n", "cmp-frozen-s0"]
+    sets = [frozen[i + 1] for i, arg in enumerate(frozen) if arg == "-S"]
+    assert sets == [*overrides, "model.tuning=frozen", "base.seed=0"]
+    assert frozen[-2:] == ["evaluate", "analyze"]
+    assert "model.adapter.init=rrqr" in commands[3] and "base.seed=1" in commands[3]
+    with pytest.raises(ValueError, match="unknown method"):
+        compare.queue_commands(["dora"], [0], [], "cmp")
+    assert compare.preset_overrides({"train": {"grad_clip": None, "lr": 1e-05}}) == [
+        "train.grad_clip=null",
+        "train.lr=1e-05",
+    ]
+
+
+def test_compare_table_reports_mean_and_spread_per_method_and_domain() -> None:
+    scores = {
+        "rrqr": {"synth_tex": [0.2, 0.4], "synth_fog": [0.3, 0.3], "mean": [0.25, 0.35]},
+        "frozen": {"synth_tex": [0.1], "synth_fog": [0.2], "mean": [0.15]},
+    }
+    table = compare.markdown_table(scores, "note")
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| method | seeds | synth_fog | synth_tex | mean |"
+    assert rows[1].startswith("| Frozen backbone | 1 | 20.0 | 10.0 | 15.0 |")  # methods in METHODS order
+    tex, mean = 100 * statistics.stdev([0.2, 0.4]), 100 * statistics.stdev([0.25, 0.35])
+    assert rows[2] == f"| RecycleLoRA | 2 | 30.0 ± 0.0 | 30.0 ± {tex:.1f} | 30.0 ± {mean:.1f} |"
+    assert compare.method_of({"model": {"tuning": "full", "adapter": {"init": "rrqr"}}}) == "full"
+    assert compare.method_of({"model": {"tuning": "adapters", "adapter": {"init": "pissa"}}}) == "pissa"
