@@ -1,8 +1,16 @@
-"""Entry point of ``recyclelora-cli``: registers the command groups of the sibling modules."""
+"""Entry point of ``recyclelora-cli``: registers the commands of the sibling modules (and the pipeline's stages)."""
 
 from __future__ import annotations
 
 import typer
+
+from pipeline.cli import stage_app
+from recyclelora.cli.adapters import info, init
+from recyclelora.cli.data import data_app
+from recyclelora.cli.evaluate import eval_command, predict_command
+from recyclelora.cli.model import analyze, export_app, merge
+from recyclelora.cli.synth import synth
+from recyclelora.cli.train import train_command
 
 app = typer.Typer(
     name="recyclelora-cli",
@@ -11,34 +19,14 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-from recyclelora.cli.data import data_app  # noqa: E402
-
+data_app.command("synth")(synth)
 app.add_typer(data_app, name="data")
-
-from recyclelora.cli.synth import synth as _synth  # noqa: E402
-
-data_app.command("synth")(_synth)
-
-from recyclelora.cli.adapters import info as _info  # noqa: E402
-from recyclelora.cli.adapters import init as _init  # noqa: E402
-from recyclelora.cli.train import train_command as _train  # noqa: E402
-
-app.command("init")(_init)
-app.command("info")(_info)
-app.command("train")(_train)
-
-from recyclelora.cli.evaluate import eval_command as _eval  # noqa: E402
-from recyclelora.cli.evaluate import predict_command as _predict  # noqa: E402
-from recyclelora.cli.model import analyze as _analyze  # noqa: E402
-from recyclelora.cli.model import export_app as _export_app  # noqa: E402
-from recyclelora.cli.model import merge as _merge  # noqa: E402
-
-app.command("eval")(_eval)
-app.command("predict")(_predict)
-app.command("merge")(_merge)
-app.add_typer(_export_app, name="export")
-app.command("analyze")(_analyze)
-
-from pipeline.cli import stage_app as _stage_app  # noqa: E402
-
-app.add_typer(_stage_app, name="stage")
+app.command("init")(init)
+app.command("info")(info)
+app.command("train")(train_command)
+app.command("eval")(eval_command)
+app.command("predict")(predict_command)
+app.command("merge")(merge)
+app.add_typer(export_app, name="export")
+app.command("analyze")(analyze)
+app.add_typer(stage_app, name="stage")
