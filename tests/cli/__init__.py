@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from recyclelora.adapters import AdapterConfig, adapter_layers
+from recyclelora.cli.main import app
 from recyclelora.data.classes import IGNORE_INDEX, NUM_CLASSES
 from recyclelora.data.manifest import write_manifest
 from recyclelora.io import sha256_file
@@ -22,6 +24,8 @@ from recyclelora.models import (
     build_segmentor,
     save_segmentor,
 )
+
+runner = CliRunner()
 
 SIZE = 56
 TINY_VIT = {"embed_dim": 48, "depth": 4, "num_heads": 2, "init_values": 1.0}
@@ -105,3 +109,16 @@ def write_dataset(
             }
         )
     return write_manifest(root / f"{dataset}_{split}.parquet", rows)
+
+
+def invoke(*args: str | Path):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    """Exit code 1, an ``error:`` line naming ``fragments``, and no traceback."""
+    assert result.exit_code == 1, result.output
+    assert "error:" in result.stderr and "Traceback" not in result.output
+    message = " ".join(result.stderr.split())  # rich wraps long lines at the test console's width
+    for fragment in fragments:
+        assert fragment in message, message

@@ -19,23 +19,12 @@ from recyclelora.eval.predictors import TorchPredictor
 from recyclelora.eval.reports import metrics_dict
 from recyclelora.eval.sliding import SlidingWindowConfig
 from recyclelora.models import load_segmentor
-from tests.cli import SIZE, save_tiny_checkpoint, single_thread, write_dataset
+from tests.cli import SIZE, assert_user_error, invoke, save_tiny_checkpoint, single_thread, write_dataset
 
 runner = CliRunner()
 WINDOW = ("--crop", str(SIZE), "--stride", "37")
 
 
-def invoke(*args: str | Path):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def assert_user_error(result, *fragments: str) -> None:
-    """Exit code 1, an ``error:`` line naming ``fragments``, and no traceback."""
-    assert result.exit_code == 1, result.output
-    assert "error:" in result.stderr and "Traceback" not in result.output
-    message = " ".join(result.stderr.split())  # rich wraps long lines at the test console's width
-    for fragment in fragments:
-        assert fragment in message, message
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -22,7 +22,16 @@ from recyclelora.eval.analyze import rank_rows
 from recyclelora.eval.predictors import OnnxPredictor
 from recyclelora.io import sha256_file
 from recyclelora.models import load_segmentor, read_checkpoint_info, save_segmentor
-from tests.cli import RANK_MAIN, RANK_SUB, SIZE, TINY_VIT, save_tiny_checkpoint, single_thread
+from tests.cli import (
+    RANK_MAIN,
+    RANK_SUB,
+    SIZE,
+    TINY_VIT,
+    assert_user_error,
+    invoke,
+    save_tiny_checkpoint,
+    single_thread,
+)
 
 runner = CliRunner()
 
@@ -33,17 +42,6 @@ def _one_thread():
         yield
 
 
-def invoke(*args: str | Path):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def assert_user_error(result, *fragments: str) -> None:
-    """Exit code 1, an ``error:`` line naming ``fragments``, and no traceback."""
-    assert result.exit_code == 1, result.output
-    assert "error:" in result.stderr and "Traceback" not in result.output
-    message = " ".join(result.stderr.split())  # rich wraps long lines at the test console's width
-    for fragment in fragments:
-        assert fragment in message, message
 
 
 @pytest.fixture(scope="module")
