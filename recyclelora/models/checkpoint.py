@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
 from recyclelora.adapters import Factors, merge_adapters
 from recyclelora.io import atomic_path, sha256_file
 from recyclelora.models.build import ModelConfig, build_segmentor

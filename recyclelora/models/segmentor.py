@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recyclelora.data.classes import IGNORE_INDEX
-
 from recyclelora.models.heads.base import SegHead
 
 

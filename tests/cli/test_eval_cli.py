@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from recyclelora.cli.main import app
 from recyclelora.data.dataset import SegmentationDataset
 from recyclelora.data.manifest import write_manifest
 from recyclelora.data.transforms import EvalTransform

@@ -12,8 +12,8 @@ from recyclelora.models.heads import (
     Mask2FormerHead,
     Mask2FormerOutput,
     build_head,
-    weight_decay_groups,
     semantic_to_mask_labels,
+    weight_decay_groups,
 )
 
 NUM_CLASSES = 5
