@@ -53,6 +53,8 @@ SEEDS: tuple[int, ...] = (0, 1, 2)
 TARGET_STAGES: tuple[str, ...] = ("evaluate", "analyze")
 EVAL_METRICS = "metrics/eval.json"
 PENDING_STATES = frozenset({"Queued", "Running"})
+#: ``State`` of a finished experiment: ``Success`` while its queue entry lasts, then none.
+FINISHED_STATES = frozenset({"Success", None})
 
 app = typer.Typer(
     help="Queue, run and tabulate the method comparison (DVC experiments).", no_args_is_help=True
@@ -115,7 +117,7 @@ def collect(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[float
     """``{method: {target or "mean": [mIoU of each finished experiment]}}`` read from their revisions."""
     scores: dict[str, dict[str, list[float]]] = {}
     for row in rows:
-        if row.get("State") is not None:  # queued, running or failed
+        if row.get("State") not in FINISHED_STATES:  # queued, running or failed
             continue
         rev = row["rev"]
         method = method_of(dvc.api.params_show(rev=rev))
