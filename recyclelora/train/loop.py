@@ -28,7 +28,7 @@ from recyclelora.data.dataset import SegmentationDataset
 from recyclelora.data.transforms import EvalTransform, TrainTransform
 from recyclelora.eval.evaluate import evaluate
 from recyclelora.eval.predictors import TorchPredictor
-from recyclelora.io import atomic_write_text
+from recyclelora.io import atomic_path, atomic_write_text
 from recyclelora.models.build import ModelConfig, build_segmentor
 from recyclelora.models.checkpoint import read_checkpoint_info, save_segmentor
 from recyclelora.models.segmentor import Segmentor
@@ -87,6 +87,10 @@ def _batches(
         )
         yield from loader
         epoch, offset = epoch + 1, 0
+
+
+def _checkpoint_dir(out_dir: Path, step: int) -> Path:
+    return out_dir / "checkpoints" / f"step_{step:07d}"
 
 
 def _checkpoint_dirs(root: Path) -> list[Path]:
@@ -195,8 +199,8 @@ def _train(
     def save(step: int) -> None:
         if not info.is_main:
             return
-        root = out_dir / "checkpoints"
-        folder = root / f"step_{step:07d}"
+        folder = _checkpoint_dir(out_dir, step)
+        root = folder.parent
         partial = root / f".partial_{folder.name}"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -259,8 +263,8 @@ def _train(
     final = out_dir / MODEL_FILE
     if info.is_main:
         save(config.iterations)
-        save_segmentor(final, model, model_config, backbone_sha256=built.backbone_sha256,
-                       init_factors=built.init_factors, metadata={"step": str(config.iterations)})  # fmt: skip
+        with atomic_path(final) as tmp:  # the final checkpoint's model file, serialised once
+            shutil.copyfile(_checkpoint_dir(out_dir, config.iterations) / MODEL_FILE, tmp)
     distributed.barrier(info)
     steps = config.iterations - start
     peak = torch.cuda.max_memory_allocated(info.device) / 2**20 if info.device.type == "cuda" else _peak_rss_mb()
