@@ -1,13 +1,17 @@
-"""Small file-system helpers shared by every stage: atomic writes and content hashes."""
+"""Small file-system helpers shared by every stage: atomic writes, content hashes, reproducible safetensors."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
 
 
 @contextlib.contextmanager
@@ -58,3 +62,27 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
 def sha256_bytes(data: bytes) -> str:
     """Hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
+
+
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``tensors`` as safetensors, atomically and byte-for-byte reproducibly.
+
+    safetensors keeps ``__metadata__`` in a hash map, so the same tensors and metadata saved twice give files
+    with their metadata in different orders, and different hashes for DVC and the caches. The header is
+    rewritten in place with the metadata keys sorted: the same JSON, the same length, one order.
+    """
+    with atomic_path(path) as tmp:
+        save_file(dict(tensors), tmp, metadata=dict(metadata) if metadata else None)
+        if metadata:
+            with open(tmp, "r+b") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size))
+                header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+                text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+                if len(text) > size:  # cannot happen: reordering a JSON object keeps its length
+                    raise RuntimeError(f"the reordered safetensors header of {path} grew from {size} bytes")
+                handle.seek(8)
+                handle.write(text.ljust(size, b" "))  # the format pads headers with spaces
+    return Path(path)

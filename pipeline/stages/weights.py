@@ -15,11 +15,10 @@ from pathlib import Path
 
 import mlflow
 import torch
-from safetensors.torch import save_file
 
 from pipeline.stages._common import BACKBONE_FILE, atomic_dir, open_stage, write_json
 from pipeline.tracking import log_small_artifacts
-from recyclelora.io import sha256_file
+from recyclelora.io import save_safetensors, sha256_file
 from recyclelora.models.backbone import BackboneConfig, ViTBackbone
 from recyclelora.models.build import state_dict_sha256
 
@@ -35,9 +34,8 @@ def convert_backbone(config: BackboneConfig, out: Path) -> dict[str, object]:
     vit = ViTBackbone(config).vit
     state = {name: tensor.detach().contiguous() for name, tensor in vit.state_dict().items()}
     file = out / BACKBONE_FILE
-    # One metadata entry: safetensors writes several in a random order, and the file's hash must be stable.
     provenance = json.dumps({"source": config.weights, "model": config.name}, sort_keys=True)
-    save_file(state, file, metadata={"provenance": provenance})
+    save_safetensors(state, file, {"provenance": provenance})
     return {
         "source": config.weights,
         "model": config.name,

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from recyclelora.adapters.config import AdapterConfig
 from recyclelora.adapters.factors import ALGORITHM_VERSION, Factors
-from recyclelora.io import atomic_path
+from recyclelora.io import save_safetensors
 
 FORMAT = "recyclelora-init"
 _FIELDS = ("a_main", "b_main", "a_sub", "b_sub")
@@ -105,8 +104,7 @@ class CacheEntry:
             "spec": json.dumps(self.spec, sort_keys=True),
             "tensor_sha256": json.dumps({k: tensor_sha256(v) for k, v in tensors.items()}),
         }
-        with atomic_path(self.path) as tmp:
-            save_file(tensors, tmp, metadata=metadata)
+        save_safetensors(tensors, self.path, metadata)
 
 
 def read_cache_metadata(path: str | Path) -> tuple[dict, dict[str, tuple[int, ...]]]:

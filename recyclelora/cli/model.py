@@ -9,7 +9,6 @@ from typing import Annotated
 
 import torch
 import typer
-from safetensors.torch import save_file
 
 from recyclelora.adapters import adapter_layers, merge_adapters
 from recyclelora.adapters.export import lora_delta
@@ -18,7 +17,7 @@ from recyclelora.cli._common import console, user_errors
 from recyclelora.cli.evaluate import WeightsOpt
 from recyclelora.eval.analyze import rank_table, write_rank_report
 from recyclelora.export import OnnxParityError, export_onnx, verify_onnx
-from recyclelora.io import atomic_path, atomic_write_text, sha256_file
+from recyclelora.io import atomic_path, atomic_write_text, save_safetensors, sha256_file
 from recyclelora.models import Segmentor, load_segmentor, merge_checkpoint, read_checkpoint_info
 
 #: Largest ``max |merged - unmerged| / max |unmerged|`` over the logits that a merge may change.
@@ -129,8 +128,7 @@ def export_lora_command(
             "bias": "none",
         }
         out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "adapter_model.safetensors") as tmp:
-            save_file(tensors, tmp)
+        save_safetensors(tensors, out / "adapter_model.safetensors")
         atomic_write_text(out / "adapter_config.json", json.dumps(adapter_config, indent=2) + "\n")
     console.print(f"LoRA of rank {delta.rank} on {len(delta.state_dict) // 2} layers of {info.config.backbone.name} -> {out}")
 

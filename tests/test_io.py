@@ -1,0 +1,57 @@
+"""Atomic writes and reproducible safetensors files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from recyclelora.io import atomic_path, save_safetensors, sha256_file
+
+METADATA = {f"key{i}": f"value {i} é" for i in range(8)}
+
+WRITER = """
+import sys, torch
+from recyclelora.io import save_safetensors
+tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.int64)}
+save_safetensors(tensors, sys.argv[1], {f"key{i}": f"value {i} \\u00e9" for i in range(8)})
+"""
+
+
+def test_atomic_path_leaves_the_target_untouched_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_save_safetensors_is_byte_reproducible_across_processes(tmp_path: Path) -> None:
+    # safetensors orders metadata by a per-process random hash: eight keys in one order twice by chance is 1/40320.
+    files = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for file in files:
+        subprocess.run([sys.executable, "-c", WRITER, str(file)], check=True)
+    assert len({sha256_file(file) for file in files}) == 1
+
+
+def test_save_safetensors_round_trips_tensors_and_metadata(tmp_path: Path) -> None:
+    tensors = {"w": torch.randn(3, 5), "n": torch.arange(4)}
+    path = save_safetensors(tensors, tmp_path / "sub" / "x.safetensors", METADATA)
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata() == METADATA
+        for name, tensor in tensors.items():
+            assert torch.equal(handle.get_tensor(name), tensor)
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_save_safetensors_without_metadata(tmp_path: Path) -> None:
+    path = save_safetensors({"w": torch.zeros(2)}, tmp_path / "x.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata() is None
+        assert torch.equal(handle.get_tensor("w"), torch.zeros(2))
