@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from recyclelora.models.heads import (
@@ -311,3 +315,25 @@ def test_param_groups_exempt_norms_vectors_and_embeddings_from_decay():
         "laterals.0.weight", "laterals.1.weight", "laterals.2.weight", "laterals.3.weight", "fuse.0.weight",
         "classifier.weight",
     }  # fmt: skip
+
+
+def _mask_counts(rank: int, store: str, counts: tuple[int, ...], out: str) -> None:
+    """One gloo process: its normalising mask count for ``counts[rank]`` target masks, saved per rank."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=len(counts))
+    try:
+        criterion = make_head("mask2former").criterion
+        classes = [torch.arange(counts[rank])]
+        torch.save(criterion.get_num_masks(classes, torch.device("cpu")), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_mask2former_normalises_by_the_mask_count_averaged_over_processes(tmp_path: Path) -> None:
+    # with n_p masks on process p, every process divides by mean(n_p): DDP's gradient average then equals one
+    # process on the whole batch; a per-process count would weight the processes' masks unequally
+    counts = (1, 4)
+    mp.spawn(_mask_counts, args=(str(tmp_path / "store"), counts, str(tmp_path / "n")), nprocs=len(counts))
+    seen = [torch.load(tmp_path / f"n.{rank}", weights_only=True).item() for rank in range(len(counts))]
+    assert seen == [2.5, 2.5]
+    alone = make_head("mask2former").criterion.get_num_masks([torch.arange(3), torch.arange(0)], "cpu")
+    assert alone.item() == 3.0

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.models.mask2former.modeling_mask2former import (
@@ -29,6 +30,23 @@ from recyclelora.models.heads.base import HeadConfig, SegHead
 NUM_LEVELS = 4
 #: Our names for transformers' three loss terms.
 LOSS_NAMES = {"loss_cross_entropy": "loss_class", "loss_mask": "loss_mask", "loss_dice": "loss_dice"}
+
+
+class DistributedMask2FormerLoss(Mask2FormerLoss):
+    """transformers' Mask2Former loss, normalised by the mean target-mask count over all training processes.
+
+    The mask and dice terms are ``sum_matched / n``. With ``n`` the global mean ``(sum_p n_p) / P``, DDP's
+    gradient average over ``P`` processes equals one process on the whole batch, as in the reference
+    Mask2Former. transformers only reduces ``n`` under an ``accelerate`` launch; this does it for any
+    initialised ``torch.distributed`` process group (``torchrun``) and is the plain count otherwise.
+    """
+
+    def get_num_masks(self, class_labels: Sequence[Tensor], device: torch.device) -> Tensor:
+        count = torch.tensor(float(sum(len(classes) for classes in class_labels)), device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(count)
+            count = count / dist.get_world_size()
+        return count.clamp(min=1)
 
 
 @dataclass
@@ -131,7 +149,7 @@ class Mask2FormerHead(SegHead):
         self.model = _Mask2FormerModules(hf_config, self.in_channels)
         weights = {"loss_cross_entropy": config.class_weight, "loss_mask": config.mask_weight,
                    "loss_dice": config.dice_weight}  # fmt: skip
-        self.criterion = Mask2FormerLoss(hf_config, weight_dict=weights)
+        self.criterion = DistributedMask2FormerLoss(hf_config, weight_dict=weights)
 
     def forward(self, features: list[Tensor]) -> Mask2FormerOutput:
         self.check_features(features)
