@@ -108,9 +108,10 @@ def queue_commands(
     return commands
 
 
-def experiments(prefix: str) -> list[dict[str, Any]]:
-    """``dvc exp show`` rows of the experiments named ``<prefix>-...``."""
-    return [row for row in dvc.api.exp_show() if (row.get("Experiment") or "").startswith(f"{prefix}-")]
+def experiments(prefix: str, rev: str = "HEAD") -> list[dict[str, Any]]:
+    """``dvc exp show`` rows of the experiments named ``<prefix>-...`` based on Git revision ``rev``."""
+    rows = dvc.api.exp_show(revs=rev)
+    return [row for row in rows if (row.get("Experiment") or "").startswith(f"{prefix}-")]
 
 
 def collect(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
@@ -159,10 +160,10 @@ def markdown_table(scores: Mapping[str, Mapping[str, Sequence[float]]], note: st
     return "\n".join(lines) + "\n"
 
 
-def wait_for(prefix: str, poll_seconds: float) -> list[dict[str, Any]]:
+def wait_for(prefix: str, rev: str, poll_seconds: float) -> list[dict[str, Any]]:
     """Poll ``dvc exp show`` until no ``<prefix>-`` experiment is queued or running; return the rows."""
     while True:
-        rows = experiments(prefix)
+        rows = experiments(prefix, rev)
         pending = [row["Experiment"] for row in rows if row.get("State") in PENDING_STATES]
         if not pending:
             return rows
@@ -190,12 +191,22 @@ def _queue(methods: list[str], seeds: list[int], preset: Path | None, prefix: st
         subprocess.run(command, check=True)
 
 
-def _table(prefix: str, out: Path, preset: Path | None) -> None:
-    rows = experiments(prefix)
+def head_commit() -> str:
+    """The commit experiments queued now are based on (commits made while they run do not move it)."""
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def _table(prefix: str, rev: str, out: Path, preset: Path | None) -> None:
+    rows = experiments(prefix, rev)
     failed = [row["Experiment"] for row in rows if row.get("State") == "Failed"]
     scores = collect(rows)
     if not scores:
-        raise ValueError(f"no finished experiment named {prefix}-...: run `python -m pipeline.compare run`")
+        raise ValueError(
+            f"no finished experiment named {prefix}-... based on {rev}: run `python -m pipeline.compare run`, "
+            "or pass the commit they were queued from as --rev"
+        )
     note = (
         f"mIoU (%) on each target domain, mean ± sample standard deviation over seeds; params of "
         f"`params.yaml` with `{preset or 'no preset'}` (`python -m pipeline.compare run`)."
@@ -212,6 +223,9 @@ Seeds = Annotated[list[int] | None, typer.Option("--seed", help=f"Repeat; defaul
 Preset = Annotated[Path | None, typer.Option(help="Params overrides for every experiment.")]
 Prefix = Annotated[str, typer.Option(help="Experiment names are <prefix>-<method>-s<seed>.")]
 Out = Annotated[Path, typer.Option(help="Markdown table to write.")]
+Rev = Annotated[
+    str, typer.Option(help="Git commit the experiments were queued from (`dvc exp show` baseline).")
+]
 
 
 @app.command()
@@ -238,19 +252,23 @@ def run(
 ) -> None:
     """Queue, run (`dvc queue start`), wait, and write the table."""
     with user_errors():
+        rev = head_commit()
         _queue(method or list(METHODS), seed or list(SEEDS), preset, prefix)
         subprocess.run(["dvc", "queue", "start", "--jobs", str(jobs)], check=True)
-        wait_for(prefix, poll)
-        _table(prefix, out, preset)
+        wait_for(prefix, rev, poll)
+        _table(prefix, rev, out, preset)
 
 
 @app.command()
 def table(
-    prefix: Prefix = "cmp", out: Out = Path("docs/comparison.md"), preset: Preset = Path("presets/table.yaml")
+    prefix: Prefix = "cmp",
+    rev: Rev = "HEAD",
+    out: Out = Path("docs/comparison.md"),
+    preset: Preset = Path("presets/table.yaml"),
 ) -> None:
     """Aggregate the finished experiments into a Markdown table (mean ± std over seeds)."""
     with user_errors():
-        _table(prefix, out, preset)
+        _table(prefix, rev, out, preset)
 
 
 if __name__ == "__main__":

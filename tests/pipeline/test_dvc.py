@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,14 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
     params["model"]["adapter"]["rank_main"] = 3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert changed_stages(repo, env) == {"init", "train"}
+
+    # the comparison table: queued experiments per method and seed, run by a DVC queue worker, aggregated
+    run(GIT + ["checkout", "params.yaml"], repo, env)
+    (repo / "short.yaml").write_text("train: {iterations: 2}\n")
+    table = repo / "table.md"
+    run([sys.executable, "-m", "pipeline.compare", "run", "--method", "frozen", "--seed", "0", "--seed", "1",
+         "--preset", "short.yaml", "--poll", "1", "--out", str(table)], repo, env)  # fmt: skip
+    lines = table.read_text().splitlines()
+    assert "| method | seeds | synth_fog | synth_tex | mean |" in lines
+    (row,) = [line for line in lines if line.startswith("| Frozen backbone |")]
+    assert re.fullmatch(r"\| Frozen backbone \| 2 \|( \d+\.\d ± \d+\.\d \|){3}", row), row
