@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from recyclelora.data.transforms import EvalTransformConfig, ResizeConfig
 from recyclelora.models.build import ModelConfig
 from recyclelora.train.config import DataConfig, TrainConfig
 
@@ -27,11 +28,26 @@ class EvalConfig:
     crop: int = field(default=512, metadata={"help": "sliding-window size"})
     stride: int = field(default=341, metadata={"help": "sliding-window stride"})
     whole: bool = field(default=False, metadata={"help": "whole-image inference instead of sliding windows"})
+    resize: dict[str, ResizeConfig] = field(
+        default_factory=dict,
+        metadata={"help": "per-target resize rule by manifest stem, replacing data.val_transform's for it"},
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(str(t) for t in self.targets))
         if not 0 < self.stride <= self.crop:
             raise ValueError(f"eval.stride must be in (0, crop={self.crop}], got {self.stride!r}")
+        stems = [Path(target).stem for target in self.targets]
+        unknown = sorted(set(self.resize) - set(stems))
+        if unknown:
+            raise ValueError(f"eval.resize names {unknown}, which are not targets: the targets are {stems}")
+
+    def target_transform(self, target: str | Path, transform: EvalTransformConfig) -> EvalTransformConfig:
+        """``transform`` with the resize rule of ``resize[<stem of target>]`` when that target has one."""
+        rule = self.resize.get(Path(target).stem)
+        if rule is None:
+            return transform
+        return dataclasses.replace(transform, size=rule.size, short_edge=rule.short_edge, fit=rule.fit)
 
 
 @dataclass(frozen=True)
@@ -55,7 +71,9 @@ def build_config(cls: type, data: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ParamsError(f"unknown key(s) {[f'{where}.{k}' for k in unknown]}: allowed keys are {sorted(fields)}")
+        raise ParamsError(
+            f"unknown key(s) {[f'{where}.{k}' for k in unknown]}: allowed keys are {sorted(fields)}"
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
@@ -67,16 +85,31 @@ def build_config(cls: type, data: Any, where: str) -> Any:
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    options = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
     for option in options:
         if dataclasses.is_dataclass(option):
             return value if value is None and type(None) in options else build_config(option, value, where)
         if typing.get_origin(option) is tuple and isinstance(value, list):
             return tuple(value)
+        if typing.get_origin(option) is dict and dataclasses.is_dataclass(typing.get_args(option)[1]):
+            if not isinstance(value, dict):
+                raise ParamsError(
+                    f"{where} must be a mapping of names to settings, got {type(value).__name__}"
+                )
+            return {
+                key: build_config(typing.get_args(option)[1], item, f"{where}.{key}")
+                for key, item in value.items()
+            }
     return value
 
 
-def load_params(path: str | Path, sections: tuple[str, ...] = ("data", "model", "train", "eval")) -> RunConfig:
+def load_params(
+    path: str | Path, sections: tuple[str, ...] = ("data", "model", "train", "eval")
+) -> RunConfig:
     """Read ``params.yaml`` and validate it. ``base.seed`` seeds training unless ``train.seed`` is given."""
     path = Path(path)
     if not path.is_file():

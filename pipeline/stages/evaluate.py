@@ -35,10 +35,14 @@ def evaluate_targets(
     *,
     progress: bool = True,
 ) -> EvalResult:
-    """Evaluate ``checkpoint`` on each manifest of ``config.targets`` (named by file stem)."""
+    """Evaluate ``checkpoint`` on each manifest of ``config.targets`` (named by file stem), each resized by
+    its own ``config.resize`` rule or else by ``transform``'s."""
     model, _, _ = load_segmentor(checkpoint)
     sets = {
-        Path(target).stem: SegmentationDataset(target, EvalTransform(transform)) for target in config.targets
+        Path(target).stem: SegmentationDataset(
+            target, EvalTransform(config.target_transform(target, transform))
+        )
+        for target in config.targets
     }
     sliding = (
         None

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from recyclelora.cli._common import console, user_errors
 from recyclelora.data.dataset import SegmentationDataset
 from recyclelora.data.manifest import read_manifest
-from recyclelora.data.transforms import EvalTransform
+from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
 from recyclelora.eval.evaluate import evaluate
 from recyclelora.eval.predict import InferenceConfig, InferencePredictor, predict_images
 from recyclelora.eval.predictors import OnnxPredictor, TorchPredictor
@@ -49,6 +49,10 @@ ResizeOpt = Annotated[
 ShortEdgeOpt = Annotated[
     int | None, typer.Option(help="Or score with the short edge resized to this length (aspect kept).", min=1)
 ]
+FitOpt = Annotated[
+    str | None,
+    typer.Option(help="Or score at the largest size inside LONGxSHORT, aspect kept (Mapillary: 2048x1024)."),
+]
 DeviceOpt = Annotated[str | None, typer.Option(help="torch device (default: cuda when available, else cpu).")]
 WeightsOpt = Annotated[
     str | None,
@@ -80,12 +84,13 @@ def torch_device(name: str | None) -> torch.device:
 
 
 def inference_config(
-    crop: int, stride: int | None, whole: bool, resize: str | None, short_edge: int | None
+    crop: int, stride: int | None, whole: bool, resize: str | None, short_edge: int | None, fit: str | None
 ) -> InferenceConfig:
     stride = crop * 2 // 3 if stride is None else stride  # the protocol's 341 for 512
     sliding = None if whole else SlidingWindowConfig(crop=(crop, crop), stride=(stride, stride))
     size = None if resize is None else parse_size(resize, "--resize")
-    return InferenceConfig(sliding=sliding, size=size, short_edge=short_edge)
+    fit_size = None if fit is None else parse_size(fit, "--fit")
+    return InferenceConfig(sliding=sliding, size=size, short_edge=short_edge, fit=fit_size)
 
 
 def load_predictor(
@@ -148,6 +153,7 @@ def eval_command(
     whole: WholeOpt = False,
     resize: ResizeOpt = None,
     short_edge: ShortEdgeOpt = None,
+    fit: FitOpt = None,
     out: Annotated[
         Path | None,
         typer.Option(help="Write metrics.json, per_class.parquet, confusion/*.csv and class_iou.png here."),
@@ -165,20 +171,21 @@ def eval_command(
 ) -> None:
     """Score a model on target datasets: one confusion matrix and mIoU per dataset, and their mean."""
     with user_errors():
-        config = inference_config(crop, stride, whole, resize, short_edge)
+        config = inference_config(crop, stride, whole, resize, short_edge, fit)
         target = torch_device(device) if backend is Backend.torch else torch.device("cpu")
         groups = group_by_dataset(data)
         predictor = load_predictor(model, backend, target, backbone_weights, config)
+        transform = EvalTransform(
+            EvalTransformConfig(size=config.size, short_edge=config.short_edge, fit=config.fit)
+        )
         datasets = {
-            name: DataLoader(
-                SegmentationDataset(paths, EvalTransform()), batch_size=None, num_workers=workers
-            )
+            name: DataLoader(SegmentationDataset(paths, transform), batch_size=None, num_workers=workers)
             for name, paths in groups.items()
         }
         result = evaluate(
-            InferencePredictor(predictor, config),
+            predictor,
             datasets,
-            sliding=None,
+            sliding=config.sliding,
             device=target,
             save_predictions=save_predictions,
             overlays=overlays,
@@ -206,12 +213,13 @@ def predict_command(
     whole: WholeOpt = False,
     resize: ResizeOpt = None,
     short_edge: ShortEdgeOpt = None,
+    fit: FitOpt = None,
     device: DeviceOpt = None,
     backbone_weights: WeightsOpt = None,
 ) -> None:
     """Segment your own images (no labels): a trainId PNG per image, with optional colour overlays."""
     with user_errors():
-        config = inference_config(crop, stride, whole, resize, short_edge)
+        config = inference_config(crop, stride, whole, resize, short_edge, fit)
         target = torch_device(device) if backend is Backend.torch else torch.device("cpu")
         predictor = load_predictor(model, backend, target, backbone_weights, config)
         predict = InferencePredictor(predictor, config)

@@ -102,26 +102,66 @@ class TrainTransformConfig:
         _check_normalisation(self.mean, self.std)
 
 
+def _check_pair(name: str, value: tuple[int, int] | None) -> None:
+    if value is not None and (len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value)):
+        raise ValueError(f"{name}={value} must be a pair of positive integers")
+
+
 @dataclass(frozen=True)
-class EvalTransformConfig:
-    """Evaluation preprocessing: optional resize of the image (never of the label), then normalisation."""
+class ResizeConfig:
+    """The size an ``H x W`` test image is scored at, ``h x w = round(f H) x round(f W)``: at most one rule.
+
+    ``size`` (w, h) sets it outright; ``short_edge`` s gives ``f = s / min(H, W)``; ``fit`` (L, S) gives
+    ``f = min(L / max(H, W), S / min(H, W))``, the largest size inside L x S (mmseg's keep-ratio ``Resize``,
+    e.g. Mapillary's protocol: halved images fitted into 2048 x 1024); none keeps ``H x W``.
+    """
 
     size: tuple[int, int] | None = None
     """Resize the image to this (width, height)."""
     short_edge: int | None = None
     """Or resize the image so that its short edge has this length (aspect ratio kept)."""
+    fit: tuple[int, int] | None = None
+    """Or resize it to the largest size that fits in (long edge, short edge) (aspect ratio kept)."""
+
+    def __post_init__(self) -> None:
+        for name in ("size", "fit"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+                _check_pair(name, getattr(self, name))
+        chosen = {
+            k: v
+            for k, v in (("size", self.size), ("short_edge", self.short_edge), ("fit", self.fit))
+            if v is not None
+        }
+        if len(chosen) > 1:
+            raise ValueError(f"{chosen} are exclusive: set one of size, short_edge and fit")
+        if self.short_edge is not None and not (isinstance(self.short_edge, int) and self.short_edge > 0):
+            raise ValueError(f"short_edge={self.short_edge!r} must be a positive integer")
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` at which an ``height x width`` image is scored."""
+        if self.size is not None:
+            return self.size[1], self.size[0]
+        if self.short_edge is not None:
+            factor = self.short_edge / min(height, width)
+        elif self.fit is not None:
+            factor = min(max(self.fit) / max(height, width), min(self.fit) / min(height, width))
+        else:
+            return height, width
+        return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+@dataclass(frozen=True)
+class EvalTransformConfig(ResizeConfig):
+    """Evaluation preprocessing: optional resize of the image (never of the label), then normalisation."""
+
     mean: tuple[float, float, float] = IMAGENET_MEAN
     """Normalisation mean (RGB, 0-255 scale)."""
     std: tuple[float, float, float] = IMAGENET_STD
     """Normalisation standard deviation (RGB, 0-255 scale)."""
 
     def __post_init__(self) -> None:
-        if self.size is not None and self.short_edge is not None:
-            raise ValueError(f"size={self.size} and short_edge={self.short_edge} are exclusive: set one")
-        if self.size is not None and (len(self.size) != 2 or min(self.size) <= 0):
-            raise ValueError(f"size={self.size} must be a (width, height) pair of positive integers")
-        if self.short_edge is not None and self.short_edge <= 0:
-            raise ValueError(f"short_edge={self.short_edge} must be positive")
+        super().__post_init__()
         _check_normalisation(self.mean, self.std)
 
 
@@ -262,13 +302,7 @@ class EvalTransform:
         img = image_tensor(image)
         lbl = label_tensor(label, img)
         height, width = img.shape[1:]
-        if cfg.size is not None:
-            size = [cfg.size[1], cfg.size[0]]
-        elif cfg.short_edge is not None:
-            factor = cfg.short_edge / min(height, width)
-            size = [int(height * factor + 0.5), int(width * factor + 0.5)]
-        else:
-            size = [height, width]
-        if size != [height, width]:
-            img = TF.resize(img, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        size = cfg.output_size(height, width)
+        if size != (height, width):
+            img = TF.resize(img, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
         return normalize(img, cfg.mean, cfg.std), lbl[0].long()

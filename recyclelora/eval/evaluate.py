@@ -1,8 +1,10 @@
 """Score a predictor on several target datasets: one confusion matrix per dataset, one image at a time.
 
-A sample is a dict with ``image`` (float (3, H, W), normalised), ``label`` (int (H, W), 255 = ignore), ``name``
-(file stem or relative name, used for saved predictions) and ``dataset``. The setting's score is the unweighted
-mean of the datasets' mIoU.
+A sample is a dict with ``image`` (float (3, h, w), normalised), ``label`` (int (H, W), 255 = ignore), ``name``
+(file stem or relative name, used for saved predictions) and ``dataset``. The label keeps its original size; an
+image its transform resized to a test size ``h x w`` (mmseg's test pipeline) is scored at that size and its
+scores are resized back to ``H x W`` (bilinear) before the argmax. The setting's score is the unweighted mean of
+the datasets' mIoU.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -61,10 +64,9 @@ def _check_sample(sample: Mapping, dataset: str) -> tuple[torch.Tensor, torch.Te
             f"{dataset}/{name}: image must be a normalised float (3, H, W) tensor, got {image.dtype} "
             f"{tuple(image.shape)}"
         )
-    if tuple(label.shape) != tuple(image.shape[1:]):
+    if label.ndim != 2:
         raise ValueError(
-            f"{dataset}/{name}: label shape {tuple(label.shape)} differs from image size {tuple(image.shape[1:])}: "
-            "evaluation transforms must keep the original label and resize the logits back instead"
+            f"{dataset}/{name}: label must be an (H, W) map of trainIds, got {tuple(label.shape)}"
         )
     return image, label, name
 
@@ -160,10 +162,17 @@ def evaluate(
                     scores = whole_inference(predict, batch, num_classes)
                 else:
                     scores = slide_inference(predict, batch, num_classes, sliding)
+                if scores.shape[-2:] != label.shape:  # scored at a test size: back to the label's
+                    scores = F.interpolate(
+                        scores, size=tuple(label.shape), mode="bilinear", align_corners=False
+                    )
+                    batch = F.interpolate(
+                        batch, size=tuple(label.shape), mode="bilinear", align_corners=False
+                    )
                 pred = scores.argmax(1)[0]
                 matrix.update(pred, label)
                 if writer is not None:
-                    writer.write(dataset, name, pred, image)
+                    writer.write(dataset, name, pred, batch[0])
                 bar.advance(task)
             if count == 0:
                 raise ValueError(f"dataset {dataset!r} yielded no samples: check its manifest and split")

@@ -1,10 +1,9 @@
 """Test-time inference at a chosen size, and predictions for a user's own (unlabelled) images.
 
 :class:`InferencePredictor` is mmseg's test pipeline behind the ``predict`` contract: an image normalised at
-its original size ``H x W`` is resized to the inference size ``h x w`` (bilinear, antialiased), scored by
-sliding windows or whole, and the scores are resized back to ``H x W`` (bilinear), so that the argmax is
-compared with the original label. With ``size``, ``h x w`` is that size; with ``short_edge``,
-``f = short_edge / min(H, W)`` and ``h x w = round(f H) x round(f W)``; with neither, ``h x w = H x W``.
+its original size ``H x W`` is resized to the inference size ``h x w`` (bilinear, antialiased; the rule is
+:class:`~recyclelora.data.transforms.ResizeConfig`), scored by sliding windows or whole, and the scores are
+resized back to ``H x W`` (bilinear), so that the argmax is compared with the original label.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from recyclelora.data.classes import NUM_CLASSES
-from recyclelora.data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_tensor, normalize
+from recyclelora.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ResizeConfig, image_tensor, normalize
 from recyclelora.eval.evaluate import PROTOCOL_SLIDING, PredictionWriter
 from recyclelora.eval.sliding import Predict, SlidingWindowConfig, slide_inference, whole_inference
 
@@ -30,31 +29,10 @@ PREDICTION_FOLDER = "pred"
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
-    """How images are scored: sliding windows (``None``: the whole image at once) at an optional test size."""
+class InferenceConfig(ResizeConfig):
+    """How images are scored: sliding windows (``None``: the whole image at once) at the size of its resize rule."""
 
     sliding: SlidingWindowConfig | None = PROTOCOL_SLIDING
-    size: tuple[int, int] | None = None  # (width, height)
-    short_edge: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.size is not None and self.short_edge is not None:
-            raise ValueError(f"size={self.size} and short_edge={self.short_edge} are exclusive: set one")
-        if self.size is not None:
-            object.__setattr__(self, "size", tuple(self.size))
-            if len(self.size) != 2 or not all(isinstance(v, int) and v > 0 for v in self.size):
-                raise ValueError(f"size={self.size} must be a (width, height) pair of positive integers")
-        if self.short_edge is not None and not (isinstance(self.short_edge, int) and self.short_edge > 0):
-            raise ValueError(f"short_edge={self.short_edge!r} must be a positive integer")
-
-    def inference_size(self, height: int, width: int) -> tuple[int, int]:
-        """(height, width) at which an ``height x width`` image is scored (see the module docstring)."""
-        if self.size is not None:
-            return self.size[1], self.size[0]
-        if self.short_edge is not None:
-            factor = self.short_edge / min(height, width)
-            return int(height * factor + 0.5), int(width * factor + 0.5)
-        return height, width
 
 
 class InferencePredictor:
@@ -68,7 +46,7 @@ class InferencePredictor:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
-        size = self.config.inference_size(height, width)
+        size = self.config.output_size(height, width)
         resized = size != (height, width)
         if resized:
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)

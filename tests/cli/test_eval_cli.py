@@ -24,8 +24,6 @@ runner = CliRunner()
 WINDOW = ("--crop", str(SIZE), "--stride", "37")
 
 
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     with single_thread():
@@ -154,6 +152,25 @@ def test_eval_with_resize_keeps_the_label_size(work, tmp_path) -> None:
     assert np.asarray(Image.open(tmp_path / "beta" / "b0.png")).shape == (SIZE, 84)
     bad = invoke("eval", "--model", work / "model.safetensors", *data_args(work), "--resize", "big")
     assert bad.exit_code == 2 and "is not WIDTHxHEIGHT" in bad.output
+
+
+def test_eval_fit_scores_at_the_largest_size_inside_the_box(work, tmp_path) -> None:
+    def reports(*size: str) -> dict:
+        out = tmp_path / "_".join(size)
+        result = invoke(
+            "eval", "--model", work / "model.safetensors", "--data", work / "beta_val.parquet", *WINDOW,
+            *size, "--out", out,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return json.loads((out / "metrics.json").read_text())
+
+    # the 84 x 56 images fit into 336 x 112 at twice their size (the short edge binds): 168 x 112
+    fitted = reports("--fit", "336x112")
+    assert fitted == reports("--resize", "168x112") and fitted != reports()
+    both = invoke(
+        "eval", "--model", work / "model.safetensors", *data_args(work), "--fit", "9x9", "--short-edge", "9"
+    )
+    assert both.exit_code == 1 and "exclusive" in both.output
 
 
 def test_clear_errors(work, tmp_path) -> None:

@@ -14,6 +14,7 @@ from recyclelora.data.manifest import manifest_path, write_manifest
 from recyclelora.data.transforms import (
     EvalTransform,
     EvalTransformConfig,
+    ResizeConfig,
     TrainTransform,
     TrainTransformConfig,
 )
@@ -142,6 +143,24 @@ def test_eval_transform_resizes_image_not_label() -> None:
     assert out.shape == (3, 30, 80) and lbl.shape == (20, 40)
     out, _ = EvalTransform(EvalTransformConfig(short_edge=10))(image, label)
     assert out.shape == (3, 10, 20)
+    out, lbl = EvalTransform(EvalTransformConfig(fit=(16, 6)))(image, label)  # f = min(16 / 40, 6 / 20)
+    assert out.shape == (3, 6, 12) and lbl.shape == (20, 40)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "size"),
+    [
+        (1500, 2000, (1024, 1365)),  # a halved Mapillary image: the short edge binds
+        (2000, 1500, (1365, 1024)),  # portrait: the same rule on the long and short edges
+        (1024, 2048, (1024, 2048)),  # Cityscapes already fits exactly
+        (500, 1900, (539, 2048)),  # a panorama: the long edge binds
+        (360, 640, (1024, 1820)),  # a small image is enlarged, as mmseg's keep-ratio Resize does
+    ],
+)
+def test_fit_is_the_largest_size_inside_the_box(height: int, width: int, size: tuple[int, int]) -> None:
+    assert ResizeConfig(fit=(2048, 1024)).output_size(height, width) == size
+    assert ResizeConfig(fit=(1024, 2048)).output_size(height, width) == size  # (long, short) in any order
+    assert ResizeConfig().output_size(height, width) == (height, width)
 
 
 @pytest.mark.parametrize(
@@ -167,6 +186,10 @@ def test_eval_config_rejects_bad_values() -> None:
         EvalTransformConfig(size=(10, 10), short_edge=10)
     with pytest.raises(ValueError, match="short_edge"):
         EvalTransformConfig(short_edge=0)
+    with pytest.raises(ValueError, match="exclusive"):
+        EvalTransformConfig(fit=(2048, 1024), short_edge=10)
+    with pytest.raises(ValueError, match="fit"):
+        EvalTransformConfig(fit=(2048, 0))
 
 
 def test_transform_rejects_wrong_inputs() -> None:

@@ -95,6 +95,19 @@ def test_saved_predictions_and_overlays(tmp_path) -> None:
             )
 
 
+def test_an_image_scored_at_a_test_size_is_compared_at_the_label_size(tmp_path) -> None:
+    # a 2 x 2 image predicting x | y, a 2 x 4 label x x | y y: scores upsampled to 2 x 4 agree everywhere
+    small = sample([[0, 1], [0, 1]], [[0, 0, 1, 1], [0, 0, 1, 1]], "s", "S")
+    result = evaluate(
+        one_hot_predict, {"S": [small]}, sliding=None, class_names=NAMES, save_predictions=tmp_path,
+        overlays=True, progress=False, **IDENTITY,
+    )  # fmt: skip
+    assert result.metrics["S"].aacc == 1.0 and result.metrics["S"].confusion.sum() == 8
+    saved = np.asarray(Image.open(tmp_path / "S" / "s.png"))
+    np.testing.assert_array_equal(saved, [[0, 0, 1, 1], [0, 0, 1, 1]])
+    assert np.asarray(Image.open(tmp_path / "S_overlay" / "s.png")).shape == (2, 4, 3)
+
+
 def test_unsized_iterables_are_accepted() -> None:
     sets = {name: (s for s in samples) for name, samples in known_sets().items()}
     result = evaluate(one_hot_predict, sets, sliding=None, class_names=NAMES, progress=True)
@@ -109,8 +122,8 @@ def test_errors() -> None:
         evaluate(one_hot_predict, {}, class_names=NAMES, progress=False)
     with pytest.raises(ValueError, match="3 class scores per pixel but num_classes=19"):
         evaluate(one_hot_predict, sets, progress=False)
-    with pytest.raises(ValueError, match="label shape"):
-        bad = dict(sets["B"][0], label=torch.zeros(3, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"label must be an \(H, W\) map"):
+        bad = dict(sets["B"][0], label=torch.zeros(1, 2, 2, dtype=torch.long))
         evaluate(one_hot_predict, {"B": [bad]}, class_names=NAMES, progress=False)
     with pytest.raises(ValueError, match="needs save_predictions"):
         evaluate(one_hot_predict, sets, class_names=NAMES, overlays=True, progress=False)

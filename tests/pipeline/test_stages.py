@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -21,17 +22,20 @@ from pipeline.params import BaseConfig, DatasetsConfig, ExportConfig, load_pipel
 from pipeline.presets import apply_preset, available_presets
 from pipeline.stages._common import BACKBONE_FILE, PARTIAL_SUFFIX, with_backbone
 from pipeline.stages.data import check_manifests
+from pipeline.stages.evaluate import evaluate_targets
 from pipeline.stages.init import compute_init_cache
 from pipeline.stages.weights import convert_backbone
 from recyclelora.adapters import AdapterConfig, CacheEntry, find_target_linears
 from recyclelora.cli.main import app
 from recyclelora.config import EvalConfig, ParamsError
 from recyclelora.data.synth import SynthConfig
-from recyclelora.data.transforms import EvalTransformConfig, TrainTransformConfig
+from recyclelora.data.transforms import EvalTransformConfig, ResizeConfig, TrainTransformConfig
 from recyclelora.models.backbone import BackboneConfig, ViTBackbone
-from recyclelora.models.build import state_dict_sha256
+from recyclelora.models.build import build_segmentor, state_dict_sha256
+from recyclelora.models.checkpoint import save_segmentor
 from recyclelora.models.heads import HeadConfig
 from recyclelora.train.config import TrainConfig
+from tests.helpers import tiny_model_config
 
 PROJECT = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("tiny_params.yaml")
@@ -132,6 +136,16 @@ def test_every_key_of_params_yaml_is_documented() -> None:
         ("datasets.real", {"bdd100k": None}, ["cannot be downloaded", "gta5"]),
         ("export.height", 0, ["params.export", "height must be an integer >= 1"]),
         ("eval.targets", [], ["params.eval.targets is empty"]),
+        (
+            "eval.resize",
+            {"mapillary_val": {"fit": [2048, 1024]}},
+            ["eval.resize names ['mapillary_val']", "targets are ['synth_tex_val'"],
+        ),
+        (
+            "eval.resize",
+            {"synth_fog_val": {"fit": [2048]}},
+            ["params.eval.resize.synth_fog_val", "fit=(2048,)"],
+        ),
     ],
 )
 def test_invalid_params_stop_the_stage_before_any_work(
@@ -302,6 +316,12 @@ def test_paper_presets_hold_the_published_recipe(tmp_path: Path) -> None:
     assert (train.iterations, train.batch_size, train.lr) == (40000, 4, 1e-4)
     assert data.transform.crop_size == (512, 512) and (g.run.eval.crop, g.run.eval.stride) == (512, 341)
     assert [Path(t).stem for t in g.run.eval.targets] == ["cityscapes_val", "bdd100k_val", "mapillary_val"]
+    transforms = [g.run.eval.target_transform(t, g.run.data.val_transform) for t in g.run.eval.targets]
+    assert [t.fit for t in transforms] == [
+        None,
+        None,
+        (2048, 1024),
+    ]  # Mapillary alone is fitted into 2048 x 1024
     assert g.datasets.synth is None and g.datasets.real["gta5"] is None
     assert [Path(t).stem for t in applied("paper-gs2cbm").run.data.train] == ["gta5_train", "synthia_train"]
     assert len(applied("paper-gsu2cbm").run.data.train) == 3
@@ -364,3 +384,36 @@ def test_compare_table_reports_mean_and_spread_per_method_and_domain() -> None:
     assert rows[2] == f"| RecycleLoRA | 2 | 30.0 ± 0.0 | 30.0 ± {tex:.1f} | 30.0 ± {mean:.1f} |"
     assert compare.method_of({"model": {"tuning": "full", "adapter": {"init": "rrqr"}}}) == "full"
     assert compare.method_of({"model": {"tuning": "adapters", "adapter": {"init": "pissa"}}}) == "pissa"
+
+
+def test_evaluate_resizes_each_target_by_its_own_rule(
+    tiny_benchmark: dict[str, dict[str, Path]], tmp_path: Path
+) -> None:
+    source = Path(tiny_benchmark["synth_night"]["val"])
+    bench = Path(shutil.copytree(source.parent, tmp_path / "bench"))
+    plain, fitted = bench / source.name, bench / "fitted_val.parquet"
+    shutil.copy(plain, fitted)  # the same images and labels under a second name
+    config = tiny_model_config(tuning="frozen")
+    torch.manual_seed(0)
+    built = build_segmentor(config)
+    checkpoint = save_segmentor(
+        tmp_path / "model.safetensors", built.model, config, backbone_sha256=built.backbone_sha256
+    )
+    rule = EvalConfig(
+        targets=(str(plain), str(fitted)),
+        crop=28,
+        stride=28,
+        resize={"fitted_val": ResizeConfig(fit=(56, 28))},
+    )
+    scored = evaluate_targets(checkpoint, rule, EvalTransformConfig(), "cpu", progress=False)
+    unresized = evaluate_targets(
+        checkpoint, dataclasses.replace(rule, resize={}), EvalTransformConfig(), "cpu", progress=False
+    )
+    # 96 x 48 images fitted into 56 x 28 are scored at 56 x 28: only that target changes
+    assert scored.metrics[plain.stem].confusion.tolist() == unresized.metrics[plain.stem].confusion.tolist()
+    assert (
+        unresized.metrics["fitted_val"].confusion.tolist() == unresized.metrics[plain.stem].confusion.tolist()
+    )
+    assert (
+        scored.metrics["fitted_val"].confusion.tolist() != unresized.metrics["fitted_val"].confusion.tolist()
+    )
