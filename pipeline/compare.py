@@ -9,7 +9,8 @@ Each experiment is ``dvc exp run --queue -n <prefix>-<method>-s<seed> -S <preset
 method are params overrides of the current workspace; ``export`` is not run. Data, weights and each
 initialiser's decomposition are computed once and restored from DVC's run cache afterwards. The table reports,
 per method and target domain, the mean and the sample standard deviation (n - 1) of mIoU over seeds, read from
-each experiment's ``metrics/eval.json``; the method is read back from the experiment's params, not its name.
+each experiment's ``metrics/eval.json`` as ``dvc exp show`` reports it; the method is read back from the
+experiment's params, not its name.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ LABELS: dict[str, str] = {
 }
 SEEDS: tuple[int, ...] = (0, 1, 2)
 TARGET_STAGES: tuple[str, ...] = ("evaluate", "analyze")
-EVAL_METRICS = "metrics/eval.json"
+#: Keys of ``metrics/eval.json`` in a ``dvc exp show`` row: ``<target>.mIoU`` per target and their mean.
+MIOU_SUFFIX = ".mIoU"
+MEAN_KEY = "mean_mIoU"
 PENDING_STATES = frozenset({"Queued", "Running"})
 #: ``State`` of a finished experiment: ``Success`` while its queue entry lasts, then none.
 FINISHED_STATES = frozenset({"Success", None})
@@ -85,10 +88,10 @@ def preset_overrides(preset: Mapping[str, Any], prefix: str = "") -> list[str]:
     return overrides
 
 
-def method_of(params: Mapping[str, Any]) -> str:
-    """The method a params.yaml describes: ``frozen``, ``full`` or the adapters' initialiser."""
-    tuning = params["model"]["tuning"]
-    return tuning if tuning != "adapters" else params["model"]["adapter"]["init"]
+def method_of(row: Mapping[str, Any]) -> str:
+    """The method of a ``dvc exp show`` row (flat params): ``frozen``, ``full`` or the adapters' initialiser."""
+    tuning = row["model.tuning"]
+    return tuning if tuning != "adapters" else row["model.adapter.init"]
 
 
 def queue_commands(
@@ -115,20 +118,25 @@ def experiments(prefix: str, rev: str = "HEAD") -> list[dict[str, Any]]:
 
 
 def collect(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """``{method: {target or "mean": [mIoU of each finished experiment]}}`` read from their revisions."""
+    """``{method: {target or "mean": [mIoU of each finished experiment]}}`` from ``dvc exp show`` rows.
+
+    A row holds its params and metrics flattened: ``<target>.mIoU`` and ``mean_mIoU`` come from
+    ``metrics/eval.json`` (the only metrics file with such keys); targets lose their ``_val`` suffix.
+    """
     scores: dict[str, dict[str, list[float]]] = {}
     for row in rows:
         if row.get("State") not in FINISHED_STATES:  # queued, running or failed
             continue
-        rev = row["rev"]
-        method = method_of(dvc.api.params_show(rev=rev))
-        metrics = dvc.api.metrics_show(EVAL_METRICS, rev=rev)
-        per_method = scores.setdefault(method, {})
-        for name, entry in metrics.items():
-            value = entry["mIoU"] if isinstance(entry, Mapping) else entry
-            key = "mean" if name == "mean_mIoU" else name.removesuffix("_val")
+        per_method = scores.setdefault(method_of(row), {})
+        for key, value in row.items():
+            if key == MEAN_KEY:
+                name = "mean"
+            elif key.endswith(MIOU_SUFFIX):
+                name = key.removesuffix(MIOU_SUFFIX).removesuffix("_val")
+            else:
+                continue
             if value is not None:
-                per_method.setdefault(key, []).append(float(value))
+                per_method.setdefault(name, []).append(float(value))
     return scores
 
 

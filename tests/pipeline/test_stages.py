@@ -382,8 +382,26 @@ def test_compare_table_reports_mean_and_spread_per_method_and_domain() -> None:
     assert rows[1].startswith("| Frozen backbone | 1 | 20.0 | 10.0 | 15.0 |")  # methods in METHODS order
     tex, mean = 100 * statistics.stdev([0.2, 0.4]), 100 * statistics.stdev([0.25, 0.35])
     assert rows[2] == f"| RecycleLoRA | 2 | 30.0 ± 0.0 | 30.0 ± {tex:.1f} | 30.0 ± {mean:.1f} |"
-    assert compare.method_of({"model": {"tuning": "full", "adapter": {"init": "rrqr"}}}) == "full"
-    assert compare.method_of({"model": {"tuning": "adapters", "adapter": {"init": "pissa"}}}) == "pissa"
+
+
+def test_compare_reads_methods_and_scores_from_exp_show_rows() -> None:
+    def row(state, tuning, init, tex, mean):
+        return {
+            "Experiment": "cmp-x", "State": state, "model.tuning": tuning, "model.adapter.init": init,
+            "synth_tex_val.mIoU": tex, "synth_tex_val.aAcc": 0.9, "mean_mIoU": mean, "final_loss": 0.5,
+        }  # fmt: skip
+
+    rows = [
+        row("Success", "adapters", "pissa", 0.2, 0.3),
+        row(None, "adapters", "pissa", 0.4, None),  # finished, its queue entry gone; a NaN mean is left out
+        row("Failed", "adapters", "pissa", 0.9, 0.9),
+        row("Running", "full", "rrqr", 0.9, 0.9),
+        row("Success", "full", "rrqr", 0.1, 0.1),  # full fine-tuning: the unused init does not name it
+    ]
+    assert compare.collect(rows) == {
+        "pissa": {"synth_tex": [0.2, 0.4], "mean": [0.3]},
+        "full": {"synth_tex": [0.1], "mean": [0.1]},
+    }
 
 
 def test_evaluate_resizes_each_target_by_its_own_rule(
