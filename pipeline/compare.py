@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import dvc.api
+from dvc.exceptions import NotDvcRepoError
 import typer
 import yaml
 
@@ -171,7 +172,12 @@ def markdown_table(scores: Mapping[str, Mapping[str, Sequence[float]]], note: st
 def wait_for(prefix: str, rev: str, poll_seconds: float) -> list[dict[str, Any]]:
     """Poll ``dvc exp show`` until no ``<prefix>-`` experiment is queued or running; return the rows."""
     while True:
-        rows = experiments(prefix, rev)
+        try:
+            rows = experiments(prefix, rev)
+        except NotDvcRepoError as error:  # a finishing experiment's temporary workspace vanished mid-read
+            typer.echo(f"dvc exp show failed ({error}); retrying", err=True)
+            time.sleep(poll_seconds)
+            continue
         pending = [row["Experiment"] for row in rows if row.get("State") in PENDING_STATES]
         if not pending:
             return rows
