@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import dvc.api
-from dvc.exceptions import NotDvcRepoError
 import typer
 import yaml
+from dvc.exceptions import NotDvcRepoError
 
 from recyclelora.cli._common import user_errors
 from recyclelora.io import atomic_write_text
