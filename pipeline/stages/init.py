@@ -57,7 +57,8 @@ def run_init(params_path: Path, weights: Path, out: Path, *, progress: bool = Tr
         model = with_backbone(params.run.model, weights)
         with atomic_dir(out) as tmp:
             record = compute_init_cache(model, tmp, progress=progress)
-            write_json(tmp / RECORD_FILE, record)
+            # the wall time goes to MLflow only: in the folder it would change the output's hash every run
+            write_json(tmp / RECORD_FILE, {k: v for k, v in record.items() if k != "seconds"})
         mlflow.log_metrics({"layers": float(record["layers"]), "seconds": float(record["seconds"])})
         log_small_artifacts([out / RECORD_FILE])
     return record

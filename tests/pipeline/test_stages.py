@@ -245,6 +245,16 @@ def test_init_stage_caches_deterministic_inits_only(workspace: Path) -> None:
     assert not list((workspace / "lora").iterdir())
 
 
+def test_init_stage_output_is_byte_identical_when_run_again(workspace: Path) -> None:
+    params = workspace / "params.yaml"
+    stages.run_weights(params, Path("models/backbone"))
+    contents = []
+    for out in (Path("first"), Path("second")):
+        stages.run_init(params, Path("models/backbone"), out, progress=False)
+        contents.append({path.name: path.read_bytes() for path in sorted(out.iterdir())})
+    assert contents[0] == contents[1] and len(contents[0]) == 2  # the cache file and init.json
+
+
 def test_crashed_training_resumes_only_with_unchanged_inputs(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
