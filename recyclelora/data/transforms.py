@@ -1,22 +1,33 @@
 """Training and evaluation transforms of (RGB uint8 image, trainId uint8 label) pairs.
 
-Training follows the published recipe (mmseg's pipeline): random short-edge resize to
-``base_size x ratio`` capped by ``max_long_edge``, random crop with at most ``cat_max_ratio`` of the crop's
-labelled pixels in one class, horizontal flip, photometric distortion, ImageNet normalisation, and padding to
-the crop size (image 0 after normalisation, label 255). Every random draw comes from the
-``np.random.Generator`` passed in, so a seeded generator reproduces the sample exactly.
+Training reproduces the published mmseg 1.x / mmcv 2.x pipeline step by step:
+
+1. ``RandomChoiceResize(ResizeShortestEdge)``: short edge ``int(base_size * ratio)`` for a ratio drawn
+   uniformly, long edge capped at ``max_long_edge``, then mmcv's keep-ratio rescale; OpenCV bilinear for the
+   image (no antialiasing), nearest for the label.
+2. ``RandomCrop`` with ``cat_max_ratio``.
+3. ``Pad`` to the crop size when ``pad_at="before_flip"`` (the G->CBM and C->BM configs): image 0 (uint8),
+   label 255, bottom/right; flip and photometric distortion then act on the padded image.
+4. ``RandomFlip`` (horizontal).
+5. ``PhotoMetricDistortion``, OpenCV HSV on uint8 for saturation and hue.
+6. ``SegDataPreProcessor``: ``(x - mean) / std``; with ``pad_at="after_normalize"`` (the GTAV base pipeline of
+   the GS/GSU->CBM configs) the pad happens only here: image 0 after normalisation, label 255, bottom/right.
+
+Every random draw comes from the ``np.random.Generator`` passed in, so a seeded generator reproduces the
+sample exactly (the draws follow mmseg's distributions, not its global numpy stream).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from recyclelora.data.classes import IGNORE_INDEX
@@ -24,6 +35,8 @@ from recyclelora.data.classes import IGNORE_INDEX
 IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 SCALE_RATIOS: tuple[float, ...] = tuple(round(0.1 * step, 1) for step in range(5, 21))
+#: Where the training pad to the crop size happens (see the module docstring).
+PadAt = Literal["before_flip", "after_normalize"]
 
 ImageLike = np.ndarray | torch.Tensor
 #: ``transform(image (H, W, 3) uint8, label (H, W) uint8, rng)`` -> (image (3, H', W') float32,
@@ -45,12 +58,12 @@ def _check_range(name: str, bounds: tuple[float, float]) -> None:
 
 @dataclass(frozen=True)
 class TrainTransformConfig:
-    """Training augmentation; the defaults are the published configuration's."""
+    """Training augmentation; the defaults are the published G->CBM configuration's."""
 
     crop_size: tuple[int, int] = (512, 512)
     """Crop (height, width) in pixels; smaller resized images are padded up to it."""
     base_size: int = 512
-    """Short-edge length that ``scale_ratios`` multiply."""
+    """Short-edge length that ``scale_ratios`` multiply: the short edge becomes ``int(base_size * ratio)``."""
     scale_ratios: tuple[float, ...] = SCALE_RATIOS
     """Candidate ratios; one is drawn uniformly per sample."""
     max_long_edge: int = 2048
@@ -59,6 +72,9 @@ class TrainTransformConfig:
     """Largest share of one class among a crop's labelled pixels; 1.0 disables the check."""
     crop_attempts: int = 10
     """Extra crops drawn while the ratio is exceeded (the last one is kept), as mmseg's RandomCrop."""
+    pad_at: PadAt = "before_flip"
+    """Pad to the crop size with 0 in uint8 pixels before the flip (G->CBM, C->BM) or with 0 after
+    normalisation (GS/GSU->CBM); the label is padded with 255 either way."""
     flip_prob: float = 0.5
     """Probability of a horizontal flip."""
     photometric: bool = True
@@ -68,9 +84,9 @@ class TrainTransformConfig:
     contrast_range: tuple[float, float] = (0.5, 1.5)
     """Contrast: multiply by U(low, high), with probability 0.5."""
     saturation_range: tuple[float, float] = (0.5, 1.5)
-    """Saturation: blend with the greyscale image by a factor U(low, high), with probability 0.5."""
-    hue_delta: float = 0.1
-    """Hue: rotate by U(-delta, delta) turns (0.1 = mmseg's 18 of OpenCV's 180), with probability 0.5."""
+    """Saturation: multiply the HSV saturation (0-255) by U(low, high), with probability 0.5."""
+    hue_delta: int = 18
+    """Hue: add an integer of [-delta, delta) to OpenCV's hue (0-179, 2 degrees each), probability 0.5."""
     mean: tuple[float, float, float] = IMAGENET_MEAN
     """Normalisation mean (RGB, 0-255 scale)."""
     std: tuple[float, float, float] = IMAGENET_STD
@@ -78,27 +94,25 @@ class TrainTransformConfig:
 
     def __post_init__(self) -> None:
         if len(self.crop_size) != 2 or min(self.crop_size) <= 0:
-            raise ValueError(
-                f"crop_size={self.crop_size} must be a (height, width) pair of positive integers"
-            )
+            raise ValueError(f"crop_size={self.crop_size} must be a (height, width) pair of integers > 0")
         if self.base_size <= 0 or self.max_long_edge <= 0:
-            raise ValueError(
-                f"base_size={self.base_size} and max_long_edge={self.max_long_edge} must be positive"
-            )
-        if not self.scale_ratios or min(self.scale_ratios) <= 0:
-            raise ValueError(f"scale_ratios={self.scale_ratios} must be a non-empty tuple of positive ratios")
+            raise ValueError(f"base_size={self.base_size} and max_long_edge={self.max_long_edge} must be > 0")
+        if not self.scale_ratios or min(int(self.base_size * r) for r in self.scale_ratios) < 1:
+            raise ValueError(f"scale_ratios={self.scale_ratios} must be non-empty, base_size * ratio >= 1")
         if not 0 < self.cat_max_ratio <= 1:
             raise ValueError(f"cat_max_ratio={self.cat_max_ratio} must be in (0, 1]; use 1.0 to disable it")
         if self.crop_attempts < 0:
             raise ValueError(f"crop_attempts={self.crop_attempts} must be >= 0")
+        if self.pad_at not in get_args(PadAt):
+            raise ValueError(f"pad_at={self.pad_at!r} must be one of {get_args(PadAt)}")
         if not 0 <= self.flip_prob <= 1:
             raise ValueError(f"flip_prob={self.flip_prob} must be a probability in [0, 1]")
         if self.brightness_delta < 0:
             raise ValueError(f"brightness_delta={self.brightness_delta} must be >= 0")
         _check_range("contrast_range", self.contrast_range)
         _check_range("saturation_range", self.saturation_range)
-        if not 0 <= self.hue_delta <= 0.5:
-            raise ValueError(f"hue_delta={self.hue_delta} must be in [0, 0.5] turns of the hue circle")
+        if type(self.hue_delta) is not int or not 0 <= self.hue_delta <= 90:
+            raise ValueError(f"hue_delta={self.hue_delta!r} must be an integer in [0, 90] (OpenCV hue units)")
         _check_normalisation(self.mean, self.std)
 
 
@@ -200,43 +214,65 @@ def normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
 
 
 class TrainTransform:
-    """Training pipeline of :class:`TrainTransformConfig`: resize, crop, flip, photometric, normalise, pad."""
+    """Training pipeline of :class:`TrainTransformConfig` (mmseg's, see the module docstring)."""
 
     def __init__(self, config: TrainTransformConfig = TrainTransformConfig()) -> None:
         self.config = config
+        self.short_edges = tuple(int(config.base_size * ratio) for ratio in config.scale_ratios)
+        """Candidate short edges ``int(base_size * ratio)``, RandomChoiceResize's ``scales``."""
 
     def __call__(
         self, image: ImageLike, label: ImageLike, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The module docstring's steps: (3, crop_h, crop_w) float32 image, (crop_h, crop_w) int64 label."""
         cfg = self.config
-        img = image_tensor(image)
-        lbl = label_tensor(label, img)
-        size = self.resized_size(img.shape[1], img.shape[2], float(rng.choice(cfg.scale_ratios)))
-        img = TF.resize(img, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
-        lbl = TF.resize(lbl, list(size), interpolation=InterpolationMode.NEAREST)
-        top, left = self.crop_origin(lbl[0], rng)
+        img_t = image_tensor(image)
+        img = np.ascontiguousarray(img_t.permute(1, 2, 0).numpy())
+        lbl = np.ascontiguousarray(label_tensor(label, img_t)[0].numpy())
+        edge = self.short_edges[int(rng.integers(len(self.short_edges)))]
+        img, lbl = resize_pair(img, lbl, self.resized_size(*lbl.shape, edge))
+        top, left = self.crop_origin(lbl, rng)
         crop_h, crop_w = cfg.crop_size
-        img = img[:, top : top + crop_h, left : left + crop_w]
-        lbl = lbl[:, top : top + crop_h, left : left + crop_w]
+        window = (slice(top, top + crop_h), slice(left, left + crop_w))
+        img, lbl = img[window], lbl[window]
+        pad = (0, crop_w - img.shape[1], 0, crop_h - img.shape[0])  # left, right, top, bottom
+        if cfg.pad_at == "before_flip":
+            img = np.pad(img, ((0, pad[3]), (0, pad[1]), (0, 0)), constant_values=0)
+            lbl = np.pad(lbl, ((0, pad[3]), (0, pad[1])), constant_values=IGNORE_INDEX)
         if rng.random() < cfg.flip_prob:
-            img, lbl = img.flip(-1), lbl.flip(-1)
+            img, lbl = img[:, ::-1], lbl[:, ::-1]
+        img = np.ascontiguousarray(img)
         if cfg.photometric:
-            img = image_tensor(self.photometric(np.ascontiguousarray(img.permute(1, 2, 0).numpy()), rng))
-        out = normalize(img, cfg.mean, cfg.std)
-        pad = (0, crop_w - out.shape[2], 0, crop_h - out.shape[1])
-        out = F.pad(out, pad, value=0.0)
-        lbl = F.pad(lbl, pad, value=IGNORE_INDEX)
-        return out, lbl[0].long()
+            img = self.photometric(img, rng)
+        out = normalize(torch.from_numpy(img).permute(2, 0, 1), cfg.mean, cfg.std)
+        lbl_t = torch.from_numpy(np.ascontiguousarray(lbl)).long()
+        if cfg.pad_at == "after_normalize":
+            out, lbl_t = F.pad(out, pad, value=0.0), F.pad(lbl_t, pad, value=IGNORE_INDEX)
+        return out, lbl_t
 
-    def resized_size(self, height: int, width: int, ratio: float) -> tuple[int, int]:
-        """(height, width) after scaling by ``min(base*ratio / short edge, max_long_edge / long edge)``."""
-        cfg = self.config
-        factor = min(cfg.base_size * ratio / min(height, width), cfg.max_long_edge / max(height, width))
+    def resized_size(self, height: int, width: int, short_edge: int) -> tuple[int, int]:
+        """(height, width) of mmseg's ResizeShortestEdge followed by mmcv's keep-ratio ``imrescale``.
+
+        First ``(h, w) = (s / m) (H, W)`` with the short edge exactly ``s`` (``m = min(H, W)``), scaled by
+        ``L / max(h, w)`` when that exceeds ``L = max_long_edge``, each rounded as ``int(x + 0.5)``; then the
+        image is rescaled into that box: ``f = min(max(h, w) / max(H, W), min(h, w) / m)`` and the size is
+        ``(int(H f + 0.5), int(W f + 0.5))`` (one pixel short of the box in some capped cases).
+        """
+        factor = short_edge / min(height, width)
+        box_h, box_w = (short_edge, factor * width) if height < width else (factor * height, short_edge)
+        if max(box_h, box_w) > self.config.max_long_edge:
+            cap = self.config.max_long_edge / max(box_h, box_w)
+            box_h, box_w = box_h * cap, box_w * cap
+        box_h, box_w = int(box_h + 0.5), int(box_w + 0.5)
+        factor = min(max(box_h, box_w) / max(height, width), min(box_h, box_w) / min(height, width))
         return int(height * factor + 0.5), int(width * factor + 0.5)
 
-    def crop_origin(self, label: torch.Tensor, rng: np.random.Generator) -> tuple[int, int]:
-        """Top-left corner of a random crop of the (H, W) ``label``, redrawn (up to ``crop_attempts`` times)
-        while one class exceeds ``cat_max_ratio`` of the crop's non-ignored pixels or is the only one.
+    def crop_origin(self, label: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+        """Top-left corner of a random crop of the (H, W) ``label`` (mmseg's RandomCrop).
+
+        Offsets are uniform in ``[0, max(H - crop_h, 0)] x [0, max(W - crop_w, 0)]``; while fewer than two
+        classes are present or ``max(count) / sum(count) >= cat_max_ratio`` (counts of the crop's classes,
+        255 excluded), the crop is redrawn, at most ``crop_attempts`` times; the last draw is kept unchecked.
         """
         cfg = self.config
         crop_h, crop_w = cfg.crop_size
@@ -249,44 +285,68 @@ class TrainTransform:
         if cfg.cat_max_ratio >= 1:
             return top, left
         for _ in range(cfg.crop_attempts):
-            crop = label[top : top + crop_h, left : left + crop_w]
-            counts = torch.bincount(crop.flatten().long(), minlength=256)
+            counts = np.bincount(label[top : top + crop_h, left : left + crop_w].ravel(), minlength=256)
             counts[IGNORE_INDEX] = 0
             counts = counts[counts > 0]
-            if len(counts) > 1 and counts.max() < cfg.cat_max_ratio * counts.sum():
+            if len(counts) > 1 and counts.max() / counts.sum() < cfg.cat_max_ratio:
                 break
             top, left = draw()
         return top, left
 
     def photometric(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """mmseg's PhotoMetricDistortion on an (H, W, 3) uint8 image, back to uint8 after each step.
+        """mmseg 1.x's PhotoMetricDistortion on an (H, W, 3) uint8 RGB image, in mmseg's draw order.
 
-        Each step applies with probability 0.5: brightness ``x + U(-d, d)``; contrast ``x * U(a, b)`` (before
-        or after the colour steps, chosen at random); saturation as a greyscale blend by a factor U(a, b)
-        (PIL's ImageEnhance.Color; mmseg scales HSV saturation instead); hue rotation by U(-h, h) turns
-        (PIL's 8-bit HSV).
+        Brightness ``convert(x, 1, U(-d, d))``; a coin picks whether contrast ``convert(x, U(a, b), 0)`` comes
+        second or last; saturation (:func:`scale_saturation`) and hue (:func:`shift_hue` by an integer of
+        ``[-hue_delta, hue_delta)``) in between. Each step applies when its coin ``integers(2)`` is 1.
         """
         cfg = self.config
-        if rng.random() < 0.5:
-            image = _affine(image, 1.0, rng.uniform(-cfg.brightness_delta, cfg.brightness_delta))
-        contrast_first = rng.random() < 0.5
-        contrast = rng.uniform(*cfg.contrast_range) if rng.random() < 0.5 else None
-        if contrast_first and contrast is not None:
-            image = _affine(image, contrast, 0.0)
-        if rng.random() < 0.5:
-            factor = float(rng.uniform(*cfg.saturation_range))
-            image = np.asarray(TF.adjust_saturation(Image.fromarray(image), factor))
-        if rng.random() < 0.5:
-            shift = float(rng.uniform(-cfg.hue_delta, cfg.hue_delta))
-            image = np.asarray(TF.adjust_hue(Image.fromarray(image), shift))
-        if not contrast_first and contrast is not None:
-            image = _affine(image, contrast, 0.0)
+
+        def contrast(img: np.ndarray) -> np.ndarray:
+            return convert(img, rng.uniform(*cfg.contrast_range)) if rng.integers(2) else img
+
+        if rng.integers(2):
+            image = convert(image, 1.0, rng.uniform(-cfg.brightness_delta, cfg.brightness_delta))
+        contrast_second = bool(rng.integers(2))  # mmseg's ``mode == 1``
+        if contrast_second:
+            image = contrast(image)
+        if rng.integers(2):
+            image = scale_saturation(image, rng.uniform(*cfg.saturation_range))
+        if rng.integers(2):
+            image = shift_hue(image, int(rng.integers(-cfg.hue_delta, cfg.hue_delta)) if cfg.hue_delta else 0)
+        if not contrast_second:
+            image = contrast(image)
         return image
 
 
-def _affine(image: np.ndarray, alpha: float, beta: float) -> np.ndarray:
-    """``clip(image * alpha + beta, 0, 255)`` truncated to uint8, as mmcv's colour conversions do."""
-    return np.clip(image.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Resize an (H, W, 3) image with OpenCV bilinear (no antialiasing) and an (H, W) label with nearest to
+    ``size`` (h, w), as mmcv's ``imresize`` (cv2 backend) does."""
+    dsize = (size[1], size[0])
+    return (
+        cv2.resize(image, dsize, interpolation=cv2.INTER_LINEAR),
+        cv2.resize(label, dsize, interpolation=cv2.INTER_NEAREST),
+    )
+
+
+def convert(image: np.ndarray, alpha: float, beta: float = 0.0) -> np.ndarray:
+    """``clip(float32(image) * alpha + beta, 0, 255)`` truncated to uint8 (PhotoMetricDistortion.convert)."""
+    return np.clip(image.astype(np.float32) * float(alpha) + float(beta), 0, 255).astype(np.uint8)
+
+
+def scale_saturation(image: np.ndarray, factor: float) -> np.ndarray:
+    """RGB uint8 -> OpenCV HSV, ``S <- convert(S, factor)``, -> RGB (mmseg's saturation step; OpenCV's RGB
+    and BGR conversions give the same HSV, so this equals mmseg's BGR result with channels reversed)."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    hsv[..., 1] = convert(hsv[..., 1], factor)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def shift_hue(image: np.ndarray, delta: int) -> np.ndarray:
+    """RGB uint8 -> OpenCV HSV, ``H <- (H + delta) mod 180`` (H in 0..179), -> RGB (mmseg's hue step)."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = (hsv[..., 0].astype(np.int64) + delta) % 180
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
 class EvalTransform:
@@ -304,5 +364,6 @@ class EvalTransform:
         height, width = img.shape[1:]
         size = cfg.output_size(height, width)
         if size != (height, width):
-            img = TF.resize(img, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+            # bilinear without antialiasing, as mmseg's test Resize (OpenCV INTER_LINEAR)
+            img = TF.resize(img, list(size), interpolation=InterpolationMode.BILINEAR, antialias=False)
         return normalize(img, cfg.mean, cfg.std), lbl[0].long()

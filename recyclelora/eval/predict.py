@@ -1,7 +1,8 @@
 """Test-time inference at a chosen size, and predictions for a user's own (unlabelled) images.
 
 :class:`InferencePredictor` is mmseg's test pipeline behind the ``predict`` contract: an image normalised at
-its original size ``H x W`` is resized to the inference size ``h x w`` (bilinear, antialiased; the rule is
+its original size ``H x W`` is resized to the inference size ``h x w`` (bilinear without antialiasing, as
+mmseg's OpenCV resize; the rule is
 :class:`~recyclelora.data.transforms.ResizeConfig`), scored by sliding windows or whole, and the scores are
 resized back to ``H x W`` (bilinear), so that the argmax is compared with the original label.
 """
@@ -49,7 +50,7 @@ class InferencePredictor:
         size = self.config.output_size(height, width)
         resized = size != (height, width)
         if resized:
-            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         if self.config.sliding is None:
             scores = whole_inference(self.predict, images, self.num_classes)
         else:
