@@ -92,6 +92,6 @@ def _report(run: Callable[[], PrepareResult]) -> None:
         counts = (s.converted + s.reused, s.converted, s.reused, s.skipped)
         table.add_row(s.split, *map(str, counts), str(s.manifest))
     _console.print(table)
-    if result.bad.records:
+    if result.bad.records or result.bad.ignored:
         _console.print(result.bad.summary())
     _console.print(f"report: {result.report}")

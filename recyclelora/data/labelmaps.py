@@ -1,11 +1,15 @@
 """Raw label value -> Cityscapes trainId (0..18, 255 ignore), one lookup table per dataset.
 
 Each map is a 256-entry ``uint8`` table ``lut`` with ``trainId = lut[value]`` plus the set of values the
-dataset defines (``known``); any other value in a label file is bad data and is reported, never guessed.
-Values above 255 (SYNTHIA's labels are 16-bit) are outside every table: they map to 255 and are unknown.
+dataset defines (``known``). A value outside ``known`` is bad data and its frame is reported and skipped,
+except where ``unknown_to_ignore`` is set (GTAV): there it becomes 255, as the published GTAV conversion
+(Rein's ``tools/convert_datasets/gta.py``, from DAFormer) writes every id outside the Cityscapes table, and
+the preparation report counts it. Values above 255 (SYNTHIA's labels are 16-bit) are outside every table:
+they map to 255 and are unknown.
 
 Known values per dataset:
-- ``gta5`` and ``cityscapes``: Cityscapes label ids 0..33 (GTAV also writes 255 for unlabelled pixels).
+- ``gta5`` and ``cityscapes``: Cityscapes label ids 0..33 (GTAV also writes 255 for unlabelled pixels; its
+  other values become 255 and are counted, see above).
 - ``synthia``: RAND-CITYSCAPES class ids 0..22.
 - ``urbansyn``: trainIds 0..18 and 19 (void).
 - ``bdd100k``, ``acdc``: trainIds 0..18 and 255.
@@ -29,11 +33,16 @@ TABLE_SIZE = 256
 
 @dataclass(frozen=True, eq=False)
 class LabelMap:
-    """Lookup table ``lut`` (value -> trainId) and mask ``known`` (values the dataset defines), both (256,)."""
+    """Lookup table ``lut`` (value -> trainId) and mask ``known`` (values the dataset defines), both (256,).
+
+    ``unknown_to_ignore``: a value outside ``known`` is written as 255 (and counted) instead of making its
+    frame bad data.
+    """
 
     name: str
     lut: np.ndarray
     known: np.ndarray
+    unknown_to_ignore: bool = False
 
     def __post_init__(self) -> None:
         if self.lut.shape != (TABLE_SIZE,) or self.lut.dtype != np.uint8:
@@ -52,12 +61,28 @@ class LabelMap:
                 f"LabelMap {self.name!r}: lut holds {bad.tolist()}, which are not trainIds "
                 f"0..{NUM_CLASSES - 1} or {IGNORE_INDEX}"
             )
+        if self.unknown_to_ignore and (self.lut[~self.known] != IGNORE_INDEX).any():
+            raise ValueError(
+                f"LabelMap {self.name!r}: unknown_to_ignore needs lut = {IGNORE_INDEX} at every value "
+                "outside known"
+            )
+
+    def unknown_counts(self, values: np.ndarray) -> dict[int, int]:
+        """Pixel count of each distinct value of the integer array ``values`` that the dataset does not
+        define, in ascending order of value."""
+        if values.dtype == np.uint8:
+            counts = np.bincount(values.ravel(), minlength=TABLE_SIZE)
+            unknown = np.flatnonzero((counts > 0) & ~self.known)
+            return {int(v): int(counts[v]) for v in unknown}
+        present, counts = np.unique(values, return_counts=True)
+        inside = (present >= 0) & (present < TABLE_SIZE)
+        unknown = ~inside
+        unknown[inside] = ~self.known[present[inside]]
+        return {int(v): int(c) for v, c in zip(present[unknown], counts[unknown], strict=True)}
 
     def unknown_values(self, values: np.ndarray) -> np.ndarray:
         """Sorted distinct values of ``values`` that the dataset does not define."""
-        present = np.unique(values)
-        inside = present < TABLE_SIZE
-        return np.concatenate([present[inside][~self.known[present[inside]]], present[~inside]])
+        return np.fromiter(self.unknown_counts(values), dtype=np.int64)
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         """TrainIds of an integer label array; values >= 256 become 255."""
@@ -69,14 +94,16 @@ class LabelMap:
         return out
 
 
-def build_label_map(name: str, mapping: Mapping[int, int], known: Iterable[int]) -> LabelMap:
+def build_label_map(
+    name: str, mapping: Mapping[int, int], known: Iterable[int], *, unknown_to_ignore: bool = False
+) -> LabelMap:
     """A :class:`LabelMap` from ``{value: trainId}`` (unlisted values -> 255) and the defined values."""
     lut = np.full(TABLE_SIZE, IGNORE_INDEX, dtype=np.uint8)
     for value, train_id in mapping.items():
         lut[value] = train_id
     mask = np.zeros(TABLE_SIZE, dtype=bool)
     mask[list(known)] = True
-    return LabelMap(name, lut, mask)
+    return LabelMap(name, lut, mask, unknown_to_ignore)
 
 
 #: Cityscapes label id -> trainId (the official table of ``cityscapesscripts.helpers.labels``).
@@ -108,7 +135,7 @@ MAPILLARY_NAME_TO_TRAINID: dict[str, int] = {
 _TRAIN_IDS = range(NUM_CLASSES)
 _IDENTITY = {i: i for i in _TRAIN_IDS}
 
-GTA5 = build_label_map("gta5", CITYSCAPES_ID_TO_TRAINID, [*range(34), IGNORE_INDEX])
+GTA5 = build_label_map("gta5", CITYSCAPES_ID_TO_TRAINID, [*range(34), IGNORE_INDEX], unknown_to_ignore=True)
 CITYSCAPES = build_label_map("cityscapes", CITYSCAPES_ID_TO_TRAINID, range(34))
 SYNTHIA = build_label_map("synthia", SYNTHIA_ID_TO_TRAINID, range(23))
 URBANSYN = build_label_map("urbansyn", _IDENTITY, range(NUM_CLASSES + 1))

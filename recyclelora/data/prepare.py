@@ -2,9 +2,19 @@
 
 For each image/label pair: decode both, check sizes and label values, map the label through the dataset's
 lookup table (:mod:`recyclelora.data.labelmaps`) and write it as an 8-bit PNG to
-``<out>/labels/<dataset>/<split>/<key>.png``. Manifest rows point at the raw image (absolute path) and the new
-label (relative to ``<out>``); Mapillary validation pairs are halved in width and height (bicubic image,
-nearest label, as the field evaluates them) and the halved image goes to ``<out>/images/mapillary/val/``.
+``<out>/labels/<dataset>/<split>/<key>.png``. A pair that does not decode, whose label size differs from its
+image's, or whose label holds a value the dataset does not define is skipped and reported. GTAV is the
+exception for values: as in the published conversion (Rein's ``tools/convert_datasets/gta.py``), a value
+outside the Cityscapes id table becomes 255 and the frame is kept; the report counts such frames, pixels and
+values, and the label PNG records them in a text chunk (``recyclelora:ignored_values``) so that a rerun
+reusing it counts them again.
+
+Manifest rows point at the raw image (absolute path) and the new label (relative to ``<out>``). Mapillary
+validation pairs are stored halved, as Rein's ``tools/convert_datasets/mapillary_resize.py`` stores them for
+the published evaluation: size ``(width // 2, height // 2)``, Pillow bicubic for the image, Pillow nearest for
+the label; the halved image goes to ``<out>/images/mapillary/val/<key>.jpg``, re-encoded with Pillow's default
+JPEG settings (quality 75, 4:2:0 chroma) as published, or losslessly to ``<key>.png``
+(``mapillary_val_format="png"``).
 A rerun reuses a pair when its label PNG still has the checksum the previous manifest recorded and is newer
 than both raw files (so an edited raw file is converted again).
 """
@@ -13,24 +23,37 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from recyclelora.data.classes import NUM_CLASSES
 from recyclelora.data.labelmaps import LabelMap, load_label_map
 from recyclelora.data.manifest import Sample, manifest_path, read_manifest, write_manifest
 from recyclelora.data.raw import RAW_DATASETS, RawDataset
-from recyclelora.data.report import BadDataLog, BadFile, Problem
-from recyclelora.io import atomic_path, atomic_write_bytes, sha256_bytes, sha256_file
+from recyclelora.data.report import BadDataLog, BadFile, IgnoredValues, Problem
+from recyclelora.io import atomic_path, atomic_write_bytes, sha256_bytes
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+#: How the halved Mapillary validation image is stored: option value -> (Pillow format, save options, suffix).
+#: ``jpeg`` is the published preprocessing (Pillow's ``save`` defaults, spelled out); ``png`` is lossless.
+MAPILLARY_VAL_FORMATS: dict[str, tuple[str, dict[str, object], str]] = {
+    "jpeg": ("JPEG", {"quality": 75, "subsampling": "4:2:0"}, ".jpg"),
+    "png": ("PNG", {}, ".png"),
+}
+
+#: Text chunk of a trainId label PNG holding ``{raw value: pixels}`` of the values that were written as 255.
+IGNORED_VALUES_KEY = "recyclelora:ignored_values"
 
 
 def default_workers() -> int:
@@ -49,6 +72,7 @@ class PrepareConfig:
     workers: int | None = None
     strict: bool = False
     halve_mapillary_val: bool = True
+    mapillary_val_format: str = "jpeg"
 
     def __post_init__(self) -> None:
         if self.dataset not in RAW_DATASETS:
@@ -60,6 +84,11 @@ class PrepareConfig:
             )
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers={self.workers} must be >= 1 (or None for all cores)")
+        if self.mapillary_val_format not in MAPILLARY_VAL_FORMATS:
+            raise ValueError(
+                f"mapillary_val_format={self.mapillary_val_format!r} is unknown: choose one of "
+                f"{list(MAPILLARY_VAL_FORMATS)} (jpeg = as published, png = lossless)"
+            )
         if not Path(self.raw).is_dir():
             raise FileNotFoundError(
                 f"raw={self.raw} is not a folder: point it at the unpacked {self.dataset} download, laid out as\n"
@@ -69,13 +98,15 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class SplitResult:
-    """One prepared split: its manifest and how many pairs were converted, reused and skipped."""
+    """One prepared split: its manifest, how many pairs were converted, reused and skipped, and how many kept
+    frames had label values outside the table written as 255 (``ignored``)."""
 
     split: str
     manifest: Path
     converted: int
     reused: int
     skipped: int
+    ignored: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,7 +118,9 @@ class PrepareResult:
 
 @dataclass(frozen=True)
 class _Job:
-    """One image/label pair to convert; ``*_entry`` are the manifest's path strings."""
+    """One image/label pair to convert; ``*_entry`` are the manifest's path strings. A halved pair (both
+    ``image_out`` and ``image_format`` set) writes its image to ``image_out`` in ``image_format``, a key of
+    :data:`MAPILLARY_VAL_FORMATS`."""
 
     dataset: str
     split: str
@@ -95,11 +128,21 @@ class _Job:
     label: Path
     label_out: Path
     image_out: Path | None
+    image_format: str | None
     image_entry: str
     label_entry: str
     label_map: LabelMap
     read_label: Callable[[Path], np.ndarray]
     previous: Sample | None
+
+
+class _Converted(NamedTuple):
+    """A usable pair: its manifest row, whether the previous outputs were reused, and its label values outside
+    the table that were written as 255 (None when there were none)."""
+
+    row: dict
+    reused: bool
+    ignored: IgnoredValues | None
 
 
 def prepare_dataset(
@@ -111,13 +154,18 @@ def prepare_dataset(
     workers: int | None = None,
     strict: bool = False,
     halve_mapillary_val: bool = True,
+    mapillary_val_format: str = "jpeg",
 ) -> PrepareResult:
     """Prepare ``name`` from ``raw`` into ``out`` and write ``<out>/<name>_report.json``.
 
-    Raises ``FileNotFoundError`` for a wrong layout, :class:`~recyclelora.data.report.BadDataError` on the first
-    bad file when ``strict``, and ``ValueError`` when a split ends up with no usable pair.
+    ``halve_mapillary_val`` stores Mapillary's validation pairs halved, the image as ``mapillary_val_format``
+    (``jpeg``: as published, ``png``: lossless). Raises ``FileNotFoundError`` for a wrong layout,
+    :class:`~recyclelora.data.report.BadDataError` on the first bad file when ``strict``, and ``ValueError``
+    when a split ends up with no usable pair.
     """
-    config = PrepareConfig(name, Path(raw), Path(out), split, workers, strict, halve_mapillary_val)
+    config = PrepareConfig(
+        name, Path(raw), Path(out), split, workers, strict, halve_mapillary_val, mapillary_val_format
+    )
     spec = RAW_DATASETS[name]
     raw, out = config.raw.resolve(), config.out.resolve()
     splits = [config.split] if config.split else list(spec.splits)
@@ -131,25 +179,28 @@ def prepare_dataset(
     ) as progress:
         for s in splits:
             halve = name == "mapillary" and s == "val" and config.halve_mapillary_val
-            jobs = _jobs(spec, s, raw, out, label_map, halve, bad)
+            image_format = config.mapillary_val_format if halve else None
+            jobs = _jobs(spec, s, raw, out, label_map, image_format, bad)
             task = progress.add_task(f"{name}/{s}", total=len(jobs))
-            rows, reused = [], 0
+            rows, reused, ignored = [], 0, 0
             with contextlib.closing(_run(jobs, config.workers or default_workers())) as outcomes:
                 for outcome in outcomes:
                     progress.advance(task)
                     if isinstance(outcome, BadFile):
                         bad.add(outcome)
                         continue
-                    row, was_reused = outcome
-                    rows.append(row)
-                    reused += was_reused
+                    rows.append(outcome.row)
+                    reused += outcome.reused
+                    if outcome.ignored is not None:
+                        bad.add_ignored(outcome.ignored)
+                        ignored += 1
             path = manifest_path(out, name, s)
             if rows:
                 write_manifest(path, rows)
             else:  # an earlier manifest of this split would describe data that is no longer usable
                 path.unlink(missing_ok=True)
             skipped = sum(r.split == s for r in bad.records)
-            results.append(SplitResult(s, path, len(rows) - reused, reused, skipped))
+            results.append(SplitResult(s, path, len(rows) - reused, reused, skipped, ignored))
     report = bad.write(out / f"{name}_report.json", {r.split: r.converted + r.reused for r in results})
     empty = [r.split for r in results if r.converted + r.reused == 0]
     if empty:
@@ -158,9 +209,16 @@ def prepare_dataset(
 
 
 def _jobs(
-    spec: RawDataset, split: str, raw: Path, out: Path, label_map: LabelMap, halve: bool, bad: BadDataLog
+    spec: RawDataset,
+    split: str,
+    raw: Path,
+    out: Path,
+    label_map: LabelMap,
+    halved_format: str | None,
+    bad: BadDataLog,
 ) -> list[_Job]:
-    """Pair images with labels by key; an unpaired file goes to ``bad``."""
+    """Pair images with labels by key; an unpaired file goes to ``bad``. With ``halved_format`` (a key of
+    :data:`MAPILLARY_VAL_FORMATS`) the pairs are halved and their images written below ``out``."""
     raw_split = spec.splits[split]
     images = spec.images.collect(raw, raw_split)
     labels = spec.labels.collect(raw, raw_split)
@@ -178,7 +236,11 @@ def _jobs(
     jobs = []
     for key in sorted(images.keys() & labels.keys()):
         label_entry = f"labels/{spec.name}/{split}/{key}.png"
-        image_entry = f"images/{spec.name}/{split}/{key}.png" if halve else str(images[key])
+        if halved_format is None:
+            image_entry, image_out = str(images[key]), None
+        else:
+            image_entry = f"images/{spec.name}/{split}/{key}{MAPILLARY_VAL_FORMATS[halved_format][2]}"
+            image_out = out / image_entry
         jobs.append(
             _Job(
                 dataset=spec.name,
@@ -186,7 +248,8 @@ def _jobs(
                 image=images[key],
                 label=labels[key],
                 label_out=out / label_entry,
-                image_out=out / image_entry if halve else None,
+                image_out=image_out,
+                image_format=halved_format,
                 image_entry=image_entry,
                 label_entry=label_entry,
                 label_map=label_map,
@@ -205,7 +268,7 @@ def _previous_samples(path: Path) -> dict[Path, Sample]:
         return {}
 
 
-def _run(jobs: list[_Job], workers: int) -> Iterator[BadFile | tuple[dict, bool]]:
+def _run(jobs: list[_Job], workers: int) -> Iterator[BadFile | _Converted]:
     """Convert ``jobs`` in order, on ``workers`` processes; closing the iterator cancels pending jobs."""
     if workers == 1 or len(jobs) < 2:
         yield from map(_convert, jobs)
@@ -218,7 +281,7 @@ def _run(jobs: list[_Job], workers: int) -> Iterator[BadFile | tuple[dict, bool]
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _convert(job: _Job) -> BadFile | tuple[dict, bool]:
+def _convert(job: _Job) -> BadFile | _Converted:
     """Reuse the previous row if its outputs are intact and current, else decode, check, map and write."""
     row = {"dataset": job.dataset, "split": job.split, "image": job.image_entry, "label": job.label_entry}
     previous = job.previous
@@ -228,15 +291,16 @@ def _convert(job: _Job) -> BadFile | tuple[dict, bool]:
         and previous.image.is_file()
         and job.label_out.is_file()
         and job.label_out.stat().st_mtime_ns >= max(p.stat().st_mtime_ns for p in (job.image, job.label))
-        and sha256_file(job.label_out) == previous.label_sha256
     ):
-        row.update(
-            height=previous.height,
-            width=previous.width,
-            class_pixels=list(previous.class_pixels),
-            label_sha256=previous.label_sha256,
-        )
-        return row, True
+        written = job.label_out.read_bytes()
+        if sha256_bytes(written) == previous.label_sha256:
+            row.update(
+                height=previous.height,
+                width=previous.width,
+                class_pixels=list(previous.class_pixels),
+                label_sha256=previous.label_sha256,
+            )
+            return _Converted(row, True, _ignored_record(job, _read_ignored_values(written)))
 
     def bad(path: Path, problem: Problem, detail: str) -> BadFile:
         return BadFile(job.dataset, job.split, str(path), problem, detail)
@@ -253,19 +317,24 @@ def _convert(job: _Job) -> BadFile | tuple[dict, bool]:
     if values.shape != (image.height, image.width):
         sizes = f"label {values.shape[1]}x{values.shape[0]}, image {image.width}x{image.height} ({job.image})"
         return bad(job.label, Problem.SIZE_MISMATCH, sizes)
-    unknown = job.label_map.unknown_values(values)
-    if unknown.size:
-        count = int(np.isin(values, unknown).sum())
-        detail = f"values {_head(unknown.tolist())} ({count} pixels) are not {job.dataset} label values"
+    unknown = job.label_map.unknown_counts(values)
+    if unknown and not job.label_map.unknown_to_ignore:
+        count = sum(unknown.values())
+        detail = f"values {_head(list(unknown))} ({count} pixels) are not {job.dataset} label values"
         return bad(job.label, Problem.UNKNOWN_VALUE, detail)
-    train_ids = job.label_map(values)
-    if job.image_out is not None:
+    train_ids = job.label_map(values)  # with unknown_to_ignore, the unknown values become 255 here
+    if job.image_out is not None and job.image_format is not None:
         size = (max(1, image.width // 2), max(1, image.height // 2))
+        image_format, options, _ = MAPILLARY_VAL_FORMATS[job.image_format]
         with atomic_path(job.image_out) as tmp:
-            image.resize(size, Image.Resampling.BICUBIC).save(tmp, format="PNG")
+            image.resize(size, Image.Resampling.BICUBIC).save(tmp, format=image_format, **options)
         train_ids = np.asarray(Image.fromarray(train_ids).resize(size, Image.Resampling.NEAREST))
+    info = None
+    if unknown:
+        info = PngInfo()
+        info.add_text(IGNORED_VALUES_KEY, json.dumps({str(v): n for v, n in unknown.items()}))
     buffer = io.BytesIO()
-    Image.fromarray(train_ids).save(buffer, format="PNG")
+    Image.fromarray(train_ids).save(buffer, format="PNG", pnginfo=info)
     atomic_write_bytes(job.label_out, buffer.getvalue())
     row.update(
         height=train_ids.shape[0],
@@ -273,7 +342,19 @@ def _convert(job: _Job) -> BadFile | tuple[dict, bool]:
         class_pixels=np.bincount(train_ids.ravel(), minlength=256)[:NUM_CLASSES].tolist(),
         label_sha256=sha256_bytes(buffer.getvalue()),
     )
-    return row, False
+    return _Converted(row, False, _ignored_record(job, unknown))
+
+
+def _read_ignored_values(png: bytes) -> dict[int, int]:
+    """``{raw value: pixels}`` recorded in a trainId label PNG written by :func:`_convert` (empty if none)."""
+    with Image.open(io.BytesIO(png)) as label:
+        text = label.info.get(IGNORED_VALUES_KEY)
+    return {int(value): int(count) for value, count in json.loads(text).items()} if text else {}
+
+
+def _ignored_record(job: _Job, pixels: dict[int, int]) -> IgnoredValues | None:
+    """The report record of a kept frame whose out-of-table values ``pixels`` became 255; None if none did."""
+    return IgnoredValues(job.dataset, job.split, str(job.label), pixels) if pixels else None
 
 
 def _head(values: list[int], n: int = 10) -> str:

@@ -95,13 +95,33 @@ def synthia_label(path: Path, ids: np.ndarray, seed: int) -> None:
     write_png16(path, np.dstack([ids, noise]).astype(np.uint16))
 
 
+LabelWriter = Callable[[Path, np.ndarray], None]
+
+
 @dataclass
 class RawFixture:
-    """A raw dataset folder and, per (split, key), the trainIds prepare must produce."""
+    """A raw dataset folder and, per (split, key), the trainIds prepare must produce (and the raw label)."""
 
     name: str
     raw: Path
     expected: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    labels: dict[tuple[str, str], tuple[Path, np.ndarray, LabelWriter]] = field(default_factory=dict)
+
+    def put_values(self, split: str, key: str, pixels: dict[int, int]) -> None:
+        """Rewrite the label of (split, key) with ``pixels[v]`` pixels of value ``v`` (raster order from the
+        top-left corner) and expect 255 there: for values outside the dataset's table (not halved pairs)."""
+        path, values, write_label = self.labels[(split, key)]
+        assert self.expected[(split, key)].shape == values.shape, "put_values needs a pair that is not halved"
+        flat, expected = values.ravel().copy(), self.expected[(split, key)].ravel().copy()
+        start = 0
+        for value, count in pixels.items():
+            flat[start : start + count] = value
+            expected[start : start + count] = 255
+            start += count
+        values = flat.reshape(values.shape)
+        write_label(path, values)
+        self.labels[(split, key)] = (path, values, write_label)
+        self.expected[(split, key)] = expected.reshape(values.shape)
 
     def add(
         self,
@@ -119,6 +139,7 @@ class RawFixture:
             raw_values = np.kron(raw_values, np.ones((2, 2), dtype=raw_values.dtype))
         write_rgb(image, seed)
         write_label(label, raw_values)
+        self.labels[(split, key)] = (label, raw_values, write_label)
         expected = np.vectorize(pairs.__getitem__, otypes=[np.uint8])(raw_values)
         self.expected[(split, key)] = expected[::2, ::2] if halve else expected
 
@@ -182,8 +203,6 @@ def _acdc(root: Path) -> list[tuple]:
 def _synthia_writer(path: Path, ids: np.ndarray) -> None:
     synthia_label(path, ids, seed=int(path.stem))
 
-
-LabelWriter = Callable[[Path, np.ndarray], None]
 
 # dataset -> (files in the raw layout: (split, key, image, label) relative to raw, label pairs, label writer)
 LAYOUTS: dict[str, tuple[Callable[[Path], list[tuple]], dict[int, int], LabelWriter]] = {
