@@ -22,7 +22,9 @@ from recyclelora.io import atomic_path
 
 PRESETS_DIR = "presets"
 #: Mappings whose keys are data, not settings: a preset gives them whole.
-FREE_FORM: frozenset[str] = frozenset({"datasets.real", "model.backbone.model_kwargs", "eval.resize"})
+FREE_FORM: frozenset[str] = frozenset(
+    {"datasets.real", "data.subset", "model.backbone.model_kwargs", "eval.resize"}
+)
 
 
 def available_presets(params_path: str | Path) -> list[str]:

@@ -1,10 +1,11 @@
 """Stage ``train``: train the segmentor of ``params.yaml`` on the prepared data, from the cached init.
 
-The run folder (model, checkpoints, ``train_log.csv``, ``train_summary.json``) is built in
-``<out>.partial`` and renamed to ``out`` when training ends. A crashed run leaves the partial folder with its
-checkpoints and a run key (SHA-256 of the params read, the backbone file and the training manifests); a rerun
-with the same key resumes from the latest checkpoint, any other rerun starts afresh. Every logged row goes to
-MLflow at its step; the summary, plus the last validation, is the DVC metric file.
+The run folder (model, checkpoints, ``train_log.csv``, ``train_summary.json``, and ``train_samples.parquet``:
+the manifest, row, name and image of every sample trained on) is built in ``<out>.partial`` and renamed to
+``out`` when training ends. A crashed run leaves the partial folder with its checkpoints and a run key
+(SHA-256 of the params read, the backbone file and the training manifests); a rerun with the same key resumes
+from the latest checkpoint, any other rerun starts afresh. Every logged row goes to MLflow at its step; the
+summary, plus the last validation, is the DVC metric file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pipeline.stages._common import atomic_dir, log_numbers, open_stage, with_ba
 from pipeline.tracking import log_small_artifacts
 from recyclelora.io import atomic_write_text, sha256_bytes, sha256_file
 from recyclelora.models.build import ModelConfig
-from recyclelora.train.loop import LOG_FILE, MODEL_FILE, SUMMARY_FILE, TrainResult, train
+from recyclelora.train.loop import LOG_FILE, MODEL_FILE, SAMPLES_FILE, SUMMARY_FILE, TrainResult, train
 
 #: The params this stage reads (also its ``params:`` in dvc.yaml).
 PARAMS = ("base.seed", "data", "model", "train")
@@ -62,8 +63,8 @@ def run_train(
     params_path: Path, weights: Path, init_cache: Path, out: Path, metrics: Path, *, progress: bool = True
 ) -> dict[str, object]:
     """The ``train`` stage: validate params, train into ``out`` (resuming a matching partial run), write
-    ``metrics`` (the run's summary and last validation), and log curves, summary and the model (when small)
-    to MLflow."""
+    ``metrics`` (the run's summary and last validation), record the samples trained on, and log curves,
+    summary, that record and the model (when small) to MLflow."""
     with open_stage("train", params_path, PARAMS) as params:
         model = with_backbone(params.run.model, weights)
         key = run_key(params, model)
@@ -82,5 +83,5 @@ def run_train(
         summary = json.loads((out / SUMMARY_FILE).read_text()) | last_validation(result)
         write_json(metrics, summary)
         log_numbers({key: value for key, value in summary.items() if not key.startswith("val_")})
-        log_small_artifacts([out / MODEL_FILE, out / LOG_FILE, out / SUMMARY_FILE])
+        log_small_artifacts([out / MODEL_FILE, out / LOG_FILE, out / SUMMARY_FILE, out / SAMPLES_FILE])
     return summary

@@ -1,24 +1,94 @@
-"""A torch dataset over one or several manifests, with a seeded subset and reproducible augmentation.
+"""A torch dataset over one or several manifests, with seeded per-manifest subsets and seeded augmentation.
 
 Sample ``i`` of epoch ``e`` is transformed with ``np.random.default_rng([seed, e, i])``, so what a sample
 looks like depends on (seed, epoch, index) only, never on the number of DataLoader workers or their order.
+A manifest given a subset size keeps that many of its rows, drawn without replacement by
+``np.random.default_rng([seed, *stem.encode()])`` (``stem``: the manifest's file name without ``.parquet``):
+each manifest has its own stream, so its draw does not depend on the other manifests or their order.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
 from recyclelora.data.manifest import Sample, read_manifest
 from recyclelora.data.transforms import SegmentationTransform
+from recyclelora.io import atomic_path
 
 PathLike = str | os.PathLike[str]
+
+#: Columns of the record of a run's training samples (:func:`write_kept_samples`).
+KEPT_SCHEMA = pa.schema(
+    [
+        ("manifest", pa.string()),  # the manifest as given (data.train)
+        ("row", pa.int64()),  # 0-based row of the sample in that manifest
+        ("name", pa.string()),  # the image's file name without suffix (the item's ``name``)
+        ("image", pa.string()),  # the image path, resolved as the dataset reads it
+    ]
+)
+
+
+@dataclass(frozen=True)
+class KeptSample:
+    """A sample a dataset keeps, with where it comes from: its manifest and its row there."""
+
+    manifest: Path
+    row: int
+    sample: Sample
+
+
+def check_subset(manifests: Sequence[PathLike], subset: Mapping[str, int], where: str) -> None:
+    """Check that ``subset`` maps stems of ``manifests`` (each the stem of exactly one) to sizes >= 1.
+
+    ``where`` names the mapping in errors (``data.subset``). Sizes above a manifest's row count are found
+    only when it is read (:class:`SegmentationDataset`).
+    """
+    if not isinstance(subset, Mapping):
+        raise TypeError(
+            f"{where} must map training manifest stems to sample counts, e.g. {{gta5_train: 12403}} "
+            f"({{}} = every manifest whole), got {subset!r}"
+        )
+    stems = [Path(path).stem for path in manifests]
+    unknown = sorted(set(subset) - set(stems))
+    if unknown:
+        raise ValueError(
+            f"{where} names {unknown}, which are not training manifests: their stems are {stems}"
+        )
+    for stem, size in subset.items():
+        same = [str(path) for path in manifests if Path(path).stem == stem]
+        if len(same) > 1:
+            raise ValueError(
+                f"{where}.{stem} is ambiguous: {len(same)} training manifests are named {stem}.parquet "
+                f"({same}); give them distinct file names"
+            )
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{where}.{stem} must be an integer >= 1 (samples kept of {stem}), got {size!r}")
+
+
+def write_kept_samples(path: PathLike, kept: Sequence[KeptSample]) -> Path:
+    """Write ``kept`` as a Parquet table of :data:`KEPT_SCHEMA`, atomically: what a run trained on."""
+    table = pa.table(
+        {
+            "manifest": [str(item.manifest) for item in kept],
+            "row": [item.row for item in kept],
+            "name": [item.sample.image.stem for item in kept],
+            "image": [str(item.sample.image) for item in kept],
+        },
+        schema=KEPT_SCHEMA,
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
 
 
 def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
@@ -41,12 +111,14 @@ def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """Samples of the concatenated manifests (or a seeded random subset of them), transformed on access.
+    """Samples of the concatenated manifests (each whole or a seeded subset of it), transformed on access.
 
     Items are ``dict(image=FloatTensor (3, H, W), label=LongTensor (H, W), name=str, dataset=str)``.
-    ``subset=N`` keeps N samples drawn without replacement by ``np.random.default_rng(seed)``; the kept
-    positions in the concatenation are :attr:`indices` (sorted), to be recorded with a run.
-    Call :meth:`set_epoch` before each epoch to vary the augmentation reproducibly.
+    ``subset={stem: N}`` keeps N rows of the manifest of that stem (see the module docstring for the draw),
+    in manifest order; manifests not named are kept whole. :attr:`kept` lists the kept samples in dataset
+    order (manifests in the order given) with their manifest and row, to be recorded with a run
+    (:func:`write_kept_samples`). Call :meth:`set_epoch` before each epoch to vary the augmentation
+    reproducibly.
     """
 
     def __init__(
@@ -54,7 +126,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         manifest_paths: PathLike | Sequence[PathLike],
         transform: SegmentationTransform,
         *,
-        subset: int | None = None,
+        subset: Mapping[str, int] | None = None,
         seed: int = 0,
     ) -> None:
         paths = [manifest_paths] if isinstance(manifest_paths, (str, os.PathLike)) else list(manifest_paths)
@@ -62,20 +134,24 @@ class SegmentationDataset(torch.utils.data.Dataset):
             raise ValueError("no manifest given: pass at least one manifest path")
         if seed < 0:
             raise ValueError(f"seed={seed} must be a non-negative integer")
+        subset = {} if subset is None else subset
+        check_subset(paths, subset, "subset")
         self.manifests: tuple[Path, ...] = tuple(Path(path) for path in paths)
-        self.samples: tuple[Sample, ...] = tuple(
-            sample for path in self.manifests for sample in read_manifest(path)
-        )
-        if subset is None:
-            self.indices: tuple[int, ...] = tuple(range(len(self.samples)))
-        elif not 1 <= subset <= len(self.samples):
-            raise ValueError(
-                f"subset={subset} must be between 1 and the {len(self.samples)} samples of "
-                f"{[str(path) for path in self.manifests]}"
-            )
-        else:
-            chosen = np.random.default_rng(seed).choice(len(self.samples), size=subset, replace=False)
-            self.indices = tuple(int(index) for index in np.sort(chosen))
+        kept: list[KeptSample] = []
+        for path in self.manifests:
+            samples = read_manifest(path)
+            rows: Sequence[int] = range(len(samples))
+            size = subset.get(path.stem)
+            if size is not None:
+                if size > len(samples):
+                    raise ValueError(
+                        f"subset {path.stem}={size} asks for more than the {len(samples)} samples of {path} "
+                        f"(data.subset.{path.stem} in params.yaml): give at most {len(samples)}"
+                    )
+                rng = np.random.default_rng([seed, *path.stem.encode()])
+                rows = np.sort(rng.choice(len(samples), size, replace=False)).tolist()
+            kept.extend(KeptSample(path, row, samples[row]) for row in rows)
+        self.kept: tuple[KeptSample, ...] = tuple(kept)
         self.transform = transform
         self.seed = seed
         self.epoch = 0
@@ -87,12 +163,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.kept)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < len(self.indices):
-            raise IndexError(f"index {index} is out of range for a dataset of {len(self.indices)} samples")
-        sample = self.samples[self.indices[index]]
+        if not 0 <= index < len(self.kept):
+            raise IndexError(f"index {index} is out of range for a dataset of {len(self.kept)} samples")
+        sample = self.kept[index].sample
         image, label = load_pair(sample)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image_out, label_out = self.transform(image, label, rng)

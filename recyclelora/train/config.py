@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal, get_args
 
+from recyclelora.data.dataset import check_subset
 from recyclelora.data.transforms import EvalTransformConfig, TrainTransformConfig
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -16,8 +17,11 @@ class TrainConfig:
     """Optimisation and loop settings of one training run."""
 
     iterations: int = field(default=40_000, metadata={"help": "optimiser steps"})
-    batch_size: int = field(default=4, metadata={"help": "images per micro-batch and process"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per optimiser step"})
+    batch_size: int = field(
+        default=4,
+        metadata={"help": "global batch: images per optimiser step, split over processes and grad_accum"},
+    )
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per process and optimiser step"})
     lr: float = field(default=1e-4, metadata={"help": "base learning rate (AdamW), poly-decayed to 0"})
     poly_power: float = field(default=0.9, metadata={"help": "power of the poly learning-rate schedule"})
     weight_decay: float = field(default=0.05, metadata={"help": "weight decay of the decayed groups at step 0"})
@@ -70,11 +74,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """What to train (and validate) on: manifests, a seeded subset, the transforms."""
+    """What to train (and validate) on: manifests, seeded per-manifest subsets, the transforms."""
 
     train: tuple[str, ...] = field(metadata={"help": "training manifests (concatenated)"})
     val: tuple[str, ...] = field(default=(), metadata={"help": "validation manifests, one dataset each"})
-    subset: int | None = field(default=None, metadata={"help": "train on a seeded random subset of this size"})
+    subset: dict[str, int] = field(
+        default_factory=dict,
+        metadata={"help": "samples kept by training manifest stem, drawn with seed and stem; others whole"},
+    )
     transform: TrainTransformConfig = field(default_factory=TrainTransformConfig)
     val_transform: EvalTransformConfig = field(default_factory=EvalTransformConfig)
 
@@ -83,5 +90,4 @@ class DataConfig:
         object.__setattr__(self, "val", tuple(str(p) for p in self.val))
         if not self.train:
             raise ValueError("data.train must list at least one manifest")
-        if self.subset is not None and (isinstance(self.subset, bool) or self.subset < 1):
-            raise ValueError(f"data.subset must be a positive integer or null, got {self.subset!r}")
+        check_subset(self.train, self.subset, "data.subset")

@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from safetensors import safe_open
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from recyclelora.data.dataset import SegmentationDataset
+from recyclelora.data.dataset import SegmentationDataset, write_kept_samples
 from recyclelora.data.transforms import EvalTransform, TrainTransform
 from recyclelora.eval.evaluate import evaluate
 from recyclelora.eval.predictors import TorchPredictor
@@ -41,6 +41,8 @@ from recyclelora.train.state import load_trainer_state, save_trainer_state, set_
 MODEL_FILE = "model.safetensors"
 LOG_FILE = "train_log.csv"
 SUMMARY_FILE = "train_summary.json"
+#: The record of the samples trained on (manifest, row, name, image; data.subset's draws), in the run folder.
+SAMPLES_FILE = "train_samples.parquet"
 KEEP_CHECKPOINTS = 2
 
 
@@ -57,7 +59,6 @@ class TrainResult:
     seconds: float
     iterations_per_second: float
     peak_memory_mb: float
-    subset_indices: list[int] = field(default_factory=list)
 
 
 class _TrainForward(nn.Module):
@@ -129,9 +130,11 @@ def train(
 ) -> TrainResult:
     """Train ``model_config`` on ``data`` for ``config.iterations`` steps; write checkpoints under ``out_dir``.
 
-    Under ``torchrun`` each process trains on its share of every global batch (DDP). ``resume`` continues from
+    ``config.batch_size`` images make one optimiser step whatever the launch: under ``torchrun`` each process
+    trains on its share of the global batch (DDP), in ``grad_accum`` micro-batches. ``resume`` continues from
     ``out_dir/checkpoints/latest``. The final model goes to ``out_dir/model.safetensors``, the loss curve to
-    ``train_log.csv`` and the run's figures to ``train_summary.json``.
+    ``train_log.csv``, the run's figures to ``train_summary.json`` and the samples trained on to
+    ``train_samples.parquet``.
     """
     out_dir = Path(out_dir)
     info = distributed.setup(config.device)
@@ -154,7 +157,7 @@ def _train(
 ) -> TrainResult:
     torch.manual_seed(config.seed)
     dataset = SegmentationDataset(data.train, TrainTransform(data.transform), subset=data.subset, seed=config.seed)
-    order = BatchOrder(len(dataset), config.batch_size, config.seed, info.rank, info.world_size)
+    order = BatchOrder(len(dataset), config.batch_size, config.seed, info.rank, info.world_size, config.grad_accum)
     built = build_segmentor(model_config, cache_dir=cache_dir, generator=torch.Generator().manual_seed(config.seed))
     model = built.model.to(info.device)
     optimizer = build_optimizer(model, model_config, config)
@@ -268,13 +271,14 @@ def _train(
     distributed.barrier(info)
     steps = config.iterations - start
     peak = torch.cuda.max_memory_allocated(info.device) / 2**20 if info.device.type == "cuda" else _peak_rss_mb()
-    result = TrainResult(final, history, seconds, steps / seconds if seconds else 0.0, peak, list(dataset.indices))
+    result = TrainResult(final, history, seconds, steps / seconds if seconds else 0.0, peak)
     if info.is_main:
         summary = {"iterations": config.iterations, "resumed_from": start, "seconds": round(seconds, 3),
                    "iterations_per_second": round(result.iterations_per_second, 4),
                    "peak_memory_mb": round(peak, 1), "world_size": info.world_size, "seed": config.seed,
                    "train_samples": len(dataset), "final_loss": history[-1]["loss"] if history else None}  # fmt: skip
         atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+        write_kept_samples(out_dir / SAMPLES_FILE, dataset.kept)
     return result
 
 

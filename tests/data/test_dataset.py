@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
-from recyclelora.data.dataset import SegmentationDataset
+from recyclelora.data.dataset import KEPT_SCHEMA, SegmentationDataset, write_kept_samples
 from recyclelora.data.manifest import manifest_path, write_manifest
 from recyclelora.data.transforms import (
     EvalTransform,
@@ -19,6 +20,7 @@ from recyclelora.data.transforms import (
     TrainTransformConfig,
 )
 from recyclelora.io import sha256_file
+from recyclelora.train.config import DataConfig
 
 # ImageNet statistics as stated in the method notes (RGB, 0-255 scale).
 MEAN = torch.tensor([123.675, 116.28, 103.53])
@@ -62,14 +64,14 @@ def test_train_output_has_crop_size_and_types() -> None:
 
 def test_resized_size_follows_short_edge_and_caps_long_edge() -> None:
     transform = TrainTransform(TrainTransformConfig(base_size=50, max_long_edge=120))
-    assert transform.resized_size(100, 200, 1.0) == (50, 100)
-    assert transform.resized_size(100, 400, 1.0) == (30, 120)  # capped: 400 * 0.3 = 120
-    assert transform.resized_size(80, 60, 0.5) == (33, 25)
+    assert transform.resized_size(100, 200, 50) == (50, 100)
+    assert transform.resized_size(100, 400, 50) == (30, 120)  # capped: 400 * 0.3 = 120
+    assert transform.resized_size(80, 60, 25) == (33, 25)
 
 
-def test_pad_fills_image_with_zero_and_label_with_ignore() -> None:
+def test_pad_after_normalize_fills_image_with_zero_and_label_with_ignore() -> None:
     image, label = _pair(20, 30)
-    out, lbl = TrainTransform(_plain(base_size=20, crop_size=(32, 48)))(
+    out, lbl = TrainTransform(_plain(base_size=20, crop_size=(32, 48), pad_at="after_normalize"))(
         image, label, np.random.default_rng(0)
     )
     torch.testing.assert_close(out[:, :20, :30], _normalised(image))
@@ -86,7 +88,7 @@ def _accepted_share(cat_max_ratio: float) -> float:
     transform = TrainTransform(_plain(crop_size=(24, 24), cat_max_ratio=cat_max_ratio))
     good = 0
     for seed in range(40):
-        top, left = transform.crop_origin(torch.from_numpy(label), np.random.default_rng(seed))
+        top, left = transform.crop_origin(label, np.random.default_rng(seed))
         crop = label[top : top + 24, left : left + 24]
         counts = np.bincount(crop[crop != 255], minlength=2)
         good += int((counts > 0).sum() > 1 and counts.max() < 0.75 * counts.sum())
@@ -172,7 +174,7 @@ def test_fit_is_the_largest_size_inside_the_box(height: int, width: int, size: t
         ({"scale_ratios": ()}, "scale_ratios"),
         ({"flip_prob": 2.0}, "flip_prob"),
         ({"contrast_range": (1.5, 0.5)}, "contrast_range"),
-        ({"hue_delta": 0.7}, "hue_delta"),
+        ({"hue_delta": 0.1}, "hue_delta"),
         ({"std": (1.0, 0.0, 1.0)}, "std"),
     ],
 )
@@ -259,18 +261,68 @@ def test_concatenates_manifests_in_order(tmp_path: Path) -> None:
     assert torch.equal(dataset[4]["label"], torch.from_numpy(label).long())
 
 
-def test_subset_is_seeded_and_recorded(tmp_path: Path) -> None:
-    manifests = [_manifest(tmp_path, "a", 6), _manifest(tmp_path, "bb", 6)]
-    first = SegmentationDataset(manifests, EvalTransform(), subset=5, seed=3)
-    again = SegmentationDataset(manifests, EvalTransform(), subset=5, seed=3)
-    other = SegmentationDataset(manifests, EvalTransform(), subset=5, seed=4)
-    assert first.indices == again.indices != other.indices
-    assert len(first) == 5 and len(set(first.indices)) == 5 and list(first.indices) == sorted(first.indices)
-    for position, index in enumerate(first.indices):
-        sample = first.samples[index]
-        assert (first[position]["name"], first[position]["dataset"]) == (sample.image.stem, sample.dataset)
-    with pytest.raises(ValueError, match="subset=13"):
-        SegmentationDataset(manifests, EvalTransform(), subset=13)
+def _rows(dataset: SegmentationDataset, stem: str) -> list[int]:
+    return [item.row for item in dataset.kept if item.manifest.stem == stem]
+
+
+def test_each_manifest_draws_its_own_seeded_subset(tmp_path: Path) -> None:
+    a, bb, ccc = _manifest(tmp_path, "a", 6), _manifest(tmp_path, "bb", 5), _manifest(tmp_path, "ccc", 4)
+    subset = {"a_train": 3, "ccc_train": 2}
+    first = SegmentationDataset([a, bb, ccc], EvalTransform(), subset=subset, seed=3)
+    assert len(first) == 3 + 5 + 2
+    assert [item.manifest for item in first.kept] == [a] * 3 + [bb] * 5 + [ccc] * 2  # concatenation order
+    assert _rows(first, "bb_train") == [0, 1, 2, 3, 4]  # not named: whole
+    for stem, count in (("a_train", 6), ("ccc_train", 4)):  # the documented draw, rows ascending
+        drawn = np.random.default_rng([3, *stem.encode()]).choice(count, subset[stem], replace=False)
+        assert _rows(first, stem) == sorted(drawn.tolist())
+    for position, item in enumerate(first.kept):
+        assert first[position]["name"] == item.sample.image.stem == f"{item.row:03d}"
+        assert first[position]["dataset"] == item.sample.dataset == item.manifest.stem.removesuffix("_train")
+    again = SegmentationDataset([a, bb, ccc], EvalTransform(), subset=subset, seed=3)
+    assert again.kept == first.kept
+    alone = SegmentationDataset([ccc, a], EvalTransform(), subset={"a_train": 3}, seed=3)
+    assert _rows(alone, "a_train") == _rows(first, "a_train")  # independent of the other manifests
+    draws = {tuple(_rows(SegmentationDataset(a, EvalTransform(), subset={"a_train": 3}, seed=s), "a_train"))
+             for s in range(8)}  # fmt: skip
+    assert len(draws) > 1  # the seed matters
+
+
+def test_subset_errors_name_the_stem_and_the_sizes(tmp_path: Path) -> None:
+    a = _manifest(tmp_path, "a", 6)
+    with pytest.raises(ValueError, match=r"subset names \['b_train'\].*stems are \['a_train'\]"):
+        SegmentationDataset(a, EvalTransform(), subset={"b_train": 1})
+    with pytest.raises(ValueError, match=r"subset a_train=7 asks for more than the 6 samples.*at most 6"):
+        SegmentationDataset(a, EvalTransform(), subset={"a_train": 7})
+    with pytest.raises(ValueError, match=r"subset.a_train must be an integer >= 1.*got 0"):
+        SegmentationDataset(a, EvalTransform(), subset={"a_train": 0})
+    twin = _manifest(tmp_path / "twin", "a", 2)
+    with pytest.raises(ValueError, match=r"subset.a_train is ambiguous: 2 training manifests"):
+        SegmentationDataset([a, twin], EvalTransform(), subset={"a_train": 1})
+    assert len(SegmentationDataset([a, twin], EvalTransform())) == 8  # same stems are fine without a subset
+
+
+def test_data_config_checks_subset_keys_before_any_manifest_is_read() -> None:
+    train = ("data/a_train.parquet", "data/b_train.parquet")
+    assert DataConfig(train=train, subset={"a_train": 12403}).subset == {"a_train": 12403}
+    for subset, error, message in (
+        (12403, TypeError, r"data.subset must map training manifest stems to sample counts.*got 12403"),
+        ({"c_train": 5}, ValueError, r"data.subset names \['c_train'\].*stems are \['a_train', 'b_train'\]"),
+        ({"b_train": True}, ValueError, r"data.subset.b_train must be an integer >= 1.*got True"),
+    ):
+        with pytest.raises(error, match=message):
+            DataConfig(train=train, subset=subset)
+
+
+def test_kept_samples_are_recorded_as_parquet(tmp_path: Path) -> None:
+    a, bb = _manifest(tmp_path, "a", 6), _manifest(tmp_path, "bb", 2)
+    dataset = SegmentationDataset([a, bb], EvalTransform(), subset={"a_train": 2}, seed=1)
+    table = pq.read_table(write_kept_samples(tmp_path / "out" / "kept.parquet", dataset.kept))
+    assert table.schema == KEPT_SCHEMA
+    assert table.to_pylist() == [
+        {"manifest": str(m.manifest), "row": m.row, "name": f"{m.row:03d}", "image": str(m.sample.image)}
+        for m in dataset.kept
+    ]
+    assert table.column("manifest").to_pylist() == [str(a)] * 2 + [str(bb)] * 2
 
 
 def test_augmentation_depends_on_seed_epoch_index_only(tmp_path: Path, augment: TrainTransform) -> None:

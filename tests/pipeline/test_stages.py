@@ -10,6 +10,8 @@ import shutil
 import statistics
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -19,7 +21,7 @@ from typer.testing import CliRunner
 import pipeline.stages.train as train_stage
 from pipeline import compare, stages
 from pipeline.params import BaseConfig, DatasetsConfig, ExportConfig, load_pipeline_params
-from pipeline.presets import apply_preset, available_presets
+from pipeline.presets import FREE_FORM, apply_preset, available_presets
 from pipeline.stages._common import BACKBONE_FILE, PARTIAL_SUFFIX, with_backbone
 from pipeline.stages.data import check_manifests
 from pipeline.stages.evaluate import evaluate_targets
@@ -28,6 +30,7 @@ from pipeline.stages.weights import convert_backbone
 from recyclelora.adapters import AdapterConfig, CacheEntry, find_target_linears
 from recyclelora.cli.main import app
 from recyclelora.config import EvalConfig, ParamsError
+from recyclelora.data.manifest import read_manifest
 from recyclelora.data.synth import SynthConfig
 from recyclelora.data.transforms import EvalTransformConfig, ResizeConfig, TrainTransformConfig
 from recyclelora.models.backbone import BackboneConfig, ViTBackbone
@@ -145,6 +148,17 @@ def test_every_key_of_params_yaml_is_documented() -> None:
             "eval.resize",
             {"synth_fog_val": {"fit": [2048]}},
             ["params.eval.resize.synth_fog_val", "fit=(2048,)"],
+        ),
+        ("data.subset", 12403, ["params.data", "data.subset must map training manifest stems", "got 12403"]),
+        (
+            "data.subset",
+            {"gta5_train": 12403},
+            ["data.subset names ['gta5_train']", "stems are ['synth_src_train']"],
+        ),
+        (
+            "data.subset",
+            {"synth_src_train": 0},
+            ["data.subset.synth_src_train must be an integer >= 1", "got 0"],
         ),
     ],
 )
@@ -287,6 +301,24 @@ def test_crashed_training_resumes_only_with_unchanged_inputs(
     assert stages.run_train(params, *paths, progress=False)["resumed_from"] == 0
 
 
+def test_train_stage_records_the_samples_of_each_manifest_subset(workspace: Path) -> None:
+    params = workspace / "params.yaml"
+    manifest = "data/prepared/synth_src_train.parquet"
+    edit_params(params, "data.subset", {"synth_src_train": 3})  # of the 4 tiny source images
+    stages.run_data(params, Path("data/prepared"))
+    stages.run_weights(params, Path("models/backbone"))
+    stages.run_init(params, Path("models/backbone"), Path("models/init"), progress=False)
+    paths = (Path("models/backbone"), Path("models/init"), Path("models/train"), Path("metrics/train.json"))
+    assert stages.run_train(params, *paths, progress=False)["train_samples"] == 3
+    record = pq.read_table(workspace / "models/train" / train_stage.SAMPLES_FILE).to_pylist()
+    rows = sorted(np.random.default_rng([0, *b"synth_src_train"]).choice(4, 3, replace=False).tolist())
+    samples = read_manifest(manifest)
+    assert record == [
+        {"manifest": manifest, "row": row, "name": samples[row].image.stem, "image": str(samples[row].image)}
+        for row in rows
+    ]
+
+
 # Presets
 
 
@@ -303,7 +335,7 @@ def test_presets_validate_and_keep_comments(tmp_path: Path, name: str) -> None:
     written = yaml.safe_load(text)
     for section, values in preset.items():
         for key, value in values.items():
-            if not isinstance(value, dict) or key == "real":
+            if not isinstance(value, dict) or f"{section}.{key}" in FREE_FORM:
                 assert written[section][key] == value, f"{section}.{key}"
     load_pipeline_params(tmp_path / "params.yaml")
 
@@ -333,12 +365,16 @@ def test_paper_presets_hold_the_published_recipe(tmp_path: Path) -> None:
         (2048, 1024),
     ]  # Mapillary alone is fitted into 2048 x 1024
     assert g.datasets.synth is None and g.datasets.real["gta5"] is None
-    assert [Path(t).stem for t in applied("paper-gs2cbm").run.data.train] == ["gta5_train", "synthia_train"]
-    assert len(applied("paper-gsu2cbm").run.data.train) == 3
+    assert data.subset == {"gta5_train": 12403}  # the published GTAV subset
+    gs, gsu = applied("paper-gs2cbm").run.data, applied("paper-gsu2cbm").run.data
+    assert [Path(t).stem for t in gs.train] == ["gta5_train", "synthia_train"]
+    assert [Path(t).stem for t in gsu.train] == ["gta5_train", "synthia_train", "urbansyn_train"]
+    assert gs.subset == gsu.subset == {"gta5_train": 12403}  # SYNTHIA and UrbanSyn whole
     c = applied("paper-c2bm")
     assert c.run.model.adapter.rank_sub == 2 and [Path(t).stem for t in c.run.data.train] == [
         "cityscapes_train"
     ]
+    assert c.run.data.subset == {}
     assert [Path(t).stem for t in c.run.eval.targets] == ["bdd100k_val", "mapillary_val"]
 
 
