@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -10,11 +9,14 @@ import torch
 
 @dataclass(frozen=True)
 class BatchOrder:
-    """The micro-batches one process sees: epoch ``e`` shuffles ``range(size)`` with seed ``seed + e``,
-    drops the tail that does not split evenly over ``world_size`` processes, gives process ``rank`` every
-    ``world_size``-th sample and cuts its share into batches of ``batch_size`` (the last partial batch is
-    dropped). Micro-batch ``m`` is therefore a pure function of ``(seed, m)``, so a run resumed at any
-    step sees exactly the batches an uninterrupted run would have.
+    """The micro-batches one process sees, cut from global batches that do not depend on the process count.
+
+    Epoch ``e`` shuffles ``range(size)`` with seed ``seed + e`` and cuts it into global batches of
+    ``batch_size`` samples, one per optimiser step (the tail that does not fill one is dropped). Each global
+    batch is split into ``world_size`` equal shares, process ``rank`` taking share ``rank``, and each share into
+    ``grad_accum`` micro-batches of ``batch_size / (world_size * grad_accum)`` samples. So a step trains on the
+    same images on 1, 2 or 4 processes and with any accumulation, and micro-batch ``m`` is a pure function of
+    ``(seed, m)``: a run resumed at any step sees exactly the batches an uninterrupted run would have.
     """
 
     size: int
@@ -22,32 +24,36 @@ class BatchOrder:
     seed: int = 0
     rank: int = 0
     world_size: int = 1
+    grad_accum: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
-        if self.batches_per_epoch == 0:
+        if self.batch_size % (self.world_size * self.grad_accum):
             raise ValueError(
-                f"{self.size} training samples are too few for batch_size {self.batch_size} on "
-                f"{self.world_size} process(es): lower the batch size or add data"
+                f"train.batch_size={self.batch_size} is the global batch of one optimiser step and must split "
+                f"evenly over {self.world_size} process(es) x grad_accum {self.grad_accum}: use a multiple of "
+                f"{self.world_size * self.grad_accum}"
+            )
+        if self.size < self.batch_size:
+            raise ValueError(
+                f"{self.size} training samples are too few for train.batch_size={self.batch_size}: lower the "
+                "batch size or add data"
             )
 
     @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // (self.world_size * self.grad_accum)
+
+    @property
     def batches_per_epoch(self) -> int:
-        return (self.size // self.world_size) // self.batch_size
+        """Micro-batches this process sees per epoch."""
+        return (self.size // self.batch_size) * self.grad_accum
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The batches of sample indices this process sees in ``epoch``."""
+        """The micro-batches of sample indices this process sees in ``epoch``, in order."""
         generator = torch.Generator().manual_seed(self.seed + epoch)
-        order = torch.randperm(self.size, generator=generator)
-        share = order[: (self.size // self.world_size) * self.world_size][self.rank :: self.world_size]
-        count = self.batches_per_epoch
-        return share[: count * self.batch_size].view(count, self.batch_size).tolist()
-
-    def iterate(self, start: int = 0) -> Iterator[tuple[int, list[int]]]:
-        """``(epoch, batch)`` from micro-batch ``start`` on, forever."""
-        epoch, offset = divmod(start, self.batches_per_epoch)
-        while True:
-            for batch in self.epoch_batches(epoch)[offset:]:
-                yield epoch, batch
-            epoch, offset = epoch + 1, 0
+        steps = self.size // self.batch_size
+        order = torch.randperm(self.size, generator=generator)[: steps * self.batch_size]
+        shares = order.view(steps, self.world_size, self.grad_accum, self.micro_batch_size)
+        return shares[:, self.rank].reshape(-1, self.micro_batch_size).tolist()

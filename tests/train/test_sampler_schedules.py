@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from recyclelora.train.sampler import BatchOrder
@@ -17,25 +15,31 @@ def test_batch_order_is_seeded_and_covers_each_epoch_once() -> None:
     assert len(flat) == 9 and len(set(flat)) == 9 and set(flat) <= set(range(10))
 
 
-def test_resuming_at_any_micro_batch_continues_the_same_stream() -> None:
-    order = BatchOrder(size=11, batch_size=2, seed=1)
-    stream = list(itertools.islice(order.iterate(0), 20))
-    for start in (0, 3, 5, 7, 13):
-        assert list(itertools.islice(order.iterate(start), 20 - start)) == stream[start:]
+@pytest.mark.parametrize(("world_size", "grad_accum"), [(2, 1), (1, 2), (2, 2), (4, 1)])
+def test_each_step_trains_the_same_global_batch_on_any_split(world_size: int, grad_accum: int) -> None:
+    single = BatchOrder(size=19, batch_size=4, seed=2).epoch_batches(1)
+    ranks = [
+        BatchOrder(size=19, batch_size=4, seed=2, rank=r, world_size=world_size, grad_accum=grad_accum)
+        for r in range(world_size)
+    ]
+    assert ranks[0].micro_batch_size == 4 // (world_size * grad_accum)
+    shares = [order.epoch_batches(1) for order in ranks]
+    for step, batch in enumerate(single):
+        micro = [m for share in shares for m in share[step * grad_accum : (step + 1) * grad_accum]]
+        assert sorted(i for m in micro for i in m) == sorted(batch)
+    assert all(order.batches_per_epoch == len(single) * grad_accum for order in ranks)
 
 
-def test_shards_of_two_processes_make_the_single_process_batch() -> None:
-    single = BatchOrder(size=16, batch_size=4, seed=2)
-    ranks = [BatchOrder(size=16, batch_size=2, seed=2, rank=r, world_size=2) for r in range(2)]
-    for m, batch in enumerate(single.epoch_batches(0)):
-        union = ranks[0].epoch_batches(0)[m] + ranks[1].epoch_batches(0)[m]
-        assert sorted(union) == sorted(batch)
-    assert set(ranks[0].epoch_batches(0)[0]).isdisjoint(ranks[1].epoch_batches(0)[0])
+def test_a_global_batch_that_does_not_split_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"batch_size=6 .* 4 process\(es\) x grad_accum 1: use a multiple of 4"):
+        BatchOrder(size=50, batch_size=6, world_size=4)
+    with pytest.raises(ValueError, match=r"2 process\(es\) x grad_accum 2"):
+        BatchOrder(size=50, batch_size=6, world_size=2, grad_accum=2)
 
 
 def test_too_few_samples_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="too few for batch_size 4 on 2 process"):
-        BatchOrder(size=5, batch_size=4, world_size=2)
+    with pytest.raises(ValueError, match="3 training samples are too few for train.batch_size=4"):
+        BatchOrder(size=3, batch_size=4, world_size=2)
 
 
 def test_poly_and_cosine_schedules() -> None:
