@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import timm
+import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from recyclelora.models.weights import check_source, load_backbone_weights
+from recyclelora.models.weights import EmbedResample, check_source, load_backbone_weights
 
 #: Pyramid scale factors applied to the patch-stride feature maps, finest first.
 PYRAMID_SCALES: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
+Pyramid = Literal["interpolate", "learned"]
+PYRAMIDS: tuple[str, ...] = get_args(Pyramid)
 #: create_model arguments the config sets itself, so model_kwargs may not.
 _RESERVED_KWARGS = frozenset(
     {
@@ -60,6 +63,21 @@ class BackboneConfig:
         },
     )
     drop_path_rate: float = field(default=0.0, metadata={"help": "stochastic depth rate of the ViT blocks"})
+    pyramid: Pyramid = field(
+        default="interpolate",
+        metadata={
+            "help": "'interpolate': parameter-free bilinear x4, x2, x1, x0.5 (the published backbone); "
+            "'learned': transposed convolutions and max-pool (a trainable neck, ViTDet/Rein-style)"
+        },
+    )
+    embed_resample: EmbedResample = field(
+        default="bicubic",
+        metadata={
+            "help": "how a checkpoint's patch kernel and position grid are resized to patch_size/img_size: "
+            "'bicubic' (plain bicubic, no antialias: the published conversion) or 'pinv' (timm's "
+            "pseudo-inverse kernel resampling and antialiased position resize)"
+        },
+    )
     model_kwargs: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "further timm.create_model arguments, e.g. depth, embed_dim"}
     )
@@ -91,6 +109,12 @@ class BackboneConfig:
                     f"out_indices must be {len(PYRAMID_SCALES)} increasing block indices >= 0 (one per pyramid "
                     f"level), got {indices!r}; or None for evenly spaced blocks."
                 )
+        if self.pyramid not in PYRAMIDS:
+            raise ValueError(f"pyramid must be one of {PYRAMIDS}, got {self.pyramid!r}.")
+        if self.embed_resample not in get_args(EmbedResample):
+            raise ValueError(
+                f"embed_resample must be one of {get_args(EmbedResample)}, got {self.embed_resample!r}."
+            )
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}.")
         reserved = sorted(_RESERVED_KWARGS & set(self.model_kwargs))
@@ -108,8 +132,27 @@ def default_out_indices(depth: int) -> tuple[int, ...]:
     return tuple(round(depth * k / levels) - 1 for k in range(1, levels + 1))
 
 
-def _rescale(channels: int, scale: float) -> nn.Module:
-    """x4: two stride-2 transposed convs with LayerNorm2d + GELU between; x2: one; x1: identity; x0.5: max-pool."""
+class Interpolate(nn.Module):
+    """Parameter-free rescaling ``F.interpolate(x, scale_factor=scale, mode="bilinear")`` (identity at 1)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.scale == 1.0:
+            return x
+        return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+def _rescale(channels: int, scale: float, pyramid: Pyramid) -> nn.Module:
+    """One pyramid level. ``interpolate``: bilinear by ``scale``. ``learned``: x4 two stride-2 transposed
+    convs with LayerNorm2d + GELU between, x2 one, x1 identity, x0.5 max-pool."""
+    if pyramid == "interpolate":
+        return Interpolate(scale)
     if scale == 4.0:
         return nn.Sequential(
             nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2),
@@ -129,7 +172,8 @@ class ViTBackbone(nn.Module):
 
     The timm ``VisionTransformer`` is kept whole as ``self.vit`` (adapters are injected into it by name);
     its block outputs at ``out_indices`` (before the final norm) are reshaped to ``(B, C, H/p, W/p)`` and
-    rescaled x4, x2, x1, x0.5 by the new, trainable ``self.neck``, giving strides p/4, p/2, p, 2p.
+    rescaled x4, x2, x1, x0.5 by ``self.neck``, giving strides p/4, p/2, p, 2p: bilinear interpolation
+    without parameters (``pyramid="interpolate"``, the published backbone) or a trainable neck (``learned``).
     The position grid is resampled to the input on the fly, so any ``H, W`` that are multiples of p (and at
     least 2p) work; other sizes are refused rather than padded, since padding would shift the pyramid
     against the image. Parameters that the pyramid does not depend on (final norm, classifier, blocks past
@@ -158,9 +202,9 @@ class ViTBackbone(nn.Module):
         if self.out_indices[-1] >= depth:
             raise ValueError(f"out_indices {self.out_indices} exceed the {depth} blocks of {config.name!r}.")
         if config.weights != "none":
-            load_backbone_weights(vit, config.weights)
+            load_backbone_weights(vit, config.weights, resample=config.embed_resample)
         self.patch_size: int = vit.patch_embed.patch_size[0]
-        self.neck = nn.ModuleList(_rescale(vit.embed_dim, scale) for scale in PYRAMID_SCALES)
+        self.neck = nn.ModuleList(_rescale(vit.embed_dim, scale, config.pyramid) for scale in PYRAMID_SCALES)
         self.out_channels: tuple[int, ...] = (vit.embed_dim,) * len(PYRAMID_SCALES)
         self.strides: tuple[float, ...] = tuple(self.patch_size / scale for scale in PYRAMID_SCALES)
         self._freeze_unused()

