@@ -20,6 +20,8 @@ from recyclelora.models.heads import HeadConfig, build_head
 from recyclelora.models.segmentor import Segmentor
 
 Tuning = Literal["adapters", "frozen", "full"]
+#: Backbone settings added after checkpoints were first written, at the values those checkpoints used.
+LEGACY_BACKBONE: dict[str, str] = {"pyramid": "learned", "embed_resample": "pinv"}
 TUNINGS: tuple[str, ...] = get_args(Tuning)
 
 
@@ -47,8 +49,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """The config of :meth:`to_dict`; keys that older checkpoints lack get the behaviour they were
+        trained with (:data:`LEGACY_BACKBONE`), not today's defaults."""
         return cls(
-            backbone=BackboneConfig(**data["backbone"]),
+            backbone=BackboneConfig(**(LEGACY_BACKBONE | data["backbone"])),
             head=HeadConfig(**data["head"]),
             tuning=data["tuning"],
             adapter=AdapterConfig(**data["adapter"]),

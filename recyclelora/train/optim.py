@@ -23,7 +23,7 @@ def _decay_split(name: str, module: torch.nn.Module, lr: float, weight_decay: fl
 
 def param_groups(model: Segmentor, model_config: ModelConfig, config: TrainConfig) -> list[dict]:
     """Adapters (main lr x1, sub lr x0.5, no decay) or the whole backbone (``full``, lr x
-    ``backbone_lr_mult``), then neck and head (lr, decay on weights, none on norms, biases, embeddings).
+    ``backbone_lr_mult``), then neck and head (lr; decay except on norms and the head's position embeddings).
 
     Each group remembers its starting ``base_lr`` and ``base_weight_decay`` for :func:`apply_schedules`.
     """

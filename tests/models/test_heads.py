@@ -285,7 +285,9 @@ def test_default_config_is_the_paper_recipe():
     )
 
 
-def test_param_groups_exempt_norms_vectors_and_embeddings_from_decay():
+def test_param_groups_follow_the_published_optimiser_wrapper():
+    """No decay for norm layers, the query position embedding (mmdet query_embed) and the decoder's level
+    embedding (level_embed); biases, query features and the pixel decoder's level encoding decay."""
     head = make_head("mask2former")
     head.model.class_predictor.weight.requires_grad_(False)
     groups = weight_decay_groups(head)
@@ -294,27 +296,28 @@ def test_param_groups_exempt_norms_vectors_and_embeddings_from_decay():
     assert set(decay) | set(no_decay) == trainable and not set(decay) & set(no_decay)
     assert "model.class_predictor.weight" not in decay | no_decay
     for name in [
-        "model.pixel_decoder.level_embed",
         "model.transformer_module.level_embed.weight",
         "model.transformer_module.queries_embedder.weight",
-        "model.transformer_module.queries_features.weight",
         "model.transformer_module.decoder.layernorm.weight",
+        "model.transformer_module.decoder.layernorm.bias",
         "model.pixel_decoder.input_projections.0.1.weight",  # GroupNorm
-        "model.transformer_module.decoder.layers.0.cross_attn.in_proj_bias",
-        "model.class_predictor.bias",
+        "model.pixel_decoder.encoder.layers.0.self_attn_layer_norm.bias",
     ]:
         assert name in no_decay, name
     for name in [
+        "model.pixel_decoder.level_embed",
+        "model.transformer_module.queries_features.weight",
+        "model.transformer_module.decoder.layers.0.cross_attn.in_proj_bias",
+        "model.class_predictor.bias",
         "model.pixel_decoder.input_projections.0.0.weight",
+        "model.pixel_decoder.input_projections.0.0.bias",
         "model.transformer_module.decoder.layers.0.cross_attn.in_proj_weight",
         "model.transformer_module.decoder.layers.0.fc1.weight",
     ]:
         assert name in decay, name
     light = weight_decay_groups(make_head("light"))
-    assert {n for n, _ in light.decay} == {
-        "laterals.0.weight", "laterals.1.weight", "laterals.2.weight", "laterals.3.weight", "fuse.0.weight",
-        "classifier.weight",
-    }  # fmt: skip
+    assert {n for n, _ in light.no_decay} == {"fuse.1.weight", "fuse.1.bias"}  # its GroupNorm
+    assert {"classifier.weight", "classifier.bias", "laterals.0.bias"} <= {n for n, _ in light.decay}
 
 
 def _mask_counts(rank: int, store: str, counts: tuple[int, ...], out: str) -> None:

@@ -114,3 +114,16 @@ def test_light_segmentor_traces_and_matches_eager_on_new_inputs():
         traced = torch.jit.trace(model, (images(),))
         other = torch.randn(1, 3, 61, 90)
         torch.testing.assert_close(traced(other), model(other))
+
+
+def test_configs_of_older_checkpoints_keep_the_pyramid_and_resampling_they_were_trained_with():
+    from recyclelora.models.build import ModelConfig
+    from tests.helpers import tiny_model_config
+
+    saved = tiny_model_config().to_dict()
+    assert saved["backbone"]["pyramid"] == "interpolate" and saved["backbone"]["embed_resample"] == "bicubic"
+    assert ModelConfig.from_dict(saved) == tiny_model_config()
+    for key in ("pyramid", "embed_resample"):
+        del saved["backbone"][key]
+    legacy = ModelConfig.from_dict(saved).backbone
+    assert (legacy.pyramid, legacy.embed_resample) == ("learned", "pinv")

@@ -127,7 +127,7 @@ class SegHead(nn.Module, abc.ABC):
         """Per-class scores ``(B, num_classes, *size)``; the prediction is their argmax over classes."""
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names, beyond norms, vectors and embeddings, that weight decay skips (timm's hook)."""
+        """Parameter names, beyond those of norm layers, that weight decay skips (timm's hook)."""
         return set()
 
     def check_features(self, features: Sequence[Tensor]) -> None:
@@ -163,15 +163,19 @@ class ParamGroups:
     no_decay: list[tuple[str, nn.Parameter]]
 
 
-_NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Embedding)
+#: Layers whose parameters never decay (mmengine's ``norm_decay_mult=0``: batch, group and layer norms).
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def weight_decay_groups(root: nn.Module) -> ParamGroups:
-    """Split ``root``'s trainable parameters into weight-decay and no-decay groups, as the recipe asks.
+    """Split ``root``'s trainable parameters into weight-decay and no-decay groups as the published optimiser
+    wrapper does (mmengine's ``paramwise_cfg``: ``norm_decay_mult=0`` and ``decay_mult=0`` for the
+    ``norm``, ``query_embed`` and ``level_embed`` keys).
 
-    No decay: parameters of norm layers and embeddings (Mask2Former's query and level embeddings), every
-    vector (biases, norm scales) and the names listed by ``root.no_weight_decay()`` (timm's hook, when the
-    module has it). Everything else decays. Used for heads, the pyramid neck and fully tuned backbones.
+    No decay: every parameter of a norm layer and the names listed by ``root.no_weight_decay()`` (the head's
+    equivalents of those keys; timm's hook on a ViT). Everything else decays, biases included, since the
+    published config leaves ``bias_decay_mult`` unset. Used for heads, the learned neck and fully tuned
+    backbones.
     """
     skip = root.no_weight_decay() if hasattr(root, "no_weight_decay") else set()
     groups = ParamGroups(decay=[], no_decay=[])
@@ -180,6 +184,6 @@ def weight_decay_groups(root: nn.Module) -> ParamGroups:
             if not param.requires_grad:
                 continue
             name = f"{module_name}.{param_name}" if module_name else param_name
-            exempt = isinstance(module, _NO_DECAY_MODULES) or param.ndim <= 1 or name in skip
+            exempt = isinstance(module, NORM_LAYERS) or "norm" in name or name in skip
             (groups.no_decay if exempt else groups.decay).append((name, param))
     return groups

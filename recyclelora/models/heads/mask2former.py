@@ -206,5 +206,7 @@ class Mask2FormerHead(SegHead):
         return torch.einsum("bqc,bqhw->bchw", probs, masks)
 
     def no_weight_decay(self) -> set[str]:
-        """The pixel decoder's level embedding is a bare parameter, not an ``nn.Embedding``."""
-        return {"model.pixel_decoder.level_embed"}
+        """The published config's ``query_embed`` and ``level_embed`` keys in transformers' names: the query
+        position embedding and the decoder's level embedding. The query features (mmdet ``query_feat``) and
+        the pixel decoder's level embedding (mmdet ``level_encoding``) match no key there, so they decay."""
+        return {"model.transformer_module.queries_embedder.weight", "model.transformer_module.level_embed.weight"}
