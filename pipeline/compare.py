@@ -56,6 +56,8 @@ TARGET_STAGES: tuple[str, ...] = ("evaluate", "analyze")
 #: Keys of ``metrics/eval.json`` in a ``dvc exp show`` row: ``<target>.mIoU`` per target and their mean.
 MIOU_SUFFIX = ".mIoU"
 MEAN_KEY = "mean_mIoU"
+#: Key of ``metrics/train.json``: the run's trainable parameters (adapters or backbone, neck, head).
+PARAMS_KEY = "trainable_parameters/total"
 PENDING_STATES = frozenset({"Queued", "Running"})
 #: ``State`` of a finished experiment: ``Success`` while its queue entry lasts, then none.
 FINISHED_STATES = frozenset({"Success", None})
@@ -119,10 +121,11 @@ def experiments(prefix: str, rev: str = "HEAD") -> list[dict[str, Any]]:
 
 
 def collect(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """``{method: {target or "mean": [mIoU of each finished experiment]}}`` from ``dvc exp show`` rows.
+    """``{method: {target, "mean" or "params": [value of each finished experiment]}}`` from ``dvc exp show``.
 
     A row holds its params and metrics flattened: ``<target>.mIoU`` and ``mean_mIoU`` come from
-    ``metrics/eval.json`` (the only metrics file with such keys); targets lose their ``_val`` suffix.
+    ``metrics/eval.json`` (the only metrics file with such keys), targets losing their ``_val`` suffix;
+    ``params`` is the trainable parameter count of ``metrics/train.json``.
     """
     scores: dict[str, dict[str, list[float]]] = {}
     for row in rows:
@@ -130,8 +133,8 @@ def collect(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[float
             continue
         per_method = scores.setdefault(method_of(row), {})
         for key, value in row.items():
-            if key == MEAN_KEY:
-                name = "mean"
+            if key in (MEAN_KEY, PARAMS_KEY):
+                name = "mean" if key == MEAN_KEY else "params"
             elif key.endswith(MIOU_SUFFIX):
                 name = key.removesuffix(MIOU_SUFFIX).removesuffix("_val")
             else:
@@ -150,22 +153,24 @@ def cell(values: Sequence[float]) -> str:
 
 
 def markdown_table(scores: Mapping[str, Mapping[str, Sequence[float]]], note: str) -> str:
-    """Methods (in :data:`METHODS` order) by target domains and their mean, mIoU in percent."""
-    targets = sorted({key for per in scores.values() for key in per if key != "mean"})
+    """Methods (in :data:`METHODS` order) with their trainable parameters, by target domains and their mean,
+    mIoU in percent."""
+    targets = sorted({key for per in scores.values() for key in per if key not in ("mean", "params")})
     columns = [*targets, "mean"]
     lines = [
         "# Method comparison on the embedded benchmark",
         "",
         note,
         "",
-        "| method | seeds | " + " | ".join(columns) + " |",
-        "|---|---|" + "---|" * len(columns),
+        "| method | seeds | trainable params | " + " | ".join(columns) + " |",
+        "|---|---|---|" + "---|" * len(columns),
     ]
     for method in (m for m in METHODS if m in scores):
         per = scores[method]
         seeds = max(len(values) for values in per.values())
+        params = f"{max(per['params']) / 1e6:.2f} M" if per.get("params") else "-"
         cells = [cell(per[c]) if per.get(c) else "-" for c in columns]
-        lines.append(f"| {LABELS[method]} | {seeds} | " + " | ".join(cells) + " |")
+        lines.append(f"| {LABELS[method]} | {seeds} | {params} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

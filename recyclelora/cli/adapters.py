@@ -16,6 +16,7 @@ from recyclelora.adapters import AdapterConfig, CacheEntry, find_target_linears,
 from recyclelora.adapters.config import INIT_METHODS
 from recyclelora.cli._common import console, user_errors
 from recyclelora.models.backbone import BackboneConfig, ViTBackbone
+from recyclelora.models.build import ModelConfig
 from recyclelora.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from recyclelora.models.embedded import default_cache_dir
 
@@ -102,6 +103,11 @@ def info(path: Annotated[Path, typer.Argument(help="An init cache file or a segm
                 adapter = config["adapter"]
                 table.add_row("adapter", f"{adapter['init']}, rank main {adapter['rank_main']} / sub {adapter['rank_sub']}")
             table.add_row("head", config["head"]["kind"])
+            table.add_row("pyramid", ModelConfig.from_dict(config).backbone.pyramid)
+            if "trainable_parameters" in metadata:
+                counts = json.loads(metadata["trainable_parameters"])
+                parts = ", ".join(f"{part} {counts[part]:,}" for part in ("adapters", "backbone", "neck", "head"))
+                table.add_row("trainable parameters", f"{counts['total']:,} ({parts})")
             for key in ("step", "source_sha256"):
                 if key in metadata:
                     table.add_row(key, metadata[key])

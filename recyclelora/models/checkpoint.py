@@ -54,7 +54,11 @@ def save_segmentor(
     merged: bool = False,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write the checkpoint atomically; ``metadata`` adds string entries (e.g. step, source hash)."""
+    """Write the checkpoint atomically; ``metadata`` adds string entries (e.g. step, source hash).
+
+    The header records ``model.trainable_parameters()`` as ``trainable_parameters`` (JSON), unless
+    ``metadata`` gives it (a merged model has no trainable adapters left to count).
+    """
     state = model.state_dict()
     everything = merged or config.backbone.weights == "none"  # a random backbone cannot be rebuilt: keep it
     tensors = {k: state[k].detach().to("cpu").contiguous() for k in _saved_keys(model, everything)}
@@ -67,6 +71,7 @@ def save_segmentor(
         "model_config": json.dumps(config.to_dict()),
         "merged": json.dumps(merged),
         "backbone_sha256": backbone_sha256,
+        "trainable_parameters": json.dumps(model.trainable_parameters()),
         **(metadata or {}),
     }
     return save_safetensors(tensors, path, header)
@@ -148,6 +153,7 @@ def merge_checkpoint(source: str | Path, destination: str | Path, *, backbone_we
     The merged file records the source's SHA-256 (``source_sha256``) and needs no pretrained weights to load.
     """
     model, info, _ = load_segmentor(source, backbone_weights=backbone_weights)
+    trained = json.dumps(model.trainable_parameters())
     merge_adapters(model.backbone.vit)
     return save_segmentor(
         destination,
@@ -155,5 +161,5 @@ def merge_checkpoint(source: str | Path, destination: str | Path, *, backbone_we
         info.config,
         backbone_sha256=info.backbone_sha256,
         merged=True,
-        metadata={"source_sha256": sha256_file(source)},
+        metadata={"source_sha256": sha256_file(source), "trainable_parameters": trained},
     )

@@ -43,6 +43,23 @@ class Segmentor(nn.Module):
     def num_classes(self) -> int:
         return self.head.num_classes
 
+    def trainable_parameters(self) -> dict[str, int]:
+        """Trainable parameter counts by part, as papers of the field report them: ``adapters`` (the
+        ``lora_*`` tensors), ``backbone`` (other backbone tensors: full fine-tuning), ``neck`` (a learned
+        pyramid), ``head``, and their ``total``."""
+        counts = dict.fromkeys(("adapters", "backbone", "neck", "head"), 0)
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            if name.startswith("head."):
+                part = "head"
+            elif name.startswith("backbone.neck."):
+                part = "neck"
+            else:
+                part = "adapters" if ".lora_" in name else "backbone"
+            counts[part] += param.numel()
+        return counts | {"total": sum(counts.values())}
+
     @property
     def size_divisor(self) -> int:
         """Input sizes the backbone takes are multiples of this (its patch size; 1 if it declares none)."""

@@ -276,7 +276,9 @@ def _train(
         summary = {"iterations": config.iterations, "resumed_from": start, "seconds": round(seconds, 3),
                    "iterations_per_second": round(result.iterations_per_second, 4),
                    "peak_memory_mb": round(peak, 1), "world_size": info.world_size, "seed": config.seed,
-                   "train_samples": len(dataset), "final_loss": history[-1]["loss"] if history else None}  # fmt: skip
+                   "train_samples": len(dataset), "final_loss": history[-1]["loss"] if history else None,
+                   **{f"trainable_parameters/{part}": count for part, count in model.trainable_parameters().items()},
+                   }  # fmt: skip
         atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
         write_kept_samples(out_dir / SAMPLES_FILE, dataset.kept)
     return result

@@ -66,6 +66,11 @@ def test_train_command_from_params(tmp_path: Path, tiny_benchmark: dict) -> None
     assert info.metadata["step"] == "2" and info.config.adapter.rank_main == 4
     info_out = runner.invoke(app, ["info", str(out / "model.safetensors")])
     assert "segmentor checkpoint" in info_out.output and "rank main 4 / sub 2" in info_out.output
+    counts = model.trainable_parameters()
+    adapters = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
+    assert counts["adapters"] == adapters > 0 and counts["neck"] == counts["backbone"] == 0
+    assert counts["total"] == adapters + sum(p.numel() for p in model.head.parameters())
+    assert f"{counts['total']:,} (adapters {adapters:,}, backbone 0, neck 0, head" in info_out.output
     params["train"]["lr"] = -1
     path.write_text(yaml.safe_dump(params))
     bad = runner.invoke(app, ["train", "--params", str(path), "--out", str(out)])

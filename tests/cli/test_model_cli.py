@@ -67,6 +67,7 @@ def test_merge_keeps_logits_and_records_the_source(checkpoint, merged) -> None:
     assert source_sha in stdout
     info = read_checkpoint_info(out)
     assert info.merged and info.metadata["source_sha256"] == source_sha
+    assert info.metadata["trainable_parameters"] == read_checkpoint_info(checkpoint).metadata["trainable_parameters"]
     assert not any("lora_" in key or key.startswith("init.") for key in load_file(out))
     original, _, _ = load_segmentor(checkpoint)
     folded, _, _ = load_segmentor(out)

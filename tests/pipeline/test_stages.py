@@ -419,15 +419,15 @@ def test_compare_queues_one_experiment_per_method_and_seed() -> None:
 
 def test_compare_table_reports_mean_and_spread_per_method_and_domain() -> None:
     scores = {
-        "rrqr": {"synth_tex": [0.2, 0.4], "synth_fog": [0.3, 0.3], "mean": [0.25, 0.35]},
+        "rrqr": {"synth_tex": [0.2, 0.4], "synth_fog": [0.3, 0.3], "mean": [0.25, 0.35], "params": [1.5e6] * 2},
         "frozen": {"synth_tex": [0.1], "synth_fog": [0.2], "mean": [0.15]},
     }
     table = compare.markdown_table(scores, "note")
     rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert rows[0] == "| method | seeds | synth_fog | synth_tex | mean |"
-    assert rows[1].startswith("| Frozen backbone | 1 | 20.0 | 10.0 | 15.0 |")  # methods in METHODS order
+    assert rows[0] == "| method | seeds | trainable params | synth_fog | synth_tex | mean |"
+    assert rows[1].startswith("| Frozen backbone | 1 | - | 20.0 | 10.0 | 15.0 |")  # methods in METHODS order
     tex, mean = 100 * statistics.stdev([0.2, 0.4]), 100 * statistics.stdev([0.25, 0.35])
-    assert rows[2] == f"| RecycleLoRA | 2 | 30.0 ± 0.0 | 30.0 ± {tex:.1f} | 30.0 ± {mean:.1f} |"
+    assert rows[2] == f"| RecycleLoRA | 2 | 1.50 M | 30.0 ± 0.0 | 30.0 ± {tex:.1f} | 30.0 ± {mean:.1f} |"
 
 
 def test_compare_reads_methods_and_scores_from_exp_show_rows() -> None:
@@ -435,6 +435,8 @@ def test_compare_reads_methods_and_scores_from_exp_show_rows() -> None:
         return {
             "Experiment": "cmp-x", "State": state, "model.tuning": tuning, "model.adapter.init": init,
             "synth_tex_val.mIoU": tex, "synth_tex_val.aAcc": 0.9, "mean_mIoU": mean, "final_loss": 0.5,
+            "trainable_parameters/total": 1000 if tuning == "full" else 10,
+            "trainable_parameters/head": 5,
         }  # fmt: skip
 
     rows = [
@@ -445,8 +447,8 @@ def test_compare_reads_methods_and_scores_from_exp_show_rows() -> None:
         row("Success", "full", "rrqr", 0.1, 0.1),  # full fine-tuning: the unused init does not name it
     ]
     assert compare.collect(rows) == {
-        "pissa": {"synth_tex": [0.2, 0.4], "mean": [0.3]},
-        "full": {"synth_tex": [0.1], "mean": [0.1]},
+        "pissa": {"synth_tex": [0.2, 0.4], "mean": [0.3], "params": [10.0, 10.0]},
+        "full": {"synth_tex": [0.1], "mean": [0.1], "params": [1000.0]},
     }
 
 
