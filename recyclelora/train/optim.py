@@ -40,15 +40,13 @@ def param_groups(model: Segmentor, model_config: ModelConfig, config: TrainConfi
 
 
 def apply_schedules(optimizer: torch.optim.Optimizer, step: int, config: TrainConfig) -> None:
-    """Poly learning rate ``base_lr (1 - step/T)^power``; weight decay of decayed groups cosine-annealed from
-    ``base_weight_decay`` to ``weight_decay_end``."""
+    """Poly learning rate ``base_lr (1 - step/(T-1))^power``; weight decay cosine-annealed from
+    ``base_weight_decay`` to ``weight_decay_end`` in every group, as mmengine's scheduler does: a group that
+    starts without decay rises from 0 to ``weight_decay_end`` (1e-5 in the recipe)."""
     factor = poly_factor(step, config.iterations, config.poly_power)
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
-        if group["base_weight_decay"] > 0:
-            group["weight_decay"] = cosine_value(
-                step, config.iterations, group["base_weight_decay"], config.weight_decay_end
-            )
+        group["weight_decay"] = cosine_value(step, config.iterations, group["base_weight_decay"], config.weight_decay_end)
 
 
 def build_optimizer(model: Segmentor, model_config: ModelConfig, config: TrainConfig) -> torch.optim.AdamW:

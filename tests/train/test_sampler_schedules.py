@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from recyclelora.train.sampler import BatchOrder
@@ -42,9 +44,18 @@ def test_too_few_samples_is_a_clear_error() -> None:
         BatchOrder(size=3, batch_size=4, world_size=2)
 
 
-def test_poly_and_cosine_schedules() -> None:
-    assert poly_factor(0, 100) == 1.0 and poly_factor(100, 100) == 0.0
-    assert poly_factor(50, 100, power=0.9) == pytest.approx(0.5**0.9)
-    assert cosine_value(0, 100, 0.05, 1e-5) == pytest.approx(0.05)
-    assert cosine_value(100, 100, 0.05, 1e-5) == pytest.approx(1e-5)
-    assert cosine_value(50, 100, 0.05, 1e-5) == pytest.approx((0.05 + 1e-5) / 2)
+def test_schedules_are_mmengines_chainable_poly_lr_and_cosine_weight_decay() -> None:
+    """The published configs' PolyLR(power 0.9, eta_min 0, end T) and CosineAnnealingParamScheduler(eta_min
+    1e-5, end T), run here as mmengine runs them: recursive updates after each iteration, on every group."""
+    total, power, lr0, eta = 10, 0.9, 1e-3, 1e-5
+    lr, decays = lr0, {0.05: 0.05, 0.0: 0.0}
+    for step in range(total):
+        if step:
+            lr *= (1 - 1 / (total - 1 - step + 1)) ** power
+            ratio = (1 + math.cos(math.pi * step / total)) / (1 + math.cos(math.pi * (step - 1) / total))
+            decays = {start: ratio * (value - eta) + eta for start, value in decays.items()}
+        assert lr0 * poly_factor(step, total, power) == pytest.approx(lr, abs=1e-15)
+        for start, value in decays.items():
+            assert cosine_value(step, total, start, eta) == pytest.approx(value, abs=1e-15)
+    assert lr == 0.0 and decays[0.0] > 9e-6  # the last step has lr 0; a no-decay group ends near eta_min
+    assert poly_factor(0, 1) == 1.0
