@@ -24,10 +24,10 @@ from typing import Annotated, Any
 
 import dvc.api
 import typer
-import yaml
 from dvc.exceptions import NotDvcRepoError
 
 from recyclelora.cli._common import user_errors
+from recyclelora.config import read_yaml
 from recyclelora.io import atomic_write_text
 
 #: Params overrides of each method (frozen backbone and full fine-tuning keep the default init, unused).
@@ -205,7 +205,7 @@ def _queue(methods: list[str], seeds: list[int], preset: Path | None, prefix: st
             "to avoid it",
             err=True,
         )
-    overrides = preset_overrides(yaml.safe_load(preset.read_text()) or {}) if preset else []
+    overrides = preset_overrides(read_yaml(preset) or {}) if preset else []
     for command in queue_commands(methods, seeds, overrides, prefix):
         subprocess.run(command, check=True)
 

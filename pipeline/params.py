@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from recyclelora.config import ParamsError, RunConfig, build_config, load_params
+from recyclelora.config import ParamsError, RunConfig, build_config, load_params, read_yaml
 from recyclelora.data.raw import RAW_DATASETS
 from recyclelora.data.synth import SynthConfig
 
@@ -117,7 +115,7 @@ def load_pipeline_params(path: str | Path) -> PipelineParams:
     """Read and validate every section of ``params.yaml`` (an invalid key fails here, before any work)."""
     path = Path(path)
     run = load_params(path)
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ParamsError(f"unknown section(s) {unknown} in {path}: allowed sections are {list(SECTIONS)}")

@@ -12,12 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedSeq
 
 from pipeline.params import load_pipeline_params
-from recyclelora.config import ParamsError
+from recyclelora.config import ParamsError, read_yaml
 from recyclelora.io import atomic_path
 
 PRESETS_DIR = "presets"
@@ -88,7 +87,7 @@ def apply_preset(params_path: str | Path, name: str) -> list[str]:
     Nothing is written when a preset key is unknown or the resulting params do not validate.
     """
     params_path = Path(params_path)
-    preset = yaml.safe_load(preset_file(params_path, name).read_text()) or {}
+    preset = read_yaml(preset_file(params_path, name)) or {}
     if not isinstance(preset, Mapping):
         raise ParamsError(f"preset {name!r} must be a mapping of params.yaml sections")
     rt = _round_trip()

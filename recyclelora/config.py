@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from recyclelora.data.transforms import EvalTransformConfig, ResizeConfig
 from recyclelora.models.build import ModelConfig
@@ -58,6 +59,20 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file parsed as YAML 1.2, as DVC parses ``params.yaml``: ``lr: 1e-3`` is a number (PyYAML's YAML
+    1.1 reads it as a string). A syntax error raises :class:`ParamsError` naming the file, line and column."""
+    path = Path(path)
+    try:
+        return YAML(typ="safe", pure=True).load(path.read_text())
+    except MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        raise ParamsError(f"{where}: invalid YAML: {error.problem or error.context}") from None
+    except YAMLError as error:
+        raise ParamsError(f"{path}: invalid YAML: {error}") from None
 
 
 def build_config(cls: type, data: Any, where: str) -> Any:
@@ -114,7 +129,7 @@ def load_params(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"params file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must hold a mapping of sections")
     seed = (raw.get("base") or {}).get("seed")

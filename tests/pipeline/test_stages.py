@@ -175,6 +175,24 @@ def test_invalid_params_stop_the_stage_before_any_work(
     assert not (workspace / "data").exists() and not (workspace / "mlflow.db").exists()
 
 
+def test_scientific_notation_is_a_number_as_dvc_reads_it(workspace: Path) -> None:
+    """``lr: 1e-3`` is a string to YAML 1.1 (PyYAML) but a number to YAML 1.2 (DVC's reader, and ours)."""
+    path = workspace / "params.yaml"
+    path.write_text(re.sub(r"(?m)^  lr: [^#]*#", "  lr: 1e-3                 #", path.read_text()))
+    path.write_text(re.sub(r"(?m)^  weight_decay_end: [^#]*#", "  weight_decay_end: 1e-5  #", path.read_text()))
+    run = load_pipeline_params(path).run
+    assert (run.train.lr, run.train.weight_decay_end) == (1e-3, 1e-5)
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_the_place(workspace: Path) -> None:
+    path = workspace / "params.yaml"
+    path.write_text(path.read_text().replace("  seed: 0", "  seed: [0", 1))
+    result = runner.invoke(app, ["stage", "data", "--out", "data/prepared"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    message = " ".join(result.output.split())
+    assert message.startswith("error:") and "params.yaml, line" in message and "invalid YAML" in message
+
+
 def test_data_stage_refuses_manifests_it_does_not_write(workspace: Path) -> None:
     edit_params(workspace / "params.yaml", "eval.targets", ["data/prepared/synth_night_val.parquet"])
     params = load_pipeline_params(workspace / "params.yaml")
