@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -95,7 +95,38 @@ def _checkpoint_dir(out_dir: Path, step: int) -> Path:
 
 
 def _checkpoint_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("step_*") if p.is_dir())
+    """The checkpoint folders under ``root``, ordered by step number."""
+    return sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.removeprefix("step_")))
+
+
+#: Training settings that do not change what is optimised: a resumed run may change them.
+LOOP_SETTINGS = frozenset({"num_workers", "log_every", "checkpoint_every", "val_every", "device"})
+
+
+def run_settings(config: TrainConfig, data: DataConfig) -> dict[str, object]:
+    """What determines the optimisation, flattened to dotted keys: ``train.*`` (but :data:`LOOP_SETTINGS`)
+    and ``data.*``, as JSON values."""
+    settings = {"train": {k: v for k, v in config.to_dict().items() if k not in LOOP_SETTINGS}, "data": asdict(data)}
+    return _flatten(json.loads(json.dumps(settings, default=str)))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _changes(saved: dict[str, object], current: dict[str, object]) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs."""
+    return [
+        f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+        for key in sorted(saved.keys() | current.keys())
+        if saved.get(key) != current.get(key)
+    ]
 
 
 def _latest_checkpoint(out_dir: Path) -> Path | None:
@@ -137,6 +168,11 @@ def train(
     ``train_samples.parquet``.
     """
     out_dir = Path(out_dir)
+    if not resume and ((out_dir / "checkpoints").exists() or (out_dir / MODEL_FILE).exists()):
+        raise ValueError(
+            f"{out_dir} already holds a training run: continue it with --resume (resume=True), or remove the "
+            "folder (or choose another) to start over"
+        )
     info = distributed.setup(config.device)
     try:
         return _train(model_config, config, data, out_dir, info, resume, cache_dir, on_log, progress)
@@ -161,21 +197,24 @@ def _train(
     built = build_segmentor(model_config, cache_dir=cache_dir, generator=torch.Generator().manual_seed(config.seed))
     model = built.model.to(info.device)
     optimizer = build_optimizer(model, model_config, config)
-    start, history = 0, []
+    start, history, settings = 0, [], run_settings(config, data)
     checkpoint = _latest_checkpoint(out_dir) if resume else None
     if resume and checkpoint is None and info.is_main:
         print(f"no checkpoint under {out_dir / 'checkpoints'}: starting from step 0")
     if checkpoint is not None:
         saved = read_checkpoint_info(checkpoint / MODEL_FILE).config
-        if saved != model_config:
+        trainer_state = load_trainer_state(checkpoint)
+        changed = _changes(_flatten({"model": saved.to_dict()}), _flatten({"model": model_config.to_dict()}))
+        if "settings" in trainer_state:  # checkpoints written before settings were recorded have none
+            changed += _changes(json.loads(trainer_state["settings"]), settings)
+        if changed:
             raise ValueError(
-                f"cannot resume from {checkpoint}: it was trained with another model config "
-                f"({saved.to_dict()} vs {model_config.to_dict()}); train into a new folder instead"
+                f"cannot resume from {checkpoint}: it was trained with other settings ({'; '.join(changed)}); "
+                "resume with the run's settings, or train into a new folder"
             )
         with safe_open(str(checkpoint / MODEL_FILE), framework="pt", device=str(info.device)) as handle:
             state = {k: handle.get_tensor(k) for k in handle.keys() if not k.startswith("init.")}
         model.load_state_dict(state, strict=False)
-        trainer_state = load_trainer_state(checkpoint)
         optimizer.load_state_dict(trainer_state["optimizer"])
         set_rng_state(trainer_state["rng"])
         start, history = trainer_state["step"], json.loads(trainer_state["history"])
@@ -209,7 +248,8 @@ def _train(
         partial.mkdir(parents=True)
         save_segmentor(partial / MODEL_FILE, model, model_config, backbone_sha256=built.backbone_sha256,
                        init_factors=built.init_factors, metadata={"step": str(step)})  # fmt: skip
-        save_trainer_state(partial, step=step, optimizer=optimizer, extra={"history": json.dumps(history)})
+        extra = {"history": json.dumps(history), "settings": json.dumps(settings)}
+        save_trainer_state(partial, step=step, optimizer=optimizer, extra=extra)
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)
         atomic_write_text(root / "latest", folder.name)

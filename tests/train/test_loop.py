@@ -47,9 +47,10 @@ def test_run_outputs_and_reload(tmp_path: Path, tiny_data: DataConfig) -> None:
     assert (tmp_path / "train_summary.json").is_file()
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step_0000004"
     assert "val_mIoU" in result.history[1] and 0.0 <= result.history[1]["val_mIoU"] <= 1.0
-    # the row of step k logs the learning rate its update used: poly(k - 1)
+    # the row of step k logs the learning rate its update used: poly(k - 1) over T - 1 = 3 decays
     assert result.history[0]["lr"] == pytest.approx(1e-3, rel=1e-6)
-    assert result.history[1]["lr"] == pytest.approx(1e-3 * (1 - 1 / 4) ** 0.9, rel=1e-6)
+    assert result.history[1]["lr"] == pytest.approx(1e-3 * (1 - 1 / 3) ** 0.9, rel=1e-6)
+    assert result.history[3]["lr"] == 0.0
     model, info, factors = load_segmentor(result.model_path)
     assert info.metadata["step"] == "4" and factors is not None
 
@@ -74,9 +75,38 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     load_segmentor(tmp_path / "checkpoints" / "step_0000004" / "model.safetensors")
 
 
-def test_resume_with_another_model_config_is_refused(tmp_path: Path, tiny_data: DataConfig) -> None:
-    train(tiny_model_config(), tiny_train_config(iterations=2, checkpoint_every=1), tiny_data, tmp_path,
-          progress=False)  # fmt: skip
+def test_resume_with_other_settings_is_refused_naming_each_change(tmp_path: Path, tiny_data: DataConfig) -> None:
+    config = tiny_train_config(iterations=4, checkpoint_every=2)
+    with pytest.raises(_Interrupt):
+        train(tiny_model_config(), config, tiny_data, tmp_path, progress=False, on_log=_stop_at(3))
     other = tiny_model_config(adapter=dataclasses.replace(tiny_model_config().adapter, rank_main=3))
-    with pytest.raises(ValueError, match="another model config"):
-        train(other, tiny_train_config(iterations=4), tiny_data, tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"model.adapter.rank_main: 4 -> 3"):
+        train(other, config, tiny_data, tmp_path, resume=True, progress=False)
+    changed = dataclasses.replace(config, lr=5e-4, iterations=8)
+    flipped = dataclasses.replace(tiny_data, transform=dataclasses.replace(tiny_data.transform, flip_prob=0.0))
+    with pytest.raises(ValueError) as refused:
+        train(tiny_model_config(), changed, flipped, tmp_path, resume=True, progress=False)
+    message = str(refused.value)
+    for change in ("train.lr: 0.001 -> 0.0005", "train.iterations: 4 -> 8", "data.transform.flip_prob: 0.5 -> 0.0"):
+        assert change in message
+    # settings of the loop alone (logging, checkpoints, workers) may change
+    loop_only = dataclasses.replace(config, log_every=2, checkpoint_every=0, num_workers=1)
+    resumed = train(tiny_model_config(), loop_only, tiny_data, tmp_path, resume=True, progress=False)
+    assert resumed.history[-1]["step"] == 4
+
+
+def test_a_folder_holding_a_run_is_not_trained_into_afresh(tmp_path: Path, tiny_data: DataConfig) -> None:
+    config = tiny_train_config(iterations=2, checkpoint_every=1)
+    train(tiny_model_config(), config, tiny_data, tmp_path, progress=False)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="already holds a training run: continue it with --resume"):
+        train(tiny_model_config(), config, tiny_data, tmp_path, progress=False)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+
+
+def test_checkpoints_are_pruned_by_step_number_not_by_name(tmp_path: Path) -> None:
+    from recyclelora.train.loop import _checkpoint_dirs
+
+    for step in (9_999_999, 10_000_000, 200):
+        (tmp_path / f"step_{step:07d}").mkdir()
+    assert [p.name for p in _checkpoint_dirs(tmp_path)] == ["step_0000200", "step_9999999", "step_10000000"]
