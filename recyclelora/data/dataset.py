@@ -92,16 +92,27 @@ def write_kept_samples(path: PathLike, kept: Sequence[KeptSample]) -> Path:
 
 
 def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    """Read a sample's RGB image (H, W, 3) and trainId label (H, W) as uint8 arrays, checking their sizes."""
-    with Image.open(sample.image) as handle:
-        image = np.asarray(handle.convert("RGB"))
-    with Image.open(sample.label) as handle:
-        if handle.mode not in ("L", "P"):
-            raise ValueError(
-                f"label {sample.label} has PIL mode {handle.mode!r}; trainId labels are 8-bit single-channel "
-                "PNGs: prepare the dataset again"
-            )
-        label = np.asarray(handle)
+    """Read a sample's RGB image (H, W, 3) and trainId label (H, W) as uint8 arrays, checking their sizes.
+
+    A file that does not decode (missing, truncated, not an image) raises a ValueError naming it, its dataset
+    and the check to run, instead of the decoder's bare error.
+    """
+    try:
+        with Image.open(sample.image) as handle:
+            image = np.asarray(handle.convert("RGB"))
+        with Image.open(sample.label) as handle:
+            mode = handle.mode
+            label = np.asarray(handle)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(
+            f"cannot read a sample of dataset {sample.dataset!r} ({sample.image}, {sample.label}): {error}; "
+            "check or restore the file, or prepare the dataset again"
+        ) from None
+    if mode not in ("L", "P"):
+        raise ValueError(
+            f"label {sample.label} has PIL mode {mode!r}; trainId labels are 8-bit single-channel "
+            "PNGs: prepare the dataset again"
+        )
     if label.shape != image.shape[:2]:
         raise ValueError(
             f"label {sample.label} is {label.shape[1]}x{label.shape[0]} but image {sample.image} is "

@@ -344,6 +344,16 @@ def test_label_size_mismatch_names_the_file(tmp_path: Path) -> None:
         dataset[2]
 
 
+def test_a_truncated_image_names_its_file_and_dataset(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, "a", 2)
+    image = tmp_path / "a/images/001.png"
+    image.write_bytes(image.read_bytes()[:-40])  # cut inside the pixel data
+    dataset = SegmentationDataset(manifest, EvalTransform())
+    dataset[0]
+    with pytest.raises(ValueError, match=r"cannot read a sample of dataset 'a' \(.*a/images/001\.png.*truncated"):
+        dataset[1]
+
+
 def test_empty_inputs_are_refused(tmp_path: Path) -> None:
     empty = write_manifest(tmp_path / "empty.parquet", [])
     with pytest.raises(ValueError, match="no samples"):
