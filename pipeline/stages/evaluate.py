@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline.stages._common import atomic_dir, log_numbers, open_stage, write_json
 from pipeline.tracking import log_small_artifacts
 from recyclelora.config import EvalConfig
+from recyclelora.data.check import ensure_checked
 from recyclelora.data.dataset import SegmentationDataset
 from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
 from recyclelora.eval.evaluate import EvalResult, evaluate
@@ -69,8 +70,10 @@ def summary(result: EvalResult) -> dict[str, object]:
 def run_evaluate(
     params_path: Path, checkpoint: Path, reports: Path, metrics: Path, *, progress: bool = True
 ) -> dict:
-    """The ``evaluate`` stage: write the reports folder atomically and the metric file; log both to MLflow."""
+    """The ``evaluate`` stage: check the target data (cached), write the reports folder atomically and the
+    metric file; log both to MLflow."""
     with open_stage("evaluate", params_path, PARAMS, final=True) as params:
+        ensure_checked(params.run.eval.targets, progress=progress)
         result = evaluate_targets(
             checkpoint,
             params.run.eval,

@@ -17,8 +17,10 @@ from pathlib import Path
 from pipeline.params import PipelineParams
 from pipeline.stages._common import atomic_dir, log_numbers, open_stage, with_backbone, write_json
 from pipeline.tracking import log_small_artifacts
+from recyclelora.data.check import ensure_checked
 from recyclelora.io import atomic_write_text, sha256_bytes, sha256_file
 from recyclelora.models.build import ModelConfig
+from recyclelora.train.distributed import resolve_device
 from recyclelora.train.loop import LOG_FILE, MODEL_FILE, SAMPLES_FILE, SUMMARY_FILE, TrainResult, train
 
 #: The params this stage reads (also its ``params:`` in dvc.yaml).
@@ -62,10 +64,13 @@ def last_validation(result: TrainResult) -> dict[str, float]:
 def run_train(
     params_path: Path, weights: Path, init_cache: Path, out: Path, metrics: Path, *, progress: bool = True
 ) -> dict[str, object]:
-    """The ``train`` stage: validate params, train into ``out`` (resuming a matching partial run), write
-    ``metrics`` (the run's summary and last validation), record the samples trained on, and log curves,
-    summary, that record and the model (when small) to MLflow."""
+    """The ``train`` stage: validate params, check the training and validation data (cached), train into
+    ``out`` (resuming a matching partial run), write ``metrics`` (the run's summary and last validation),
+    record the samples trained on, and log curves, summary, that record and the model (when small) to
+    MLflow."""
     with open_stage("train", params_path, PARAMS) as params:
+        resolve_device(params.run.train.device)  # before the run folder is made: no GPU, no partial folder
+        ensure_checked((*params.run.data.train, *params.run.data.val), progress=progress)
         model = with_backbone(params.run.model, weights)
         key = run_key(params, model)
         with atomic_dir(out, keep_partial=True) as tmp:

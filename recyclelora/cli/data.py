@@ -1,4 +1,5 @@
-"""``recyclelora-cli data``: download and prepare the real datasets into trainId labels and manifests."""
+"""``recyclelora-cli data``: download and prepare the real datasets into trainId labels and manifests; check
+manifests before a run."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from recyclelora.data.download import GTA5_URL, DownloadError, download_dataset
+from recyclelora.cli._common import console, user_errors
+from recyclelora.data.check import check_manifest, default_check_cache, raise_if_bad, record_pass
+from recyclelora.data.download import GTA5_URL, download_dataset
 from recyclelora.data.prepare import PrepareResult, prepare_dataset
 from recyclelora.data.raw import RAW_DATASETS
 
@@ -20,8 +21,6 @@ data_app = typer.Typer(help="Download and prepare datasets.", no_args_is_help=Tr
 
 DatasetName = Enum("DatasetName", {name: name for name in RAW_DATASETS}, type=str)  # type: ignore[misc]
 
-_console = Console()
-_errors = Console(stderr=True)
 
 DatasetArg = Annotated[DatasetName, typer.Argument(help="Dataset name.", show_default=False)]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder for labels, manifests and the report.")]
@@ -65,7 +64,12 @@ def download(
         str, typer.Option(envvar="RECYCLELORA_GTA5_URL", help="Where the GTAV zips are served.")
     ] = GTA5_URL,
     checksums: Annotated[
-        Path | None, typer.Option(help="sha256sum-style file with the zips' checksums.", exists=True)
+        Path | None,
+        typer.Option(
+            help="sha256sum-style file of the zips' SHA-256, extended with those of zips that have none published "
+            "[default: OUT/archives/gta5/SHA256SUMS].",
+            show_default=False,
+        ),
     ] = None,
     workers: WorkersOpt = None,
     strict: StrictOpt = False,
@@ -78,20 +82,46 @@ def download(
     )
 
 
+@data_app.command("check")
+def check(
+    manifests: Annotated[
+        list[Path],
+        typer.Argument(help="Manifests (.parquet) to check.", metavar="MANIFEST", show_default=False),
+    ],
+    workers: Annotated[int | None, typer.Option(help="Worker threads (default: all cores).", min=1)] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where passes are recorded (default: $RECYCLELORA_CACHE/data-check, "
+            "else ~/.cache/recyclelora/data-check).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Decode every image and label of the manifests, check sizes and label ids; list the bad samples.
+
+    Each manifest that passes is recorded in the cache, so the pipeline's stages skip its check.
+    """
+    with user_errors():
+        reports = [check_manifest(path, workers=workers) for path in manifests]
+        for report in reports:
+            if report.ok:
+                record_pass(report, cache_dir or default_check_cache())
+                console.print(report.summary())
+        raise_if_bad(reports)
+
+
 def _report(run: Callable[[], PrepareResult]) -> None:
-    """Run a prepare step, print its summary, and turn expected failures into exit code 1."""
-    try:
+    """Run a prepare step, print its summary, and turn user errors into one line and exit code 1."""
+    with user_errors():
         result = run()
-    except (FileNotFoundError, ValueError, DownloadError) as error:
-        _errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
-        raise typer.Exit(1) from error
     table = Table(title="prepared", title_justify="left")
     for column in ("split", "samples", "converted", "reused", "skipped", "manifest"):
         table.add_column(column)
     for s in result.splits:
         counts = (s.converted + s.reused, s.converted, s.reused, s.skipped)
         table.add_row(s.split, *map(str, counts), str(s.manifest))
-    _console.print(table)
+    console.print(table)
     if result.bad.records or result.bad.ignored:
-        _console.print(result.bad.summary())
-    _console.print(f"report: {result.report}")
+        console.print(result.bad.summary())
+    console.print(f"report: {result.report}")
