@@ -2,7 +2,8 @@
 
 Everything lands in one folder (the stage's DVC output): ``<out>/<dataset>_<split>.parquet`` manifests, the
 labels as trainIds and, for the benchmark, its images. Raw downloads stay in ``datasets.download_dir``
-(ignored by Git and DVC); they are inputs, never outputs.
+(ignored by Git and DVC); they are inputs, never outputs. The SHA-256 of each GTAV zip, as published or as
+recorded on its first download, is kept in :data:`GTA5_CHECKSUMS`, a second output that Git tracks.
 """
 
 from __future__ import annotations
@@ -17,23 +18,28 @@ from recyclelora.data.manifest import manifest_path, read_manifest
 from recyclelora.data.prepare import prepare_dataset
 from recyclelora.data.raw import RAW_DATASETS
 from recyclelora.data.synth import generate_benchmark
+from recyclelora.io import atomic_write_text
 
 SUMMARY_FILE = "datasets.json"
 #: The params this stage reads (also its ``params:`` in dvc.yaml).
 PARAMS = ("datasets",)
+#: GTAV's checksum file (``sha256sum`` format), read and extended by every download: an output in dvc.yaml with
+#: ``cache: false`` (Git tracks it) and ``persist: true`` (DVC never deletes it).
+GTA5_CHECKSUMS = Path("checksums/gta5.sha256")
 
 
-def prepare_datasets(config: DatasetsConfig, out: Path) -> dict[str, int]:
+def prepare_datasets(config: DatasetsConfig, out: Path, checksums: Path) -> dict[str, int]:
     """Write every dataset of ``config`` into ``out``; returns the sample count of each manifest by file name.
 
     A real dataset without a raw folder is downloaded (``download_dataset`` unpacks it into
-    ``<download_dir>/raw/<name>``) and then prepared from there like any other raw folder.
+    ``<download_dir>/raw/<name>``, checked against and recording into ``checksums``) and then prepared from
+    there like any other raw folder.
     """
     if config.synth is not None:
         generate_benchmark(out, seed=config.synth_seed, config=config.synth, workers=config.workers)
     for name, raw in config.real.items():
         if raw is None:
-            download_dataset(name, config.download_dir, workers=config.workers)
+            download_dataset(name, config.download_dir, checksums=checksums, workers=config.workers)
             raw = str(Path(config.download_dir) / "raw" / name)
         prepare_dataset(name, raw, out, workers=config.workers)
     return {path.name: len(read_manifest(path)) for path in sorted(out.glob("*.parquet"))}
@@ -70,8 +76,10 @@ def run_data(params_path: Path, out: Path) -> dict[str, int]:
     """The ``data`` stage: validate params, write ``out`` atomically, record counts and reports in MLflow."""
     with open_stage("data", params_path, PARAMS) as params:
         check_manifests(params, out)
+        if not GTA5_CHECKSUMS.is_file():  # an output: it exists after every run, empty until a download
+            atomic_write_text(GTA5_CHECKSUMS, "")
         with atomic_dir(out) as tmp:
-            counts = prepare_datasets(params.datasets, tmp)
+            counts = prepare_datasets(params.datasets, tmp, GTA5_CHECKSUMS)
             write_json(tmp / SUMMARY_FILE, {"samples": counts})
         log_numbers({f"samples/{name.removesuffix('.parquet')}": count for name, count in counts.items()})
         log_small_artifacts(sorted(out.glob("*.json")))

@@ -1,8 +1,11 @@
 """Download, verify and unpack the datasets that can be fetched, then prepare them.
 
 GTAV is public: its 10 image and 10 label zips are fetched over HTTP(S) with resume (a ``.part`` file is
-continued with a ``Range`` request), checked against ``Content-Length`` and, where a SHA-256 is known (a
-``sha256sum``-style checksum file, or a ``<zip>.sha256`` beside the zip on the server), against it.
+continued with a ``Range`` request) and checked against ``Content-Length`` and a SHA-256: the one listed in a
+``sha256sum``-style checksum file, else a ``<zip>.sha256`` beside the zip on the server. A zip with neither has
+its SHA-256 recorded in the checksum file on its first download (trust on first use) and is checked against it
+from then on. Every member of a zip is checked before any is unpacked: no absolute path, no ``..``, no link or
+special file.
 Cityscapes is fetched with ``cityscapesscripts``' downloader using ``CITYSCAPES_USERNAME`` /
 ``CITYSCAPES_PASSWORD``. The other datasets need a registration: :func:`download_dataset` says where to get them.
 Layout under ``out``: ``archives/<dataset>/`` (the zips), ``raw/<dataset>/`` (unpacked), then the prepared labels
@@ -14,11 +17,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http.client import HTTPException, HTTPResponse
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING
 from unittest import mock
 from urllib.error import HTTPError, URLError
@@ -29,7 +33,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from recyclelora.data.prepare import PrepareResult, prepare_dataset
 from recyclelora.data.raw import RAW_DATASETS
-from recyclelora.io import atomic_path, sha256_file
+from recyclelora.errors import UserError
+from recyclelora.io import atomic_path, atomic_write_text, sha256_file
 
 if TYPE_CHECKING:
     import requests
@@ -41,9 +46,17 @@ GTA5_PARTS: tuple[str, ...] = tuple(
 CITYSCAPES_PACKAGES: tuple[str, ...] = ("gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip")
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
+#: Zip member file types (mode bits of ``external_attr >> 16``) that are never unpacked.
+_SPECIAL_TYPES = {
+    stat.S_IFLNK: "symbolic link",
+    stat.S_IFBLK: "block device",
+    stat.S_IFCHR: "character device",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+}
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """A download, checksum or unpacking step failed; the message says what to do."""
 
 
@@ -65,6 +78,11 @@ def read_checksums(path: str | os.PathLike[str]) -> dict[str, str]:
     return checksums
 
 
+def write_checksums(path: str | os.PathLike[str], checksums: Mapping[str, str]) -> None:
+    """Write ``checksums`` (file name -> SHA-256) atomically as ``sha256sum`` would, sorted by name."""
+    atomic_write_text(path, "".join(f"{checksums[name]}  {name}\n" for name in sorted(checksums)))
+
+
 def remote_checksum(url: str) -> str | None:
     """The SHA-256 in ``<url>.sha256`` if the server has that file, else None."""
     try:
@@ -77,16 +95,22 @@ def remote_checksum(url: str) -> str | None:
 
 
 def download_file(
-    url: str, dest: str | os.PathLike[str], *, sha256: str | None = None, progress: Progress | None = None
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    sha256: str | None = None,
+    listed_in: Path | None = None,
+    progress: Progress | None = None,
 ) -> Path:
     """Fetch ``url`` to ``dest``, resuming ``<dest>.part``; verify size and, if given, ``sha256``.
 
     ``dest`` appears only complete and verified (renamed from the ``.part`` file). A cut transfer leaves the
-    ``.part`` file for the next call to continue; a checksum mismatch deletes it. Raises :class:`DownloadError`.
+    ``.part`` file for the next call to continue; a checksum mismatch deletes it, and its error names
+    ``listed_in``, the checksum file ``sha256`` came from, if any. Raises :class:`DownloadError`.
     """
     dest = Path(dest)
     if dest.is_file():
-        _verify(dest, dest, sha256)
+        _verify(dest, dest, sha256, listed_in)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -98,7 +122,7 @@ def download_file(
     except HTTPError as error:
         if error.code == 416 and offset:  # the .part file is not a prefix the server can continue: restart
             part.unlink()
-            return download_file(url, dest, sha256=sha256, progress=progress)
+            return download_file(url, dest, sha256=sha256, listed_in=listed_in, progress=progress)
         raise DownloadError(f"{url}: HTTP {error.code} {error.reason}: check the URL (--base-url)") from error
     except URLError as error:
         raise DownloadError(f"cannot reach {url} ({error.reason}): check the URL and the network") from error
@@ -126,7 +150,7 @@ def download_file(
             f"{dest.name}: received {size} of {total} bytes (the transfer was cut): run the command again to "
             f"resume from {part}"
         )
-    _verify(part, dest, sha256)
+    _verify(part, dest, sha256, listed_in)
     os.replace(part, dest)
     return dest
 
@@ -145,15 +169,22 @@ def _expected_size(response: HTTPResponse, offset: int) -> int | None:
     return int(length) if length is not None else None
 
 
-def _verify(path: Path, dest: Path, sha256: str | None) -> None:
+def _verify(path: Path, dest: Path, sha256: str | None, listed_in: Path | None) -> None:
+    """Delete ``path`` and raise unless its SHA-256 is ``sha256`` (None: nothing to check)."""
     if sha256 is None:
         return
     actual = sha256_file(path)
     if actual != sha256.lower():
         path.unlink()
+        if listed_in is None:
+            raise DownloadError(
+                f"{dest.name}: SHA-256 {actual} does not match the expected {sha256}: the file is corrupt and "
+                "was deleted; run the command again to download it anew"
+            )
         raise DownloadError(
-            f"{dest.name}: SHA-256 {actual} does not match the expected {sha256}: the file is corrupt and was "
-            "deleted; run the command again to download it anew"
+            f"{dest.name}: SHA-256 {actual} does not match {sha256} listed in {listed_in}: the file is corrupt "
+            "or changed on the server and was deleted; run the command again, or, if the server's file changed "
+            f"on purpose, delete its line from {listed_in} to record the new one"
         )
 
 
@@ -162,20 +193,17 @@ def extract_zip(
 ) -> list[Path]:
     """Unpack ``archive`` below ``dest``, under the folder ``into`` unless a member already starts with it.
 
-    Members are written atomically; one whose file already exists with the member's size is kept.
+    Every member is checked first (:func:`_member_parts`): one unsafe member and nothing is written. Members are
+    written atomically; one whose file already exists with the member's size is kept.
     """
     dest = Path(dest)
     written = []
     try:
         with zipfile.ZipFile(archive) as zipped:
-            for info in zipped.infolist():
-                parts = PurePosixPath(info.filename).parts
+            members = [(info, _member_parts(archive, info)) for info in zipped.infolist()]
+            for info, parts in members:
                 if info.is_dir():
                     continue
-                if not parts or parts[0] == "/" or ".." in parts:
-                    raise DownloadError(
-                        f"{archive}: member {info.filename!r} points outside the target folder"
-                    )
                 if into and parts[0] != into:
                     parts = (into, *parts)
                 target = dest.joinpath(*parts)
@@ -191,6 +219,26 @@ def extract_zip(
     return written
 
 
+def _member_parts(archive: str | os.PathLike[str], info: zipfile.ZipInfo) -> tuple[str, ...]:
+    """The path components of a zip member that is safe to unpack, else raise :class:`DownloadError`.
+
+    Refused: an absolute path (``/``, ``\\``, a drive such as ``C:``), a ``..`` component, and a member whose
+    Unix mode says symbolic link, device, fifo or socket. Backslashes count as separators, as on Windows.
+    """
+    path = PureWindowsPath(info.filename)
+    file_type = stat.S_IFMT(info.external_attr >> 16)
+    if path.anchor or ".." in path.parts or not path.parts:
+        problem = "points outside the target folder (an absolute path, a drive or a '..' component)"
+    elif file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
+        problem = f"is a {_SPECIAL_TYPES.get(file_type, f'special file (mode {file_type:#o})')}, not a file"
+    else:
+        return path.parts
+    raise DownloadError(
+        f"{archive}: member {info.filename!r} {problem}; nothing was unpacked: the archive is unsafe, delete it "
+        "and get it from a source you trust"
+    )
+
+
 def download_gta5(
     out: str | os.PathLike[str],
     *,
@@ -200,20 +248,46 @@ def download_gta5(
     workers: int | None = None,
     strict: bool = False,
 ) -> PrepareResult:
-    """Fetch, verify and unpack the GTAV zips into ``<out>/raw/gta5/{images,labels}``, then prepare them."""
+    """Fetch, verify and unpack the GTAV zips into ``<out>/raw/gta5/{images,labels}``, then prepare them.
+
+    ``checksums`` (default ``<out>/archives/gta5/SHA256SUMS``) is read and extended (:func:`fetch_archives`).
+    """
     out = Path(out)
     archives, raw = out / "archives" / "gta5", out / "raw" / "gta5"
-    known = read_checksums(checksums) if checksums is not None else {}
-    base_url = base_url.rstrip("/") + "/"
-    with download_progress() as progress:
-        for name in parts:
-            url = urljoin(base_url, name)
-            download_file(
-                url, archives / name, sha256=known.get(name) or remote_checksum(url), progress=progress
-            )
-    for name in parts:
-        extract_zip(archives / name, raw, into=name.removesuffix(".zip").split("_", 1)[1])
+    record = Path(checksums) if checksums is not None else archives / "SHA256SUMS"
+    for name, archive in zip(parts, fetch_archives(base_url, parts, archives, record), strict=True):
+        extract_zip(archive, raw, into=name.removesuffix(".zip").split("_", 1)[1])
     return prepare_dataset("gta5", raw, out, workers=workers, strict=strict)
+
+
+def fetch_archives(base_url: str, names: Sequence[str], folder: Path, checksums: Path) -> list[Path]:
+    """Download ``names`` from ``base_url`` into ``folder``, each checked against its SHA-256.
+
+    The expected SHA-256 is the one listed in ``checksums`` (a ``sha256sum`` file), else the server's
+    ``<name>.sha256``. A file with neither is trusted on first use: its SHA-256 is recorded in ``checksums``
+    (created if missing, rewritten atomically), which checks every later download of it.
+    """
+    known = read_checksums(checksums) if checksums.is_file() else {}
+    base_url = base_url.rstrip("/") + "/"
+    paths = []
+    with download_progress() as progress:
+        for name in names:
+            url = urljoin(base_url, name)
+            listed = known.get(name)
+            expected, source = (listed, checksums) if listed else (remote_checksum(url), None)
+            path = download_file(url, folder / name, sha256=expected, listed_in=source, progress=progress)
+            if expected is None:
+                known[name] = sha256_file(path)
+                write_checksums(checksums, known)
+                progress.console.print(
+                    f"no published checksum for {name}: recorded SHA-256 {known[name]} in {checksums} (checked "
+                    "on later downloads)",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            paths.append(path)
+    return paths
 
 
 def cityscapes_login(username: str, password: str) -> requests.Session:
@@ -290,7 +364,7 @@ def download_dataset(
     strict: bool = False,
 ) -> PrepareResult:
     """Download and prepare ``name``; for a dataset behind a registration raise :class:`DownloadError`
-    saying where to get it and which layout ``prepare`` expects."""
+    saying where to get it and which layout ``prepare`` expects. ``checksums``: see :func:`download_gta5`."""
     if name == "gta5":
         return download_gta5(out, base_url=base_url, checksums=checksums, workers=workers, strict=strict)
     if name == "cityscapes":

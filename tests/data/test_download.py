@@ -4,16 +4,18 @@ import hashlib
 import io
 import json
 import re
-import threading
+import stat
 import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import Any
+from urllib.parse import parse_qsl
 
 import appdirs
 import numpy as np
 import pytest
+import requests
 from cityscapesscripts.download import downloader
 from PIL import Image
 from typer.testing import CliRunner
@@ -25,11 +27,13 @@ from recyclelora.data.download import (
     cityscapes_login,
     download_file,
     extract_zip,
+    fetch_archives,
     read_checksums,
     remote_checksum,
 )
 from recyclelora.data.manifest import manifest_path, read_manifest
 from tests.data.conftest import RawFixture
+from tests.local_server import serving
 
 
 class FileServer(ThreadingHTTPServer):
@@ -86,12 +90,8 @@ class RangeHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[FileServer]:
-    srv = FileServer()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(FileServer()) as srv:
+        yield srv
 
 
 PAYLOAD = bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8))
@@ -147,12 +147,122 @@ def test_read_checksums_rejects_other_formats(tmp_path: Path) -> None:
         read_checksums(tmp_path / "sums")
 
 
-def test_extract_zip_refuses_paths_outside_the_target(tmp_path: Path) -> None:
-    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zipped:
-        zipped.writestr("../evil.txt", "x")
-    with pytest.raises(DownloadError, match="outside the target folder"):
-        extract_zip(tmp_path / "evil.zip", tmp_path / "raw")
-    assert not (tmp_path / "evil.txt").exists()
+def member(name: str, mode: int = 0) -> zipfile.ZipInfo:
+    """A zip member made on Unix with the file type and permissions ``mode`` (0: none, as DOS tools write)."""
+    info = zipfile.ZipInfo(name)
+    info.create_system = 3
+    info.external_attr = mode << 16
+    return info
+
+
+#: Unsafe members of a zip: name ({tmp}: the test's folder), Unix mode, the problem the error names.
+UNSAFE_MEMBERS = {
+    "absolute": ("{tmp}/evil.txt", 0, "outside the target folder"),
+    "drive": ("C:/evil.txt", 0, "outside the target folder"),
+    "drive-backslash": ("C:\\evil.txt", 0, "outside the target folder"),
+    "root-backslash": ("\\evil.txt", 0, "outside the target folder"),
+    "dotdot-backslash": ("..\\evil.txt", 0, "outside the target folder"),
+    "dotdot": ("images/../../evil.txt", 0, "outside the target folder"),
+    "symlink": ("images/link.png", stat.S_IFLNK | 0o777, "symbolic link"),
+    "char-device": ("images/dev.png", stat.S_IFCHR | 0o644, "character device"),
+    "block-device": ("images/disk.png", stat.S_IFBLK | 0o644, "block device"),
+    "fifo": ("images/pipe.png", stat.S_IFIFO | 0o644, "fifo"),
+    "socket": ("images/sock.png", stat.S_IFSOCK | 0o644, "socket"),
+}
+
+
+@pytest.mark.parametrize(("name", "mode", "problem"), UNSAFE_MEMBERS.values(), ids=UNSAFE_MEMBERS)
+def test_extract_zip_refuses_an_unsafe_member_before_unpacking_any(
+    name: str, mode: int, problem: str, tmp_path: Path
+) -> None:
+    name = name.format(tmp=tmp_path.as_posix())
+    archive = tmp_path / "parts.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr(member("images/00001.png", stat.S_IFREG | 0o644), b"png")
+        zipped.writestr(member(name, mode), b"../../target")
+        zipped.writestr(member("images/00002.png", stat.S_IFREG | 0o644), b"png")
+    with pytest.raises(DownloadError) as caught:
+        extract_zip(archive, tmp_path / "raw", into="images")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{archive}: member {name!r} ") and problem in message
+    assert "nothing was unpacked" in message and "delete it" in message
+    assert [path.name for path in tmp_path.iterdir()] == ["parts.zip"]  # no folder, no file, inside or out
+
+
+def test_extract_zip_unpacks_regular_files_and_folders(tmp_path: Path) -> None:
+    archive = tmp_path / "parts.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr(member("images/", stat.S_IFDIR | 0o755), b"")
+        zipped.writestr(member("images/00001.png", stat.S_IFREG | 0o644), b"one")
+        zipped.writestr(member("00002.png"), b"two")
+    written = extract_zip(archive, tmp_path / "raw", into="images")
+    assert {path.relative_to(tmp_path / "raw").as_posix(): path.read_bytes() for path in written} == {
+        "images/00001.png": b"one",
+        "images/00002.png": b"two",
+    }
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_first_download_records_the_sha256_and_later_downloads_are_checked_against_it(
+    server: FileServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = PAYLOAD[:100]
+    server.files |= {"b.zip": PAYLOAD, "a.zip": first}
+    record, folder = tmp_path / "checksums" / "gta5.sha256", tmp_path / "archives"
+
+    fetch_archives(server.url, ["b.zip", "a.zip"], folder, record)
+    assert record.read_text() == f"{sha256(first)}  a.zip\n{sha256(PAYLOAD)}  b.zip\n"  # sha256sum, sorted
+    assert read_checksums(record) == {"a.zip": sha256(first), "b.zip": sha256(PAYLOAD)}
+    said = " ".join(capsys.readouterr().out.split())
+    assert (
+        f"no published checksum for a.zip: recorded SHA-256 {sha256(first)} in {record} (checked on later "
+        "downloads)" in said
+    )
+
+    listed_in = re.escape(str(record))
+    refused = rf"a.zip: SHA-256 \w+ does not match {sha256(first)} listed in {listed_in}: .*delete its line"
+    (folder / "a.zip").write_bytes(b"changed on disk")
+    with pytest.raises(DownloadError, match=refused):
+        fetch_archives(server.url, ["a.zip"], folder, record)
+    assert not (folder / "a.zip").exists()
+
+    server.files["a.zip"] = b"changed on the server"
+    with pytest.raises(DownloadError, match=refused):
+        fetch_archives(server.url, ["a.zip"], folder, record)
+    assert not (folder / "a.zip").exists() and not (folder / "a.zip.part").exists()
+    assert read_checksums(record)["a.zip"] == sha256(first)
+    assert "recorded" not in capsys.readouterr().out
+
+
+def test_the_record_is_rewritten_atomically_and_keeps_its_other_entries(
+    server: FileServer, tmp_path: Path
+) -> None:
+    record = tmp_path / "gta5.sha256"
+    record.write_text(f"{sha256(b'c').upper()} *c.zip\n")
+    inode = record.stat().st_ino
+    server.files["a.zip"] = PAYLOAD
+    fetch_archives(server.url, ["a.zip"], tmp_path / "archives", record)
+    assert record.stat().st_ino != inode  # a renamed temporary file replaced it; it was not written in place
+    assert record.read_text() == f"{sha256(PAYLOAD)}  a.zip\n{sha256(b'c')}  c.zip\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["archives", "gta5.sha256"]  # no temporary
+
+
+def test_a_published_checksum_is_checked_and_nothing_is_recorded(
+    server: FileServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record, folder = tmp_path / "gta5.sha256", tmp_path / "archives"
+    server.files |= {"a.zip": PAYLOAD, "a.zip.sha256": f"{sha256(PAYLOAD)}  a.zip\n".encode()}
+    fetch_archives(server.url, ["a.zip"], folder, record)
+    assert (folder / "a.zip").read_bytes() == PAYLOAD and not record.exists()
+
+    server.files |= {"b.zip": PAYLOAD + b"tampered", "b.zip.sha256": sha256(PAYLOAD).encode()}
+    with pytest.raises(DownloadError, match="b.zip: SHA-256 .* does not match the expected .* corrupt"):
+        fetch_archives(server.url, ["b.zip"], folder, record)
+    assert not (folder / "b.zip").exists() and not record.exists()
+    assert "recorded" not in capsys.readouterr().out
 
 
 def zip_bytes(files: dict[str, bytes]) -> bytes:
@@ -190,6 +300,10 @@ def test_cli_download_gta5_resumes_verifies_unpacks_and_prepares(
 
     done = runner.invoke(app, args, env={"RECYCLELORA_GTA5_URL": server.url})
     assert done.exit_code == 0, done.output
+    listed = read_checksums(checksums)  # the given entry kept, every part without a published one recorded
+    assert set(listed) == set(GTA5_PARTS) - {"01_images.zip"}
+    assert all(listed[name] == hashlib.sha256(server.files[name]).hexdigest() for name in listed)
+    assert "no published checksum for 02_labels.zip: recorded SHA-256" in " ".join(done.output.split())
     assert ("02_labels.zip", f"bytes={len(server.files['02_labels.zip']) // 2}-") in server.ranges
     for kind in ("images", "labels"):
         for frame in ("00001", "00002", "00003"):
@@ -233,26 +347,50 @@ def test_cli_download_cityscapes_without_credentials(tmp_path: Path) -> None:
     assert "CITYSCAPES_USERNAME" in result.output and "cityscapes-dataset.com/register" in result.output
 
 
-class FakeSession:
-    """Stands in for requests.Session: records the login form, answers 302 (accepted) or 200 (refused)."""
-
-    posted: ClassVar[list[dict]] = []
-    accept: ClassVar[bool] = True
-
-    def get(self, url: str, **kwargs: object) -> FakeResponse:
-        return FakeResponse(200)
-
-    def post(self, url: str, data: dict, **kwargs: object) -> FakeResponse:
-        FakeSession.posted.append(dict(data))
-        return FakeResponse(302 if FakeSession.accept else 200)
+CITYSCAPES = "https://www.cityscapes-dataset.com"
 
 
-class FakeResponse:
-    def __init__(self, status_code: int) -> None:
-        self.status_code = status_code
+class LoginServer(ThreadingHTTPServer):
+    """Cityscapes' login page: records each posted form, answers 302 (accepted) or 200 (refused)."""
 
-    def raise_for_status(self) -> None:
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), LoginHandler)
+        self.posted: list[dict[str, str]] = []
+        self.accept = True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class LoginHandler(BaseHTTPRequestHandler):
+    server: LoginServer
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/login" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        form = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        self.server.posted.append(dict(parse_qsl(form)))
+        self.send_response(302 if self.server.accept else 200)
+        self.send_header("Location", "/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
         pass
+
+
+def local_session(base: str) -> type[requests.Session]:
+    """A real ``requests.Session`` whose requests to Cityscapes' site go to ``base`` instead."""
+
+    class LocalSession(requests.Session):
+        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+            return super().request(method, url.replace(CITYSCAPES, base, 1), *args, **kwargs)
+
+    return LocalSession
 
 
 def test_cityscapes_login_uses_the_given_credentials_and_stores_none(
@@ -260,18 +398,18 @@ def test_cityscapes_login_uses_the_given_credentials_and_stores_none(
 ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
-    monkeypatch.setattr(downloader.requests, "Session", FakeSession)
-    monkeypatch.setattr(FakeSession, "posted", [])
     stored = Path(appdirs.user_data_dir("cityscapesscripts", "cityscapes")) / "credentials.json"
     stored.parent.mkdir(parents=True)
     stored.write_text(json.dumps({"username": "old", "password": "old"}))  # must not be used
 
-    assert isinstance(cityscapes_login("alice", "s3cret"), FakeSession)
-    assert FakeSession.posted == [{"username": "alice", "password": "s3cret", "submit": "Login"}]
-    assert json.loads(stored.read_text()) == {"username": "old", "password": "old"}
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [stored]
+    with serving(LoginServer()) as login:
+        monkeypatch.setattr(downloader.requests, "Session", local_session(login.url))
+        assert isinstance(cityscapes_login("alice", "s3cret"), requests.Session)
+        assert login.posted == [{"username": "alice", "password": "s3cret", "submit": "Login"}]
+        assert json.loads(stored.read_text()) == {"username": "old", "password": "old"}
+        assert [p for p in tmp_path.rglob("*") if p.is_file()] == [stored]
 
-    monkeypatch.setattr(FakeSession, "accept", False)
-    with pytest.raises(DownloadError, match="login failed .*Bad credentials.*CITYSCAPES_USERNAME"):
-        cityscapes_login("alice", "wrong")
-    assert stored.is_file()
+        login.accept = False
+        with pytest.raises(DownloadError, match="login failed .*Bad credentials.*CITYSCAPES_USERNAME"):
+            cityscapes_login("alice", "wrong")
+        assert stored.is_file()

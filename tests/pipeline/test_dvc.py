@@ -44,8 +44,8 @@ def dvc_stages() -> dict[str, dict]:
 
 
 def out_paths(stage: dict) -> set[str]:
-    paths = set(stage.get("outs", []))
-    for entry in stage.get("metrics", []):
+    paths = set()
+    for entry in [*stage.get("outs", []), *stage.get("metrics", [])]:
         paths |= set(entry) if isinstance(entry, dict) else {entry}
     return paths
 
