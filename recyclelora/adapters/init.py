@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 
@@ -24,6 +27,16 @@ RRQR_INITS = ("rrqr", "rrqr-main", "rrqr-sub")
 #: With ``workers=None``, models with fewer adapted weight elements than this decompose in-process
 #: (starting worker processes costs about a second; a ViT-S has 21M elements, a DINOv2-L 302M).
 AUTO_PARALLEL_MIN_ELEMENTS = 1 << 22
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: on Linux the kernel kills this worker when its parent dies, even by ``kill -9``
+    (a pool's workers would otherwise run on as orphans); elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 def layer_factors(
@@ -67,7 +80,12 @@ def compute_factors(
     for weight in weights.values():
         check_ranks(tuple(weight.shape), rank_main, rank_sub)
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    with ProcessPoolExecutor(max_workers=min(workers, len(weights)), mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(weights)),
+        mp_context=context,
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         futures: dict[str, Future] = {
             name: pool.submit(rrqr_columns, w.detach().to("cpu", torch.float32).numpy(), rank_main, rank_sub)
             for name, w in weights.items()
