@@ -201,7 +201,9 @@ def eval_command(
 
 
 def predict_command(
-    images: Annotated[list[Path], typer.Argument(help="Image files (any size, any format PIL reads).")],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files (any size, any format PIL reads), or folders of them.")
+    ],
     model: ModelOpt,
     out: Annotated[
         Path, typer.Option(help="Output folder: pred/<stem>.png (trainIds), pred_overlay/<stem>.png.")

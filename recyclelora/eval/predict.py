@@ -74,6 +74,25 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         ) from None
 
 
+#: File endings of the images a folder given to :func:`predict_images` contributes.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+def expand_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """``paths`` with each folder replaced by the image files directly inside it (:data:`IMAGE_SUFFIXES`,
+    sorted by name); a folder without images is an error."""
+    expanded = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            expanded.append(path)
+            continue
+        found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise ValueError(f"folder {path} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}) directly inside it")
+        expanded.extend(found)
+    return expanded
+
+
 def predict_images(
     predict: Predict,
     images: Sequence[str | os.PathLike[str]],
@@ -89,9 +108,10 @@ def predict_images(
     image's size) and, with ``overlays``, the class colours over the image at ``out/pred_overlay/<stem>.png``.
 
     ``predict`` sees one normalised ``(1, 3, H, W)`` image at its original size (e.g. a
-    :class:`InferencePredictor`). Images with the same stem are refused before any inference.
+    :class:`InferencePredictor`). A folder stands for the images directly inside it. Images with the same
+    stem are refused before any inference.
     """
-    paths = [Path(image) for image in images]
+    paths = expand_images(images)
     if not paths:
         raise ValueError("no image to predict: pass at least one image file")
     stems: dict[str, Path] = {}

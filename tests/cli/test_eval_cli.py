@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,25 @@ def test_predict_writes_trainids_with_the_images_stems(work, torch_eval, tmp_pat
         np.testing.assert_array_equal(
             predicted, np.asarray(Image.open(torch_eval / "preds" / folder / f"{stem}.png"))
         )
+
+
+def test_predict_takes_the_images_inside_a_folder(work, torch_eval, tmp_path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(work / "alpha" / "val" / "a0.png", folder / "a0.png")
+    shutil.copy(work / "alpha" / "val" / "a1.png", folder / "a1.PNG")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "nested").mkdir()
+    result = invoke("predict", folder, "--model", work / "model.safetensors", *WINDOW, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out" / "pred").iterdir()) == ["a0.png", "a1.png"]
+    for stem in ("a0", "a1"):
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(tmp_path / "out" / "pred" / f"{stem}.png")),
+            np.asarray(Image.open(torch_eval / "preds" / "alpha" / f"{stem}.png")),
+        )
+    result = invoke("predict", folder / "nested", "--model", work / "model.safetensors", "--out", tmp_path)
+    assert_user_error(result, "nested holds no image")
 
 
 def test_predict_names_a_corrupt_image(work, tmp_path) -> None:
