@@ -15,7 +15,8 @@ Store (:func:`tracking_uri`)
 
 Unreachable server
     :class:`TrackingServerUnreachable` is raised before any work. ``RECYCLELORA_MLFLOW_OFFLINE=1``
-    records into the local SQLite store instead, with a warning that names it.
+    records into the local SQLite store instead, with a warning that names it. A server that answers but
+    not as MLflow's REST API (a web page, another service) raises :class:`NotAnMlflowServer`.
 
 Parent run (:func:`stage_run`)
     The stages of one ``dvc repro`` / ``dvc exp run`` are separate processes. They meet through the
@@ -50,6 +51,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from recyclelora.errors import UserError
 from recyclelora.io import sha256_bytes, sha256_file
 
 DB_ENV = "RECYCLELORA_MLFLOW_DB"
@@ -64,8 +66,12 @@ DEFAULT_MAX_ARTIFACT_BYTES = 50 * 1024**2
 _TRUNCATED = "...[truncated]"
 
 
-class TrackingServerUnreachable(ConnectionError):
+class TrackingServerUnreachable(UserError, ConnectionError):
     """The MLflow server named by ``MLFLOW_TRACKING_URI`` did not answer."""
+
+
+class NotAnMlflowServer(ValueError):
+    """The server named by ``MLFLOW_TRACKING_URI`` answers, but not as MLflow's REST API."""
 
 
 def find_repo_root(workspace: str | os.PathLike[str]) -> Path:
@@ -110,11 +116,34 @@ def server_reachable(uri: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def check_mlflow_server(uri: str, timeout: float = 3.0) -> None:
+    """Raise :class:`NotAnMlflowServer` unless ``GET <uri>/api/2.0/mlflow/experiments/search`` answers as
+    MLflow does: a JSON object, or 401/403 from a server with authentication."""
+    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body, kind = response.read(1 << 16), response.headers.get_content_type()
+        if isinstance(json.loads(body), dict):
+            return
+        answer = f"a {kind} reply that is not a JSON object"
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            return
+        answer = f"HTTP {error.code} ({error.headers.get_content_type()})"
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        answer = f"a {kind} reply that is not JSON"
+    raise NotAnMlflowServer(
+        f"MLFLOW_TRACKING_URI={uri} is not an MLflow tracking server: GET /api/2.0/mlflow/experiments/search "
+        f"got {answer}; point it at `mlflow server` (e.g. http://127.0.0.1:5000) or unset it to record into "
+        "the local SQLite store"
+    )
+
+
 def tracking_uri(repo_root: str | os.PathLike[str], *, timeout: float = 3.0) -> str:
     """The store this process records into: ``MLFLOW_TRACKING_URI`` if set and reachable, else the local one.
 
     Raises :class:`TrackingServerUnreachable` for a silent http(s) server, unless
-    ``RECYCLELORA_MLFLOW_OFFLINE=1``.
+    ``RECYCLELORA_MLFLOW_OFFLINE=1``, and :class:`NotAnMlflowServer` for one that is not MLflow.
     """
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -130,7 +159,10 @@ def tracking_uri(repo_root: str | os.PathLike[str], *, timeout: float = 3.0) -> 
             f"MLFLOW_TRACKING_URI={uri!r} is not an absolute SQLite path, but DVC experiments run in other "
             "folders: use sqlite:////absolute/path/mlflow.db"
         )
-    if scheme not in ("http", "https") or server_reachable(uri, timeout):
+    if scheme not in ("http", "https"):
+        return uri
+    if server_reachable(uri, timeout):
+        check_mlflow_server(uri, timeout)
         return uri
     if os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes"):
         local = local_store_uri(repo_root)

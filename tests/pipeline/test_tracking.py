@@ -23,12 +23,14 @@ from pipeline.tracking import (
     KEPT_IN_DVC_TAG,
     OFFLINE_ENV,
     PIPELINE_KEY_TAG,
+    NotAnMlflowServer,
     TrackingServerUnreachable,
     flatten_params,
     pipeline_key,
     server_reachable,
     tracking_uri,
 )
+from tests.local_server import serve_replies
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PARAMS = "base:\n  seed: 0\ntrain:\n  lr: 0.001\n  epochs: 2\n"
@@ -225,6 +227,34 @@ def test_unreachable_server_fails_fast_and_offline_falls_back(
     local = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.warns(RuntimeWarning, match=re.escape(local)):
         assert tracking_uri(tmp_path) == local
+
+
+SEARCH = "/api/2.0/mlflow/experiments/search"
+
+
+@pytest.mark.parametrize(
+    ("replies", "accepted"),
+    [
+        ({"/health": (200, "text/html", b"<html>a web app</html>")}, False),
+        ({SEARCH: (200, "text/html", b"<!doctype html><html>login</html>")}, False),
+        ({SEARCH: (200, "application/json", b"[1, 2]")}, False),
+        ({SEARCH: (200, "application/json", b'{"experiments": []}')}, True),
+        ({SEARCH: (401, "text/plain", b"You are not authenticated.")}, True),
+    ],
+)
+def test_a_server_that_is_not_mlflow_is_refused_in_one_line(
+    replies: dict, accepted: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".dvc").mkdir()
+    with serve_replies(replies) as uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        if accepted:
+            assert tracking_uri(tmp_path) == uri
+            return
+        with pytest.raises(NotAnMlflowServer) as error:
+            tracking_uri(tmp_path)
+    message = str(error.value)
+    assert "\n" not in message and uri in message and "not an MLflow tracking server" in message
 
 
 def test_flatten_params_dots_nested_keys_and_respects_mlflow_limits() -> None:
