@@ -92,14 +92,16 @@ def build_config(cls: type, data: Any, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _convert(hints[name], value, f"{where}.{name}")
+        kwargs[name] = _convert(hints[name], value, f"{where}.{name}", fields[name].metadata.get("help"))
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise ParamsError(f"{where}: {error}") from None
 
 
-def _convert(hint: Any, value: Any, where: str) -> Any:
+def _convert(hint: Any, value: Any, where: str, help: str | None = None) -> Any:
+    """``value`` as field type ``hint`` wants it: nested dataclasses built, lists as tuples; a value of the
+    wrong type raises :class:`ParamsError` naming the key, the value, what is allowed and the field's help."""
     options = (
         typing.get_args(hint)
         if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
@@ -108,8 +110,6 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     for option in options:
         if dataclasses.is_dataclass(option):
             return value if value is None and type(None) in options else build_config(option, value, where)
-        if typing.get_origin(option) is tuple and isinstance(value, list):
-            return tuple(value)
         if typing.get_origin(option) is dict and dataclasses.is_dataclass(typing.get_args(option)[1]):
             if not isinstance(value, dict):
                 raise ParamsError(
@@ -119,7 +119,50 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
                 key: build_config(typing.get_args(option)[1], item, f"{where}.{key}")
                 for key, item in value.items()
             }
+    if not any(_accepts(option, value) for option in options):
+        allowed = " or ".join(map(_describe, options))
+        raise ParamsError(f"{where} is {value!r}, but it must be {allowed}" + (f" ({help})" if help else ""))
+    if isinstance(value, list) and any(typing.get_origin(option) is tuple for option in options):
+        return tuple(value)
     return value
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether ``value`` (as YAML gives it) has type ``hint``; an int is a float, a bool is not a number."""
+    if hint in (bool, int, float, str, type(None)):
+        allowed = {float: (int, float), type(None): (type(None),)}.get(hint, (hint,))
+        return isinstance(value, allowed) and (hint is bool or not isinstance(value, bool))
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_accepts(args[0], item) for item in value)
+        return len(args) == len(value) and all(map(_accepts, args, value))
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _accepts(args[0], key) and _accepts(args[1], item) for key, item in value.items()
+        )
+    return True  # Any and other hints: the config's own checks decide
+
+
+def _describe(hint: Any) -> str:
+    """What a value of type ``hint`` looks like in YAML, for error messages."""
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if hint in names:
+        return names[hint]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return f"one of {list(args)}"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {len(args)} ({', '.join(map(_describe, args))})"
+    if origin is dict:
+        return f"a mapping of {_describe(args[0])} to {_describe(args[1])}"
+    return getattr(hint, "__name__", str(hint))
 
 
 def load_params(
@@ -132,10 +175,12 @@ def load_params(
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must hold a mapping of sections")
-    seed = (raw.get("base") or {}).get("seed")
+    base = raw.get("base") or {}
+    if not isinstance(base, dict):
+        raise ParamsError(f"params.base must be a mapping of keys to values, got {type(base).__name__}")
     run = {key: raw[key] for key in sections if key in raw}
-    if seed is not None:
-        run.setdefault("train", {}).setdefault("seed", seed)
+    if base.get("seed") is not None and isinstance(run.setdefault("train", {}), dict):
+        run["train"].setdefault("seed", base["seed"])
     if "data" not in run:
         raise ParamsError(f"{path} has no 'data' section: it must list at least data.train")
     return build_config(RunConfig, run, "params")

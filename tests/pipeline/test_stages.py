@@ -131,8 +131,8 @@ def test_every_key_of_params_yaml_is_documented() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "fragments"),
     [
-        ("model.adapter.init", "svd", ["params.model.adapter", "init='svd'", "rrqr, rrqr-main"]),
-        ("model.tuning", "half", ["model.tuning must be one of", "frozen"]),
+        ("model.adapter.init", "svd", ["params.model.adapter.init is 'svd'", "['rrqr', 'rrqr-main'"]),
+        ("model.tuning", "half", ["params.model.tuning is 'half'", "must be one of", "frozen"]),
         ("train.lrr", 0.1, ["params.train.lrr", "allowed keys"]),
         ("trian.lr", 0.1, ["unknown section", "allowed sections"]),
         ("datasets.real", {"kitti": "raw/kitti"}, ["params.datasets", "kitti", "gta5"]),
@@ -147,9 +147,16 @@ def test_every_key_of_params_yaml_is_documented() -> None:
         (
             "eval.resize",
             {"synth_fog_val": {"fit": [2048]}},
-            ["params.eval.resize.synth_fog_val", "fit=(2048,)"],
+            ["params.eval.resize.synth_fog_val.fit is [2048]", "a list of 2 (an integer, an integer) or null"],
         ),
-        ("data.subset", 12403, ["params.data", "data.subset must map training manifest stems", "got 12403"]),
+        (
+            "data.subset",
+            12403,
+            ["params.data.subset is 12403", "a mapping of a string to an integer", "samples kept by training"],
+        ),
+        ("train.lr", "fast", ["params.train.lr is 'fast', but it must be a number"]),
+        ("train.val_every", 2.5, ["params.train.val_every is 2.5, but it must be an integer"]),
+        ("data.transform.photometric", "yes", ["params.data.transform.photometric is 'yes'", "true or false"]),
         (
             "data.subset",
             {"gta5_train": 12403},
