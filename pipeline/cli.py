@@ -8,10 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline import presets, stages
-from pipeline.tracking import TrackingServerUnreachable
 from recyclelora.cli._common import console, user_errors
-from recyclelora.export.onnx import OnnxParityError
-from recyclelora.train.loop import NonFiniteLossError
 
 stage_app = typer.Typer(
     help="Stages of the DVC pipeline (see dvc.yaml; run them with `dvc repro`) and params presets.",
@@ -24,14 +21,12 @@ Metrics = Annotated[Path, typer.Option(help="DVC metrics file (JSON) this stage 
 Weights = Annotated[Path, typer.Option(help="Output folder of the weights stage.")]
 Checkpoint = Annotated[Path, typer.Option(help="Segmentor checkpoint (safetensors) to read.")]
 ShowProgress = Annotated[bool, typer.Option(help="Show progress bars.")]
-#: Failures reported as one line: bad params or files, no tracking server, non-finite loss, ONNX parity.
-STAGE_ERRORS = (TrackingServerUnreachable, NonFiniteLossError, OnnxParityError)
 
 
 @stage_app.command("data")
 def data(out: Out, params: Params = Path("params.yaml")) -> None:
     """Generate the embedded benchmark and/or download and prepare real datasets (params: datasets)."""
-    with user_errors(*STAGE_ERRORS):
+    with user_errors():
         counts = stages.run_data(params, out)
     console.print(f"{len(counts)} manifests, {sum(counts.values())} samples -> {out}")
 
@@ -39,7 +34,7 @@ def data(out: Out, params: Params = Path("params.yaml")) -> None:
 @stage_app.command("weights")
 def weights(out: Out, params: Params = Path("params.yaml")) -> None:
     """Fetch and convert the pretrained backbone (params: model.backbone)."""
-    with user_errors(*STAGE_ERRORS):
+    with user_errors():
         record = stages.run_weights(params, out)
     console.print(f"{record['model']} from {record['source']}: {record['parameters']:,} values -> {out}")
 
@@ -49,7 +44,7 @@ def init(
     out: Out, weights: Weights, params: Params = Path("params.yaml"), progress: ShowProgress = True
 ) -> None:
     """Compute and cache the adapters' initial factors (params: model.backbone, model.adapter)."""
-    with user_errors(*STAGE_ERRORS):
+    with user_errors():
         record = stages.run_init(params, weights, out, progress=progress)
     console.print(f"{record['init']}: {record['layers']} matrices in {record['seconds']:.1f} s -> {out}")
 
@@ -64,7 +59,7 @@ def train(
     progress: ShowProgress = True,
 ) -> None:
     """Train (params: base.seed, data, model, train); a crashed run with unchanged inputs resumes."""
-    with user_errors(*STAGE_ERRORS):
+    with user_errors():
         summary = stages.run_train(params, weights, init_cache, out, metrics, progress=progress)
     console.print(
         f"{summary['iterations']} iterations in {summary['seconds']:.0f} s, "
@@ -75,7 +70,7 @@ def train(
 @stage_app.command("merge")
 def merge(out: Out, checkpoint: Checkpoint, params: Params = Path("params.yaml")) -> None:
     """Fold the adapters into the backbone: a plain timm ViT + head checkpoint."""
-    with user_errors(*STAGE_ERRORS):
+    with user_errors():
         stages.run_merge(params, checkpoint, out)
     console.print(f"merged {checkpoint} -> {out}")
 
@@ -89,7 +84,7 @@ def evaluate(
     progress: ShowProgress = True,
 ) -> None:
     """mIoU on every target domain (params: eval, data.val_transform, train.device)."""
-    with user_errors(*STAGE_ERRORS):
+    with user_errors():
         scores = stages.run_evaluate(params, checkpoint, reports, metrics, progress=progress)
     for name, entry in scores.items():
         if isinstance(entry, dict):
@@ -100,7 +95,7 @@ def evaluate(
 @stage_app.command("export")
 def export(out: Out, checkpoint: Checkpoint, metrics: Metrics, params: Params = Path("params.yaml")) -> None:
     """Export the merged model to ONNX and check it against PyTorch (params: export)."""
-    with user_errors(*STAGE_ERRORS):
+    with user_errors():
         record = stages.run_export(params, checkpoint, out, metrics)
     console.print(f"{out}: {record['size_mb']:.1f} MB, relative error {record['max_rel_diff']:.2e}")
 
@@ -113,7 +108,7 @@ def analyze(
     params: Params = Path("params.yaml"),
 ) -> None:
     """Effective rank and subspace similarity of the trained adapters."""
-    with user_errors(*STAGE_ERRORS):
+    with user_errors():
         means = stages.run_analyze(params, checkpoint, reports, metrics)
     console.print(f"{means['layers']} adapter layers -> {metrics}")
 

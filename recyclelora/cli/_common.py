@@ -3,24 +3,48 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from recyclelora.errors import USER_ERRORS
+
 console = Console()
 errors = Console(stderr=True)
 
-#: Exceptions the library raises for bad input (missing files, invalid params, incompatible checkpoints).
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError)
+#: Set to 1 (or pass ``recyclelora-cli --debug``) to get the traceback of a user error instead of one line.
+DEBUG_ENV = "RECYCLELORA_DEBUG"
+_WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"
+
+
+def debug_enabled() -> bool:
+    """Whether user errors propagate with their traceback (``RECYCLELORA_DEBUG`` set and not ``0``)."""
+    return os.environ.get(DEBUG_ENV, "0") not in ("", "0")
+
+
+def message(error: BaseException) -> str:
+    """The error's text; for one re-raised from a DataLoader worker (whose text holds the worker's traceback),
+    the original error's text."""
+    text = str(error)
+    if _WORKER_TRACEBACK in text:
+        last = text.rstrip().rsplit("\n", 1)[-1]  # "<module>.<ErrorType>: <original text>"
+        text = last.split(": ", 1)[-1]
+    return text
 
 
 @contextlib.contextmanager
-def user_errors(*extra: type[BaseException]) -> Iterator[None]:
-    """Print a user-facing error as ``error: <message>`` on stderr and exit with status 1, not a traceback."""
+def user_errors() -> Iterator[None]:
+    """Print a user error (:data:`recyclelora.errors.USER_ERRORS`) as ``error: <message>`` on stderr and exit with status 1, not a traceback.
+
+    With :func:`debug_enabled` the error propagates unchanged, traceback included.
+    """
     try:
         yield
-    except (*USER_ERRORS, *extra) as error:
-        errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+    except USER_ERRORS as error:
+        if debug_enabled():
+            raise
+        errors.print(f"[red]error:[/red] {escape(message(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from error

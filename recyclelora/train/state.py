@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,17 @@ def save_trainer_state(folder: Path, *, step: int, optimizer: torch.optim.Optimi
 
 
 def load_trainer_state(folder: Path) -> dict[str, Any]:
-    """Read ``trainer_state.pt`` without unpickling arbitrary objects."""
+    """Read ``trainer_state.pt`` without unpickling arbitrary objects; a truncated or corrupt file is a
+    ValueError naming it."""
     path = folder / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {folder} is not a complete training checkpoint")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+        first = str(error).strip().split(". ")[0].splitlines()  # torch appends paragraphs of advice
+        reason = first[0] if first else type(error).__name__
+        raise ValueError(
+            f"{path} is truncated or corrupt ({reason}): delete the folder {folder} to resume from the checkpoint "
+            "before it, or train into a new folder"
+        ) from None
