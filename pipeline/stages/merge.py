@@ -12,19 +12,27 @@ from pathlib import Path
 import mlflow
 
 from pipeline.stages._common import open_stage
-from recyclelora.models.checkpoint import merge_checkpoint
+from recyclelora.models.merge import merge_checkpoint
 
 #: The params this stage reads (also its ``params:`` in dvc.yaml): none, the checkpoint describes itself.
 PARAMS: tuple[str, ...] = ()
 
 
 def run_merge(params_path: Path, checkpoint: Path, out: Path) -> Path:
-    """The ``merge`` stage: write the merged checkpoint ``out`` atomically and log its size to MLflow.
+    """The ``merge`` stage: write the merged checkpoint ``out`` atomically, once its logits are checked against
+    the unmerged model's (:func:`~recyclelora.models.merge.merge_checkpoint`), and log the check, time and size
+    to MLflow.
 
     The merged file holds the whole backbone (hundreds of MB for large ViTs): it stays in DVC only.
     """
     with open_stage("merge", params_path, PARAMS):
         start = time.perf_counter()
-        merge_checkpoint(checkpoint, out)
-        mlflow.log_metrics({"seconds": time.perf_counter() - start, "size_mb": out.stat().st_size / 2**20})
+        result = merge_checkpoint(checkpoint, out)
+        mlflow.log_metrics(
+            {
+                "seconds": time.perf_counter() - start,
+                "size_mb": out.stat().st_size / 2**20,
+                "relative_logit_diff": result.relative_diff,
+            }
+        )
     return out

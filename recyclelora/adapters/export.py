@@ -7,13 +7,20 @@ A dual adapter layer computes ``W_res + s (B A)`` with ``B = [B_main | B_sub]``,
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from recyclelora.adapters.factors import Factors
 from recyclelora.adapters.inject import adapter_layers
+from recyclelora.io import atomic_write_text, save_safetensors
+
+#: peft's file names in an adapter folder (``PeftModel.from_pretrained`` reads them).
+WEIGHTS_NAME, CONFIG_NAME = "adapter_model.safetensors", "adapter_config.json"
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,26 @@ class LoraDelta:
     rank: int
     lora_alpha: float
     target_modules: tuple[str, ...]
+
+    def peft_config(self, base_model: str) -> dict[str, object]:
+        """peft's ``LoraConfig`` of this update on ``base_model`` (e.g. a timm name), as ``adapter_config.json``."""
+        return {
+            "peft_type": "LORA",
+            "base_model_name_or_path": base_model,
+            "r": self.rank,
+            "lora_alpha": self.lora_alpha,
+            "target_modules": list(self.target_modules),
+            "lora_dropout": 0.0,
+            "bias": "none",
+        }
+
+    def save_pretrained(self, folder: str | os.PathLike[str], base_model: str) -> Path:
+        """Write a peft adapter folder (:data:`WEIGHTS_NAME`, :data:`CONFIG_NAME`), each file atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_safetensors({f"base_model.model.{k}": v for k, v in self.state_dict.items()}, folder / WEIGHTS_NAME)
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(self.peft_config(base_model), indent=2) + "\n")
+        return folder
 
 
 def lora_delta(model: nn.Module, init_factors: dict[str, Factors]) -> LoraDelta:

@@ -3,11 +3,9 @@ and report what its adapters learned."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from recyclelora.adapters import adapter_layers, merge_adapters
@@ -17,32 +15,12 @@ from recyclelora.cli._common import console, user_errors
 from recyclelora.cli.evaluate import WeightsOpt
 from recyclelora.eval.analyze import rank_table, write_rank_report
 from recyclelora.export import OnnxParityError, export_onnx, verify_onnx
-from recyclelora.io import atomic_path, atomic_write_text, save_safetensors, sha256_file
-from recyclelora.models import Segmentor, load_segmentor, merge_checkpoint, read_checkpoint_info
-
-#: Largest ``max |merged - unmerged| / max |unmerged|`` over the logits that a merge may change.
-MERGE_RTOL = 1e-4
-#: Images in the fixed random batch the parity checks run on.
-PARITY_BATCH = 2
+from recyclelora.models import load_segmentor, read_checkpoint_info
+from recyclelora.models.merge import MERGE_RTOL, merge_checkpoint, parity_input
 
 export_app = typer.Typer(help="Export a checkpoint for deployment.", no_args_is_help=True)
 
 CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="Segmentor checkpoint (.safetensors).")]
-
-
-def parity_input(height: int, width: int, batch: int = PARITY_BATCH, seed: int = 0) -> torch.Tensor:
-    """A fixed normalised-image-like batch ``(batch, 3, height, width)`` drawn from N(0, 1) with ``seed``."""
-    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
-
-
-def relative_logit_diff(model: Segmentor, reference: Segmentor, images: torch.Tensor) -> float:
-    """``max |model(x) - reference(x)| / max |reference(x)|`` (a scale-free error; logits near 0 make a
-    per-element relative error meaningless)."""
-    with torch.inference_mode():
-        actual, expected = model.eval()(images), reference.eval()(images)
-    return float(
-        (actual - expected).abs().max() / expected.abs().max().clamp_min(torch.finfo(expected.dtype).tiny)
-    )
 
 
 def merge(
@@ -52,24 +30,11 @@ def merge(
 ) -> None:
     """Fold the adapters into the backbone weights; check the merged model's logits against the original's."""
     with user_errors():
-        info = read_checkpoint_info(checkpoint)
-        if info.merged:
-            raise ValueError(f"{checkpoint} is already merged: merging twice is refused; use it as it is")
-        source_sha256 = sha256_file(checkpoint)
-        console.print(f"source {checkpoint}  sha256 {source_sha256}")
-        original, _, _ = load_segmentor(checkpoint, backbone_weights=backbone_weights)
-        size = info.config.backbone.img_size
-        with atomic_path(out) as tmp:  # the merged file only appears once it has passed the check
-            merge_checkpoint(checkpoint, tmp, backbone_weights=backbone_weights)
-            merged, _, _ = load_segmentor(tmp)
-            diff = relative_logit_diff(merged, original, parity_input(size, size))
-            if diff > MERGE_RTOL:
-                raise ValueError(
-                    f"merged logits differ from the unmerged model's by {diff:.3g} of the largest "
-                    f"logit (allowed {MERGE_RTOL:g}): nothing was written; report this as a bug"
-                )
+        result = merge_checkpoint(checkpoint, out, backbone_weights=backbone_weights)
+    console.print(f"source {checkpoint}  sha256 {result.source_sha256}")
     console.print(
-        f"merged {out}: logits within {diff:.2e} of the unmerged model (relative, allowed {MERGE_RTOL:g})"
+        f"merged {out}: logits within {result.relative_diff:.2e} of the unmerged model (relative, allowed "
+        f"{MERGE_RTOL:g})"
     )
 
 
@@ -117,19 +82,7 @@ def export_lora_command(
             raise ValueError(f"{checkpoint} holds no adapters (merged or tuning={info.config.tuning!r})")
         model, _, factors = load_segmentor(checkpoint)
         delta = lora_delta(model.backbone.vit, factors)
-        tensors = {f"base_model.model.{key}": value for key, value in delta.state_dict.items()}
-        adapter_config = {
-            "peft_type": "LORA",
-            "base_model_name_or_path": info.config.backbone.name,
-            "r": delta.rank,
-            "lora_alpha": delta.lora_alpha,
-            "target_modules": list(delta.target_modules),
-            "lora_dropout": 0.0,
-            "bias": "none",
-        }
-        out.mkdir(parents=True, exist_ok=True)
-        save_safetensors(tensors, out / "adapter_model.safetensors")
-        atomic_write_text(out / "adapter_config.json", json.dumps(adapter_config, indent=2) + "\n")
+        delta.save_pretrained(out, base_model=info.config.backbone.name)
     console.print(f"LoRA of rank {delta.rank} on {len(delta.state_dict) // 2} layers of {info.config.backbone.name} -> {out}")
 
 

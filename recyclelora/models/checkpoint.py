@@ -20,8 +20,8 @@ import torch
 import xxhash
 from safetensors import SafetensorError, safe_open
 
-from recyclelora.adapters import Factors, merge_adapters
-from recyclelora.io import save_safetensors, sha256_file
+from recyclelora.adapters import Factors
+from recyclelora.io import save_safetensors
 from recyclelora.models.build import ModelConfig, build_segmentor
 from recyclelora.models.segmentor import Segmentor
 from recyclelora.models.weights import NAMED_SOURCES
@@ -184,21 +184,3 @@ def load_segmentor(
 def _init_factors(tensors: dict[str, torch.Tensor]) -> dict[str, Factors]:
     layers = sorted({k[len(_INIT) :].rsplit(".", 1)[0] for k in tensors if k.startswith(_INIT)})
     return {layer: Factors(*(tensors[f"{_INIT}{layer}.{f}"] for f in _FIELDS)) for layer in layers}
-
-
-def merge_checkpoint(source: str | Path, destination: str | Path, *, backbone_weights: str | None = None) -> Path:
-    """Fold a checkpoint's adapters into its backbone and write a merged checkpoint (plain timm backbone + head).
-
-    The merged file records the source's SHA-256 (``source_sha256``) and needs no pretrained weights to load.
-    """
-    model, info, _ = load_segmentor(source, backbone_weights=backbone_weights)
-    trained = json.dumps(model.trainable_parameters())
-    merge_adapters(model.backbone.vit)
-    return save_segmentor(
-        destination,
-        model,
-        info.config,
-        backbone_sha256=info.backbone_sha256,
-        merged=True,
-        metadata={"source_sha256": sha256_file(source), "trainable_parameters": trained},
-    )
