@@ -20,17 +20,17 @@ from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors import safe_open
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from recyclelora.data.dataset import SegmentationDataset, write_kept_samples
 from recyclelora.data.transforms import EvalTransform, TrainTransform
+from recyclelora.errors import UserError
 from recyclelora.eval.evaluate import evaluate
 from recyclelora.eval.predictors import TorchPredictor
 from recyclelora.io import atomic_path, atomic_write_text
 from recyclelora.models.build import ModelConfig, build_segmentor
-from recyclelora.models.checkpoint import read_checkpoint_info, save_segmentor
+from recyclelora.models.checkpoint import read_checkpoint_info, read_tensors, save_segmentor
 from recyclelora.models.segmentor import Segmentor
 from recyclelora.train import distributed
 from recyclelora.train.config import DataConfig, TrainConfig
@@ -46,7 +46,7 @@ SAMPLES_FILE = "train_samples.parquet"
 KEEP_CHECKPOINTS = 2
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left in place."""
 
 
@@ -175,7 +175,8 @@ def train(
         )
     info = distributed.setup(config.device)
     try:
-        return _train(model_config, config, data, out_dir, info, resume, cache_dir, on_log, progress)
+        with distributed.stop_on_peer_failure(info):  # a failed collective ends the process with one line
+            return _train(model_config, config, data, out_dir, info, resume, cache_dir, on_log, progress)
     finally:
         distributed.teardown()
 
@@ -212,8 +213,8 @@ def _train(
                 f"cannot resume from {checkpoint}: it was trained with other settings ({'; '.join(changed)}); "
                 "resume with the run's settings, or train into a new folder"
             )
-        with safe_open(str(checkpoint / MODEL_FILE), framework="pt", device=str(info.device)) as handle:
-            state = {k: handle.get_tensor(k) for k in handle.keys() if not k.startswith("init.")}
+        tensors = read_tensors(checkpoint / MODEL_FILE, info.device)
+        state = {k: v for k, v in tensors.items() if not k.startswith("init.")}
         model.load_state_dict(state, strict=False)
         optimizer.load_state_dict(trainer_state["optimizer"])
         set_rng_state(trainer_state["rng"])
