@@ -17,7 +17,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline.stages._common import atomic_dir, open_stage, with_backbone, write_json
 from pipeline.tracking import log_small_artifacts
 from recyclelora.adapters import CacheEntry, find_target_linears, inject_adapters
-from recyclelora.adapters.config import DETERMINISTIC_INITS
 from recyclelora.models.backbone import ViTBackbone
 from recyclelora.models.build import ModelConfig
 
@@ -38,7 +37,7 @@ def compute_init_cache(model: ModelConfig, out: Path, *, progress: bool = True) 
     """Decompose every adapted weight of ``model``'s backbone into the cache folder ``out``."""
     config = model.adapter
     record: dict[str, object] = {"init": config.init, "ranks": list(config.effective_ranks), "file": None}
-    if config.init not in DETERMINISTIC_INITS:
+    if not config.initialiser.deterministic:
         return record | {"layers": 0, "seconds": 0.0}
     vit = ViTBackbone(model.backbone).vit
     targets = find_target_linears(vit, config)

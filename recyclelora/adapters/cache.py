@@ -44,7 +44,7 @@ def _spec(config: AdapterConfig, weight_hashes: dict[str, str]) -> dict:
         "rank_sub": rank_sub,
         "layers": dict(sorted(weight_hashes.items())),
     }
-    if config.init in ("pissa", "milora"):
+    if config.initialiser.uses_scaling:
         spec["alpha"] = config.alpha
     return spec
 

@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal, get_args
 
-InitMethod = Literal["rrqr", "rrqr-main", "rrqr-sub", "lora", "pissa", "milora"]
-INIT_METHODS: tuple[str, ...] = get_args(InitMethod)
+from recyclelora.adapters.initialisers import INITIALISERS, Initialiser
 
-#: Initialisers that are a function of the pretrained weight alone, so their factors can be cached.
-DETERMINISTIC_INITS: frozenset[str] = frozenset({"rrqr", "rrqr-main", "rrqr-sub", "pissa", "milora"})
+INIT_METHODS: tuple[str, ...] = tuple(INITIALISERS)
 
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """Where and how dual adapters are attached to a ViT.
-
-    ``rrqr`` is RecycleLoRA (main adapter on the minor RRQR directions, sub adapter on the major ones);
-    ``rrqr-main`` / ``rrqr-sub`` keep one of the two (the other rank is treated as 0). The single-adapter
-    baselines ``lora``, ``pissa`` and ``milora`` use one adapter of rank ``rank_main + rank_sub`` in the main
-    slot, so every method trains the same number of parameters.
-    """
+    """Where and how dual adapters are attached to a ViT; ``init`` names an entry of
+    :data:`~recyclelora.adapters.initialisers.INITIALISERS`, which decides the ranks the layers get."""
 
     rank_main: int = field(default=32, metadata={"help": "rank of the main adapter (minor directions)"})
     rank_sub: int = field(default=4, metadata={"help": "rank of the sub adapter (major directions)"})
     alpha: float = field(default=1.0, metadata={"help": "scaling s = alpha / (rank_main + rank_sub)"})
-    init: InitMethod = field(default="rrqr", metadata={"help": f"initialiser, one of {INIT_METHODS}"})
+    init: str = field(default="rrqr", metadata={"help": f"initialiser, one of {INIT_METHODS}"})
     target_modules: tuple[str, ...] = field(
         default=("qkv", "proj", "fc1", "fc2"),
         metadata={"help": "linear layers to adapt, matched as dotted suffixes of names inside a block"},
@@ -63,15 +55,14 @@ class AdapterConfig:
                 raise ValueError(f"blocks must be None (all) or a non-empty list of integers, got {self.blocks!r}")
 
     @property
+    def initialiser(self) -> Initialiser:
+        """The registry entry of ``init``."""
+        return INITIALISERS[self.init]
+
+    @property
     def effective_ranks(self) -> tuple[int, int]:
         """``(main, sub)`` ranks the layers get under this initialiser."""
-        if self.init == "rrqr-main":
-            return self.rank_main, 0
-        if self.init == "rrqr-sub":
-            return 0, self.rank_sub
-        if self.init in ("lora", "pissa", "milora"):
-            return self.rank_main + self.rank_sub, 0
-        return self.rank_main, self.rank_sub
+        return self.initialiser.ranks(self.rank_main, self.rank_sub)
 
     @property
     def scaling(self) -> float:

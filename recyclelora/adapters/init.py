@@ -17,13 +17,9 @@ from recyclelora.adapters.factors import (
     Factors,
     check_ranks,
     factors_from_columns,
-    lora_factors,
     rrqr_columns,
-    rrqr_factors,
-    svd_factors,
 )
 
-RRQR_INITS = ("rrqr", "rrqr-main", "rrqr-sub")
 #: With ``workers=None``, models with fewer adapted weight elements than this decompose in-process
 #: (starting worker processes costs about a second; a ViT-S has 21M elements, a DINOv2-L 302M).
 AUTO_PARALLEL_MIN_ELEMENTS = 1 << 22
@@ -43,12 +39,7 @@ def layer_factors(
     weight: torch.Tensor, config: AdapterConfig, generator: torch.Generator | None = None
 ) -> Factors:
     """The initial factors of one weight under ``config.init`` and its effective ranks."""
-    rank_main, rank_sub = config.effective_ranks
-    if config.init in RRQR_INITS:
-        return rrqr_factors(weight, rank_main, rank_sub)
-    if config.init in ("pissa", "milora"):
-        return svd_factors(weight, rank_main, config.scaling, minor=config.init == "milora")
-    return lora_factors(weight, rank_main, generator=generator)
+    return config.initialiser.factors(weight, *config.effective_ranks, config.scaling, generator)
 
 
 def compute_factors(
@@ -69,7 +60,7 @@ def compute_factors(
     if workers is None:
         small = sum(w.numel() for w in weights.values()) < AUTO_PARALLEL_MIN_ELEMENTS
         workers = 1 if small else os.cpu_count() or 1
-    if config.init not in RRQR_INITS or workers <= 1 or len(weights) == 1:
+    if not config.initialiser.parallel or workers <= 1 or len(weights) == 1:
         result = {}
         for name, weight in weights.items():
             result[name] = layer_factors(weight, config, generator)

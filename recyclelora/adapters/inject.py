@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from recyclelora.adapters.cache import CacheEntry
-from recyclelora.adapters.config import DETERMINISTIC_INITS, AdapterConfig
+from recyclelora.adapters.config import AdapterConfig
 from recyclelora.adapters.factors import Factors, check_ranks
 from recyclelora.adapters.init import compute_factors
 from recyclelora.adapters.layer import ADAPTER_PARAMETERS, DualLoRALinear
@@ -82,7 +82,7 @@ def inject_adapters(
     weights = {name: linear.weight for name, linear in targets.items()}
     factors = None
     entry = None
-    if cache_dir is not None and config.init in DETERMINISTIC_INITS:
+    if cache_dir is not None and config.initialiser.deterministic:
         entry = CacheEntry.locate(cache_dir, config, weights)
         factors = entry.load()
         if factors is not None and on_done is not None:
