@@ -26,30 +26,22 @@ import dvc.api
 import typer
 from dvc.exceptions import NotDvcRepoError
 
-from recyclelora.cli._common import user_errors
+from recyclelora.adapters.initialisers import INITIALISERS
+from recyclelora.cli.common import user_errors
 from recyclelora.config import read_yaml
 from recyclelora.io import atomic_write_text
 
-#: Params overrides of each method (frozen backbone and full fine-tuning keep the default init, unused).
+#: Params overrides of each method: the two backbone baselines (they keep the default init, unused), then every
+#: adapter initialiser, the single-adapter baselines first.
 METHODS: dict[str, dict[str, str]] = {
     "frozen": {"model.tuning": "frozen"},
     "full": {"model.tuning": "full"},
-    "lora": {"model.tuning": "adapters", "model.adapter.init": "lora"},
-    "pissa": {"model.tuning": "adapters", "model.adapter.init": "pissa"},
-    "milora": {"model.tuning": "adapters", "model.adapter.init": "milora"},
-    "rrqr-main": {"model.tuning": "adapters", "model.adapter.init": "rrqr-main"},
-    "rrqr-sub": {"model.tuning": "adapters", "model.adapter.init": "rrqr-sub"},
-    "rrqr": {"model.tuning": "adapters", "model.adapter.init": "rrqr"},
+} | {
+    name: {"model.tuning": "adapters", "model.adapter.init": name}
+    for name in sorted(INITIALISERS, key=lambda name: INITIALISERS[name].layout != "single")
 }
-LABELS: dict[str, str] = {
-    "frozen": "Frozen backbone",
-    "full": "Full fine-tuning",
-    "lora": "LoRA",
-    "pissa": "PiSSA",
-    "milora": "MiLoRA",
-    "rrqr-main": "RecycleLoRA, main only",
-    "rrqr-sub": "RecycleLoRA, sub only",
-    "rrqr": "RecycleLoRA",
+LABELS: dict[str, str] = {"frozen": "Frozen backbone", "full": "Full fine-tuning"} | {
+    name: entry.label for name, entry in INITIALISERS.items()
 }
 SEEDS: tuple[int, ...] = (0, 1, 2)
 TARGET_STAGES: tuple[str, ...] = ("evaluate", "analyze")

@@ -1,4 +1,4 @@
-"""Presets: named overlays written over ``params.yaml`` (``recyclelora-cli stage preset NAME``).
+"""Presets: named overlays written over ``params.yaml`` (``python -m pipeline preset NAME``).
 
 A preset is a YAML file ``presets/<NAME>.yaml`` beside ``params.yaml`` holding some of its keys. Every key
 must already exist in ``params.yaml`` (a typo is an error, not a new key); mappings are merged key by key,

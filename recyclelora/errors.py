@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class UserError(RuntimeError):
     """A failure outside the code: bad data, an unreachable server, a diverged run. Its message says what to do."""
@@ -10,3 +13,20 @@ class UserError(RuntimeError):
 
 #: Every exception type the CLI reports as one line instead of a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, UserError)
+
+
+def require_extra(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import ``module`` (an optional dependency) or raise one line naming the extra that installs it.
+
+    ``purpose`` starts the message: ``"ONNX export"`` -> ``ONNX export needs the onnx extra: pip install
+    'recyclelora[onnx]' (No module named 'onnx')``. Only a missing ``module`` (or one of its parents) becomes a
+    :class:`UserError`; an installed package that fails to import raises its own error.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name is None or not (module == error.name or module.startswith(error.name + ".")):
+            raise
+        raise UserError(
+            f"{purpose} needs the {extra} extra: pip install 'recyclelora[{extra}]' ({error})"
+        ) from error

@@ -1,4 +1,5 @@
-"""Small file-system helpers shared by every stage: atomic writes, content hashes, reproducible safetensors."""
+"""Small file-system helpers shared by every stage: atomic writes, content hashes, reproducible safetensors,
+the cache folder. Free of torch at import (:func:`save_safetensors` imports it when called)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,18 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:
+    import torch
+
+
+def default_cache_dir() -> Path:
+    """``$RECYCLELORA_CACHE``, else ``$XDG_CACHE_HOME/recyclelora``, else ``~/.cache/recyclelora``."""
+    if root := os.environ.get("RECYCLELORA_CACHE"):
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "recyclelora"
 
 
 @contextlib.contextmanager
@@ -73,6 +83,8 @@ def save_safetensors(
     with their metadata in different orders, and different hashes for DVC and the caches. The header is
     rewritten in place with the metadata keys sorted: the same JSON, the same length, one order.
     """
+    from safetensors.torch import save_file
+
     with atomic_path(path) as tmp:
         save_file(dict(tensors), tmp, metadata=dict(metadata) if metadata else None)
         if metadata:

@@ -8,17 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from safetensors import safe_open
 
-from recyclelora.adapters import AdapterConfig, CacheEntry, find_target_linears, inject_adapters
 from recyclelora.adapters.config import INIT_METHODS
-from recyclelora.cli._common import console, user_errors
-from recyclelora.models.backbone import BackboneConfig, ViTBackbone
-from recyclelora.models.build import ModelConfig
-from recyclelora.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from recyclelora.models.embedded import default_cache_dir
+from recyclelora.cli.common import console, user_errors
+from recyclelora.io import default_cache_dir
 
 
 def default_init_cache() -> Path:
@@ -45,6 +38,11 @@ def init(
     workers: Annotated[int | None, typer.Option(help="Processes for the decomposition (default: all cores).")] = None,
 ) -> None:
     """Compute the initial adapter factors of every adapted matrix once and cache them (safetensors)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from recyclelora.adapters import AdapterConfig, CacheEntry, find_target_linears, inject_adapters
+    from recyclelora.models.backbone import BackboneConfig, ViTBackbone
+
     with user_errors():
         if Path(source).suffix in (".pth", ".pt", ".safetensors"):
             if model is None:
@@ -55,8 +53,8 @@ def init(
         else:
             backbone_config = BackboneConfig(name=source, weights="hub", img_size=img_size, patch_size=patch_size)
         config = AdapterConfig(rank_main=rank_main, rank_sub=rank_sub, init=init_method, alpha=alpha)
-        if config.init == "lora":
-            raise ValueError("init='lora' is random (seeded at training time): there is nothing to cache")
+        if not config.initialiser.deterministic:
+            raise ValueError(f"init={config.init!r} is random (seeded at training time): there is nothing to cache")
         vit = ViTBackbone(backbone_config).vit
         cache = cache_dir or default_init_cache()
         targets = find_target_linears(vit, config)
@@ -75,6 +73,12 @@ def init(
 
 def info(path: Annotated[Path, typer.Argument(help="An init cache file or a segmentor checkpoint.")]) -> None:
     """Print a table of what a cache file or a checkpoint holds."""
+    from rich.table import Table
+    from safetensors import safe_open
+
+    from recyclelora.models.build import ModelConfig
+    from recyclelora.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
+
     with user_errors():
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist")

@@ -6,16 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from recyclelora.cli._common import console, user_errors
-from recyclelora.data.check import check_manifest, default_check_cache, raise_if_bad, record_pass
-from recyclelora.data.download import GTA5_URL, download_dataset
-from recyclelora.data.prepare import PrepareResult, prepare_dataset
-from recyclelora.data.raw import RAW_DATASETS
+from recyclelora.cli.common import console, user_errors
+from recyclelora.data.raw import GTA5_URL, RAW_DATASETS
+
+if TYPE_CHECKING:
+    from recyclelora.data.prepare import PrepareResult
 
 data_app = typer.Typer(help="Download and prepare datasets.", no_args_is_help=True)
 
@@ -43,6 +42,8 @@ def prepare(
     ] = True,
 ) -> None:
     """Convert a raw dataset's labels to trainIds, write manifests and a report of skipped files."""
+    from recyclelora.data.prepare import prepare_dataset
+
     _report(
         lambda: prepare_dataset(
             dataset.value,
@@ -75,6 +76,8 @@ def download(
     strict: StrictOpt = False,
 ) -> None:
     """Download GTAV (public) or Cityscapes (CITYSCAPES_USERNAME/PASSWORD), unpack and prepare it."""
+    from recyclelora.data.download import download_dataset
+
     _report(
         lambda: download_dataset(
             dataset.value, out, base_url=base_url, checksums=checksums, workers=workers, strict=strict
@@ -102,6 +105,8 @@ def check(
 
     Each manifest that passes is recorded in the cache, so the pipeline's stages skip its check.
     """
+    from recyclelora.data.check import check_manifest, default_check_cache, raise_if_bad, record_pass
+
     with user_errors():
         reports = [check_manifest(path, workers=workers) for path in manifests]
         for report in reports:
@@ -113,6 +118,8 @@ def check(
 
 def _report(run: Callable[[], PrepareResult]) -> None:
     """Run a prepare step, print its summary, and turn user errors into one line and exit code 1."""
+    from rich.table import Table
+
     with user_errors():
         result = run()
     table = Table(title="prepared", title_justify="left")

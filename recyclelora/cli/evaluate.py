@@ -4,22 +4,17 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
-from torch.utils.data import DataLoader
 
-from recyclelora.cli._common import console, user_errors
-from recyclelora.data.dataset import SegmentationDataset
-from recyclelora.data.manifest import read_manifest
-from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
-from recyclelora.eval.evaluate import evaluate
-from recyclelora.eval.predict import InferenceConfig, InferencePredictor, predict_images
-from recyclelora.eval.predictors import OnnxPredictor, TorchPredictor
-from recyclelora.eval.reports import metrics_table, write_reports
-from recyclelora.eval.sliding import Predict, SlidingWindowConfig
-from recyclelora.models import load_segmentor
+from recyclelora.cli.common import console, user_errors
+
+if TYPE_CHECKING:  # imported by the commands that use them: --help stays free of torch
+    import torch
+
+    from recyclelora.eval.predict import InferenceConfig
+    from recyclelora.eval.sliding import Predict
 
 
 class Backend(str, Enum):
@@ -72,6 +67,8 @@ def parse_size(value: str, option: str) -> tuple[int, int]:
 
 def torch_device(name: str | None) -> torch.device:
     """The device ``name`` (default: cuda when available), refused when this machine lacks it."""
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -86,6 +83,9 @@ def torch_device(name: str | None) -> torch.device:
 def inference_config(
     crop: int, stride: int | None, whole: bool, resize: str | None, short_edge: int | None, fit: str | None
 ) -> InferenceConfig:
+    from recyclelora.eval.predict import InferenceConfig
+    from recyclelora.eval.sliding import SlidingWindowConfig
+
     stride = crop * 2 // 3 if stride is None else stride  # the protocol's 341 for 512
     sliding = None if whole else SlidingWindowConfig(crop=(crop, crop), stride=(stride, stride))
     size = None if resize is None else parse_size(resize, "--resize")
@@ -97,6 +97,9 @@ def load_predictor(
     model: Path, backend: Backend, device: torch.device, backbone_weights: str | None, config: InferenceConfig
 ) -> Predict:
     """A predictor for ``model`` on ``backend``; an ONNX model's fixed input size must be the window size."""
+    from recyclelora.eval.predictors import OnnxPredictor, TorchPredictor
+    from recyclelora.models import load_segmentor
+
     if backend is Backend.torch:
         if model.suffix == ".onnx":
             raise ValueError(f"{model} is an ONNX model: evaluate it with --backend onnxruntime")
@@ -126,6 +129,8 @@ def load_predictor(
 
 def group_by_dataset(manifests: list[Path]) -> dict[str, list[Path]]:
     """Manifests grouped by their ``dataset`` column, in order of first appearance."""
+    from recyclelora.data.manifest import read_manifest
+
     if not manifests:
         raise ValueError("no manifest given: pass --data MANIFEST (repeat it for several datasets)")
     groups: dict[str, list[Path]] = {}
@@ -170,6 +175,14 @@ def eval_command(
     ] = 0,
 ) -> None:
     """Score a model on target datasets: one confusion matrix and mIoU per dataset, and their mean."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from recyclelora.data.dataset import SegmentationDataset
+    from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
+    from recyclelora.eval.evaluate import evaluate
+    from recyclelora.eval.reports import metrics_table, write_reports
+
     with user_errors():
         config = inference_config(crop, stride, whole, resize, short_edge, fit)
         target = torch_device(device) if backend is Backend.torch else torch.device("cpu")
@@ -220,6 +233,10 @@ def predict_command(
     backbone_weights: WeightsOpt = None,
 ) -> None:
     """Segment your own images (no labels): a trainId PNG per image, with optional colour overlays."""
+    import torch
+
+    from recyclelora.eval.predict import InferencePredictor, predict_images
+
     with user_errors():
         config = inference_config(crop, stride, whole, resize, short_edge, fit)
         target = torch_device(device) if backend is Backend.torch else torch.device("cpu")

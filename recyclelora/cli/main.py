@@ -1,4 +1,8 @@
-"""Entry point of ``recyclelora-cli``: registers the commands of the sibling modules (and the pipeline's stages)."""
+"""Entry point of ``recyclelora-cli``: registers the commands of the sibling modules.
+
+Every command module imports its heavy dependencies (torch, timm, ...) inside the command, so ``--help`` is fast.
+The DVC pipeline's stages are not library commands: they run from the workspace as ``python -m pipeline``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import stage_app
-from recyclelora.cli._common import DEBUG_ENV
 from recyclelora.cli.adapters import info, init
+from recyclelora.cli.common import DEBUG_ENV
 from recyclelora.cli.data import data_app
 from recyclelora.cli.evaluate import eval_command, predict_command
 from recyclelora.cli.model import analyze, export_app, merge
@@ -45,4 +48,3 @@ app.command("predict")(predict_command)
 app.command("merge")(merge)
 app.add_typer(export_app, name="export")
 app.command("analyze")(analyze)
-app.add_typer(stage_app, name="stage")

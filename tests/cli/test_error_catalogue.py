@@ -19,7 +19,8 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
-from recyclelora.cli._common import DEBUG_ENV
+from pipeline.cli import app as pipeline_app
+from recyclelora.cli.common import DEBUG_ENV
 from recyclelora.cli.main import app
 from recyclelora.config import ParamsError
 from recyclelora.data.download import GTA5_PARTS
@@ -31,6 +32,8 @@ from tests.models.test_checkpoint_digest import flip_bytes, largest_tensor
 
 PROJECT = Path(__file__).resolve().parents[2]
 #: MLflow's own log lines (database creation, system metrics) that stages print besides their error.
+#: First argument of a case run through the pipeline's command line (``python -m pipeline``), not the library's.
+PIPELINE = "python -m pipeline"
 MLFLOW_LOG = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (INFO|WARNING) mlflow[.\w]*: ")
 
 
@@ -246,7 +249,7 @@ def _(ctx: Ctx):
     url = SERVERS.enter(serve_replies({"/health": (200, "text/html", b"<html>a wiki</html>")}))
     ctx.monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     out = ctx.tmp / "data" / "prepared"
-    args = ["stage", "data", "--out", str(out), "--params", str(ctx.tmp / "params.yaml")]
+    args = [PIPELINE, "data", "--out", str(out), "--params", str(ctx.tmp / "params.yaml")]
     return args, lambda: not out.parent.exists() or pytest.fail("the stage wrote its output")
 
 
@@ -262,7 +265,7 @@ def _(ctx: Ctx):
     params.write_text(yaml.safe_dump(edited))
     ctx.monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{ctx.tmp}/mlflow.db")
     out = ctx.tmp / "models" / "train"
-    args = ["stage", "train", "--out", str(out), "--metrics", str(ctx.tmp / "train.json"), "--weights",
+    args = [PIPELINE, "train", "--out", str(out), "--metrics", str(ctx.tmp / "train.json"), "--weights",
             str(ctx.tmp / "backbone"), "--init-cache", str(ctx.tmp / "init"), "--params", str(params)]  # fmt: skip
     return args, lambda: not out.parent.exists() or pytest.fail(f"left {list(out.parent.iterdir())}")
 
@@ -300,7 +303,8 @@ def test_bad_input_gets_one_line_and_writes_nothing(
         monkeypatch.delenv(variable, raising=False)
     setup, fragments = CASES[name]
     args, untouched = setup(Ctx(tmp_path, train_params, finished_run, monkeypatch))
-    result = runner.invoke(app, args)
+    command, args = (pipeline_app, args[1:]) if args[0] == PIPELINE else (app, args)
+    result = runner.invoke(command, args)
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), f"an exception escaped: {result.exception!r}"
     lines = [line for line in result.stderr.strip().splitlines() if not MLFLOW_LOG.match(line)]

@@ -5,7 +5,7 @@ The layouts (folders, file names, pairing suffixes, Mapillary's ``config_v1.2.js
 class id in red, grey trainId/labelId PNGs) are the ones ``tests/data/conftest.py`` fakes them with, imported
 from there. That fixture writes one to three 16 x 12 frames per dataset; a pipeline run needs more (a batch of
 4 training frames) and evaluation images of at least two patches a side, so the frame counts and sizes are
-parameters here. Every file name follows the dataset's own scheme, so ``recyclelora-cli stage data`` prepares
+parameters here. Every file name follows the dataset's own scheme, so ``python -m pipeline data`` prepares
 these folders exactly as it prepares the real downloads.
 """
 

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def test_dvc_yaml_matches_the_stage_modules() -> None:
     assert list(stages) == list(MODULES)
     for name, stage in stages.items():
         command = " ".join(stage["cmd"].split())
-        assert command.startswith(f"recyclelora-cli stage {name} "), command
+        assert command.startswith(f"python -m pipeline {name} "), command
         assert tuple(stage.get("params", [])) == MODULES[name].PARAMS, name
         deps, outs = set(stage["deps"]), out_paths(stage)
         assert f"pipeline/stages/{name}.py" in deps
@@ -151,3 +152,80 @@ def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
     assert "| method | seeds | trainable params | synth_fog | synth_tex | mean |" in lines
     (row,) = [line for line in lines if line.startswith("| Frozen backbone |")]
     assert re.fullmatch(r"\| Frozen backbone \| 2 \| 0\.\d\d M \|( \d+\.\d ± \d+\.\d \|){3}", row), row
+
+
+# The stages run the workspace's own code
+
+
+def copy_code(repo: Path) -> None:
+    """The workspace's ``recyclelora/`` and ``pipeline/`` (no caches) into ``repo``."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("recyclelora", "pipeline"):
+        shutil.copytree(PROJECT / name, repo / name, ignore=ignore)
+
+
+def mark_library(repo: Path, marker: str) -> None:
+    """Make ``repo``'s copy of a library module print ``marker``, its own file and the ``pipeline`` package's."""
+    module = repo / "recyclelora" / "cli" / "common.py"
+    source = module.read_text().split("\n# marker\n")[0]
+    module.write_text(
+        f"{source}\n# marker\nimport sys as _sys\n"
+        f"print({marker!r}, __file__, getattr(_sys.modules.get('pipeline'), '__file__', None))\n"
+    )
+
+
+def test_a_stage_runs_the_workspace_code_not_the_installed_package(tmp_path: Path) -> None:
+    """``python -m pipeline`` in a copy of the workspace imports the copy's library and stages, whatever is
+    installed (``recyclelora`` is installed in editable mode from this checkout)."""
+    copy_code(tmp_path)
+    mark_library(tmp_path, "edited-library")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--help"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    marker, library, stages = done.stdout.splitlines()[0].split()
+    assert marker == "edited-library"
+    assert Path(library) == tmp_path / "recyclelora" / "cli" / "common.py"
+    assert Path(stages) == tmp_path / "pipeline" / "__init__.py"
+    assert "Stages of the DVC pipeline" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_queued_experiment_runs_the_code_it_was_queued_with(tmp_path: Path) -> None:
+    """``dvc exp run --queue`` with an edited library file, then another edit in the workspace before the queue
+    runs: the experiment (in its copy under .dvc/tmp/exps) runs the queued edit, not the workspace's."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    copy_code(repo)
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  probe:\n    cmd: python -m pipeline --help > probe.txt\n    deps: [pipeline, recyclelora]\n"
+        "    outs:\n      - probe.txt:\n          cache: false\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED} | {
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # `python` is this one
+    }
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "code"]):
+        run(GIT + args, repo, env)
+    run(["dvc", "init", "-q"], repo, env)
+    run(GIT + ["commit", "-q", "-m", "dvc"], repo, env)
+
+    mark_library(repo, "queued-library")
+    run(["dvc", "exp", "run", "--queue", "-n", "probe"], repo, env)
+    mark_library(repo, "workspace-library")  # edited again while the experiment waits in the queue
+    run(["dvc", "queue", "start"], repo, env)
+    deadline = time.monotonic() + 300
+    while not (refs := run(GIT + ["for-each-ref", "--format=%(refname)", "refs/exps"], repo, env).split()):
+        status = run(["dvc", "queue", "status"], repo, env)
+        assert "Failed" not in status, status + run(["dvc", "queue", "logs", "probe"], repo, env)
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    (ref,) = refs
+    probe = run(GIT + ["show", f"{ref}:probe.txt"], repo, env)
+    marker, library, stages = probe.splitlines()[0].split()
+    assert marker == "queued-library"
+    copy = Path(library).parents[2]  # <copy>/recyclelora/cli/common.py
+    assert ".dvc/tmp/exps" in copy.as_posix() and copy != repo
+    assert Path(stages) == copy / "pipeline" / "__init__.py"
+    assert "workspace-library" in (repo / "recyclelora" / "cli" / "common.py").read_text()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from recyclelora.data.raw.layout import FileSet, RawDataset, read_index_png, read_red_channel_png16
 
+#: Where ``recyclelora-cli data download gta5`` fetches the GTAV zips (``--base-url`` overrides it).
+GTA5_URL = "https://download.visinf.tu-darmstadt.de/data/from_games/data/"
+
 GTA5 = RawDataset(
     name="gta5",
     source="the 'Playing for Data' page of TU Darmstadt (download.visinf.tu-darmstadt.de/data/from_games/, "
@@ -70,4 +73,4 @@ RAW_DATASETS: dict[str, RawDataset] = {
     d.name: d for d in (GTA5, SYNTHIA, URBANSYN, CITYSCAPES, BDD100K, MAPILLARY, ACDC)
 }
 
-__all__ = ["RAW_DATASETS", "FileSet", "RawDataset", "read_index_png", "read_red_channel_png16"]
+__all__ = ["GTA5_URL", "RAW_DATASETS", "FileSet", "RawDataset", "read_index_png", "read_red_channel_png16"]

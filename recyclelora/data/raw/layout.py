@@ -5,16 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
-from PIL import Image
+if TYPE_CHECKING:  # the readers import them: the dataset table stays light for the CLI's --help
+    import numpy as np
 
 SPLIT = "{split}"
 
 
 def read_index_png(path: Path) -> np.ndarray:
     """Class values of an 8-bit single-channel PNG: grey levels (mode L) or palette indices (mode P)."""
+    import numpy as np
+    from PIL import Image
+
     with Image.open(path) as image:
         if image.mode not in ("L", "P"):
             raise ValueError(f"mode {image.mode}, expected an 8-bit single-channel (L or palette) label PNG")
@@ -27,6 +30,9 @@ def read_red_channel_png16(path: Path) -> np.ndarray:
     Pillow reduces 16-bit colour PNGs to 8 bits, so OpenCV decodes it; OpenCV orders channels BGR(A),
     so red is channel 2.
     """
+    import cv2
+    import numpy as np
+
     values = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if values is None:
         raise OSError("cannot be decoded as PNG")

@@ -1,4 +1,7 @@
-"""What every command shares: the consoles, and turning a library's user-facing errors into one red line."""
+"""What every command shares: the consoles, and turning a library's user-facing errors into one red line.
+
+Public: the pipeline's stage commands (``python -m pipeline``) use the same helpers. Light on purpose (typer,
+rich): command modules import it at the top, and ``--help`` must not import torch."""
 
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ errors = Console(stderr=True)
 #: Set to 1 (or pass ``recyclelora-cli --debug``) to get the traceback of a user error instead of one line.
 DEBUG_ENV = "RECYCLELORA_DEBUG"
 _WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"
+
+__all__ = ["DEBUG_ENV", "console", "debug_enabled", "errors", "message", "user_errors"]
 
 
 def debug_enabled() -> bool:
