@@ -105,7 +105,8 @@ def test_no_temporary_files_left_and_metadata_readable(tmp_path: Path) -> None:
     spec, shapes = read_cache_metadata(cache_file)
     assert spec["init"] == "rrqr" and spec["rank_main"] == 6 and spec["rank_sub"] == 2
     assert shapes["blocks.0.attn.qkv.a_main"] == (6, 48)
-    assert json.dumps(spec)  # plain JSON
+    assert json.loads(json.dumps(spec)) == spec  # plain JSON: no tuples, tensors or other types
+    assert set(spec["layers"]) == set(find_target_linears(tiny_vit(), CONFIG))  # one weight hash per layer
 
 
 def test_parallel_and_sequential_decompositions_agree() -> None:
