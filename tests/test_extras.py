@@ -27,9 +27,11 @@ def name(requirement: str) -> str:
 
 
 def hide(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
-    """Make ``import module`` fail as if it were not installed."""
+    """Make ``import module`` (and of its submodules, also those already imported) fail as if it were not
+    installed."""
     for module in modules:
-        monkeypatch.setitem(sys.modules, module, None)
+        for loaded in [module, *(key for key in sys.modules if key.startswith(f"{module}."))]:
+            monkeypatch.setitem(sys.modules, loaded, None)
 
 
 def test_install_profiles() -> None:
