@@ -10,33 +10,19 @@ uses (mlflow, and torch for most).
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from recyclelora.cli.common import DEBUG_ENV, console, user_errors
+from recyclelora.cli.common import console, root_app, user_errors
 from recyclelora.errors import require_extra
 
-app = typer.Typer(
-    name="python -m pipeline",
-    help="Stages of the DVC pipeline (see dvc.yaml; run them with `dvc repro`) and params presets.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
+app = root_app(
+    "python -m pipeline",
+    "Stages of the DVC pipeline (see dvc.yaml; run them with `dvc repro`) and params presets.",
 )
-
-
-@app.callback()
-def main(
-    debug: Annotated[
-        bool, typer.Option("--debug", help=f"Show the traceback of an error (or set {DEBUG_ENV}=1).")
-    ] = False,
-) -> None:
-    """Stages of the DVC pipeline (see dvc.yaml; run them with `dvc repro`) and params presets."""
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,7 +23,23 @@ errors = Console(stderr=True)
 DEBUG_ENV = "RECYCLELORA_DEBUG"
 _WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"
 
-__all__ = ["DEBUG_ENV", "console", "debug_enabled", "errors", "message", "user_errors"]
+__all__ = ["DEBUG_ENV", "console", "debug_enabled", "errors", "message", "root_app", "user_errors"]
+
+
+def root_app(name: str, help: str) -> typer.Typer:
+    """A top-level Typer app with the shared ``--debug`` option (sets :data:`DEBUG_ENV` for the whole process)."""
+    app = typer.Typer(name=name, help=help, no_args_is_help=True, pretty_exceptions_show_locals=False)
+
+    @app.callback()
+    def main(
+        debug: Annotated[
+            bool, typer.Option("--debug", help=f"Show the traceback of an error (or set {DEBUG_ENV}=1).")
+        ] = False,
+    ) -> None:
+        if debug:
+            os.environ[DEBUG_ENV] = "1"
+
+    return app
 
 
 def debug_enabled() -> bool:

@@ -6,37 +6,17 @@ The DVC pipeline's stages are not library commands: they run from the workspace 
 
 from __future__ import annotations
 
-import os
-from typing import Annotated
-
-import typer
-
 from recyclelora.cli.adapters import info, init
-from recyclelora.cli.common import DEBUG_ENV
+from recyclelora.cli.common import root_app
 from recyclelora.cli.data import data_app
 from recyclelora.cli.evaluate import eval_command, predict_command
 from recyclelora.cli.model import analyze, export_app, merge
 from recyclelora.cli.synth import synth
 from recyclelora.cli.train import train_command
 
-app = typer.Typer(
-    name="recyclelora-cli",
-    help="RecycleLoRA: RRQR dual adapters for domain-generalised semantic segmentation.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
+app = root_app(
+    "recyclelora-cli", "RecycleLoRA: RRQR dual adapters for domain-generalised semantic segmentation."
 )
-
-
-@app.callback()
-def main(
-    debug: Annotated[
-        bool, typer.Option("--debug", help=f"Show the traceback of an error (or set {DEBUG_ENV}=1).")
-    ] = False,
-) -> None:
-    """RecycleLoRA: RRQR dual adapters for domain-generalised semantic segmentation."""
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
-
 
 data_app.command("synth")(synth)
 app.add_typer(data_app, name="data")
