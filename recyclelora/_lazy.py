@@ -1,4 +1,4 @@
-"""Imports on first use: PEP 562 lazy attributes for package ``__init__`` modules, and deferred functions.
+"""Imports on first use: PEP 562 lazy attributes for package ``__init__`` modules.
 
 ``import recyclelora`` (or ``recyclelora.adapters``) then costs nothing until a name is used, so the CLI's
 ``--help`` and light submodules (``recyclelora.adapters.config``) do not pull in torch.
@@ -33,18 +33,3 @@ def lazy_attributes(
         return sorted({*vars(sys.modules[package]), *names})
 
     return __getattr__, __dir__
-
-
-def deferred(module: str, name: str) -> Callable[..., Any]:
-    """A stand-in for the function ``module.name`` that imports ``module`` on its first call.
-
-    A light module binds a heavy helper (torch, timm) this way at module level, where tests can still
-    monkeypatch it, and importing the module stays cheap.
-    """
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return getattr(importlib.import_module(module), name)(*args, **kwargs)
-
-    call.__name__ = call.__qualname__ = name
-    call.__doc__ = f"``{module}.{name}``, imported on the first call."
-    return call

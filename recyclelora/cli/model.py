@@ -10,7 +10,6 @@ import typer
 
 from recyclelora.cli.common import console, user_errors
 from recyclelora.cli.evaluate import WeightsOpt
-from recyclelora.models.merge import MERGE_RTOL, merge_checkpoint, parity_input  # light: torch on first call
 
 export_app = typer.Typer(help="Export a checkpoint for deployment.", no_args_is_help=True)
 
@@ -23,6 +22,8 @@ def merge(
     backbone_weights: WeightsOpt = None,
 ) -> None:
     """Fold the adapters into the backbone weights; check the merged model's logits against the original's."""
+    from recyclelora.models.merge import MERGE_RTOL, merge_checkpoint
+
     with user_errors():
         result = merge_checkpoint(checkpoint, out, backbone_weights=backbone_weights)
     console.print(f"source {checkpoint}  sha256 {result.source_sha256}")
@@ -47,6 +48,7 @@ def export_onnx_command(
     from recyclelora.adapters import adapter_layers, merge_adapters
     from recyclelora.export import OnnxParityError, export_onnx, verify_onnx
     from recyclelora.models import load_segmentor
+    from recyclelora.models.merge import parity_input
 
     with user_errors():
         model, _, _ = load_segmentor(checkpoint, backbone_weights=backbone_weights)

@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from recyclelora._lazy import deferred
+import torch
+
+from recyclelora.adapters.inject import merge_adapters
 from recyclelora.errors import UserError
 from recyclelora.io import atomic_path, sha256_file
-
-if TYPE_CHECKING:  # imported when called: the CLI reads MERGE_RTOL without importing torch
-    import torch
-
-merge_adapters = deferred("recyclelora.adapters", "merge_adapters")
+from recyclelora.models.checkpoint import load_segmentor, save_segmentor
 
 #: Largest ``max |merged - unmerged| / max |unmerged|`` over the logits that a merge may change.
 MERGE_RTOL = 1e-4
@@ -43,16 +40,12 @@ class MergeResult:
 
 def parity_input(height: int, width: int, batch: int = PARITY_BATCH, seed: int = 0) -> torch.Tensor:
     """A fixed normalised-image-like batch ``(batch, 3, height, width)`` drawn from N(0, 1) with ``seed``."""
-    import torch
-
     return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
 def relative_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """``max |actual - expected| / max |expected|``: scale-free, unlike a per-element relative error, which logits
     near 0 make meaningless."""
-    import torch
-
     scale = expected.abs().max().clamp_min(torch.finfo(expected.dtype).tiny)
     return float((actual - expected).abs().max() / scale)
 
@@ -66,10 +59,6 @@ def merge_checkpoint(
     written atomically and only if the model reloaded from it passes the logit check (else
     :class:`MergeParityError` and nothing is written). A merged source is refused.
     """
-    import torch
-
-    from recyclelora.models.checkpoint import load_segmentor, save_segmentor
-
     model, info, _ = load_segmentor(source, backbone_weights=backbone_weights)
     if info.merged:
         raise ValueError(f"{source} is already merged: merging twice is refused; use it as it is")
