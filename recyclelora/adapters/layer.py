@@ -49,8 +49,6 @@ class DualLoRALinear(nn.Module):
                 weight.copy_(torch.addmm(weight.float(), b, a, alpha=-self.scaling))
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if base.bias is None else nn.Parameter(base.bias.detach(), requires_grad=False)
-        self.merged = False
-        self._unmerged_weight: torch.Tensor | None = None
 
     def _stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``B = [B_main | B_sub]`` (out x r) and ``A = [A_main; A_sub]`` (r x in): one product for both adapters."""
@@ -65,37 +63,14 @@ class DualLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = F.linear(x, self.weight, self.bias)
-        if self.merged:
-            return result
         b, a = self._stacked()
         update = F.linear(F.linear(x.to(a.dtype), a), b)
         return result + (update * self.scaling).to(result.dtype)
 
     @torch.no_grad()
-    def merge(self) -> None:
-        """Fold the adapters into ``weight``; refuses to merge twice or to write non-finite values."""
-        if self.merged:
-            raise RuntimeError("adapters are already merged: call unmerge() first")
-        merged = self.weight.float() + self.delta_weight()
-        if not torch.isfinite(merged).all():
-            raise ValueError("merging would produce non-finite weights: the adapters hold NaN or Inf; not merged")
-        self._unmerged_weight = self.weight.detach().clone()
-        self.weight.copy_(merged.to(self.weight.dtype))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Exact inverse of :meth:`merge`: restores the residual weight bit for bit."""
-        if not self.merged or self._unmerged_weight is None:
-            raise RuntimeError("adapters are not merged: nothing to unmerge")
-        self.weight.copy_(self._unmerged_weight)
-        self._unmerged_weight = None
-        self.merged = False
-
-    @torch.no_grad()
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` computing ``W_res + s (B_main A_main + B_sub A_sub)``; checks finiteness."""
-        weight = self.weight.float() if self.merged else self.weight.float() + self.delta_weight()
+        weight = self.weight.float() + self.delta_weight()
         if not torch.isfinite(weight).all():
             raise ValueError("merged weight is not finite: the adapters hold NaN or Inf")
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
@@ -108,5 +83,5 @@ class DualLoRALinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, rank_main={self.rank_main}, "
-            f"rank_sub={self.rank_sub}, scaling={self.scaling:.4g}, merged={self.merged}"
+            f"rank_sub={self.rank_sub}, scaling={self.scaling:.4g}"
         )

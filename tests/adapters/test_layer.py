@@ -32,68 +32,57 @@ def test_output_equals_base_after_init(init: str) -> None:
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
 
 
-def _trained(layer: DualLoRALinear) -> DualLoRALinear:
+def _set_adapters(layer: DualLoRALinear, seed: int = 1) -> dict[str, torch.Tensor]:
+    """Overwrite the four adapter tensors with values the test owns (as training would) and return them."""
+    generator = torch.Generator().manual_seed(seed)
+    values = {}
     with torch.no_grad():
-        for p in (layer.lora_A_main, layer.lora_B_main, layer.lora_A_sub, layer.lora_B_sub):
-            p.add_(torch.randn_like(p) * 0.3)
-    return layer
+        for name in ("lora_A_main", "lora_B_main", "lora_A_sub", "lora_B_sub"):
+            param = getattr(layer, name)
+            values[name] = torch.randn(param.shape, generator=generator)
+            param.copy_(values[name])
+    return values
 
 
-def test_merge_unmerge_are_exact_inverses() -> None:
+def test_residual_is_pretrained_minus_scaled_initial_product() -> None:
+    """W_res = W0 - s (B0_main A0_main + B0_sub A0_sub), s = alpha / (r_main + r_sub), from the factors."""
     base = _linear()
-    layer = _trained(DualLoRALinear(base, rrqr_factors(base.weight, 4, 2)))
+    pretrained = base.weight.detach().clone()
+    factors = rrqr_factors(pretrained, 6, 2)
+    layer = DualLoRALinear(base, factors, alpha=2.0)
+    assert layer.scaling == pytest.approx(2.0 / 8)
+    expected = pretrained - 0.25 * (factors.b_main @ factors.a_main + factors.b_sub @ factors.a_sub)
+    torch.testing.assert_close(layer.weight.detach(), expected)
+
+
+def test_forward_and_to_linear_use_trained_adapters() -> None:
+    """After training moves the adapters to (A, B): y = (W0 + s (B A - B0 A0)) x + b, both through the
+    adapted layer and through its plain nn.Linear."""
+    base = _linear()
+    pretrained, bias = base.weight.detach().clone(), base.bias.detach().clone()
+    factors = rrqr_factors(pretrained, 4, 2)
+    layer = DualLoRALinear(base, factors, alpha=3.0)
+    trained = _set_adapters(layer)
+    s = 3.0 / 6
+    initial = factors.b_main @ factors.a_main + factors.b_sub @ factors.a_sub
+    now = trained["lora_B_main"] @ trained["lora_A_main"] + trained["lora_B_sub"] @ trained["lora_A_sub"]
+    weight = pretrained + s * (now - initial)
     x = torch.randn(5, 16)
-    residual = layer.weight.detach().clone()
-    unmerged_out = layer(x)
-    layer.merge()
-    assert not torch.equal(layer.weight, residual)
-    torch.testing.assert_close(layer(x), unmerged_out, rtol=1e-5, atol=1e-6)
-    layer.unmerge()
-    assert torch.equal(layer.weight, residual)
-    assert torch.equal(layer(x), unmerged_out)
+    expected = x @ weight.T + bias
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    linear = layer.to_linear()
+    assert type(linear) is nn.Linear
+    torch.testing.assert_close(linear.weight.detach(), weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(linear(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_merge_twice_and_unmerge_unmerged_are_refused() -> None:
-    base = _linear()
-    layer = DualLoRALinear(base, rrqr_factors(base.weight, 4, 2))
-    with pytest.raises(RuntimeError, match="not merged"):
-        layer.unmerge()
-    layer.merge()
-    with pytest.raises(RuntimeError, match="already merged"):
-        layer.merge()
-
-
-def test_merge_refuses_non_finite_and_leaves_weight() -> None:
+def test_to_linear_refuses_non_finite_adapters() -> None:
     base = _linear()
     layer = DualLoRALinear(base, rrqr_factors(base.weight, 4, 2))
     with torch.no_grad():
         layer.lora_B_main[0, 0] = float("nan")
-    before = layer.weight.detach().clone()
-    with pytest.raises(ValueError, match="non-finite"):
-        layer.merge()
-    assert torch.equal(layer.weight, before) and not layer.merged
     with pytest.raises(ValueError, match="not finite"):
         layer.to_linear()
-
-
-def test_to_linear_matches_adapted_layer() -> None:
-    base = _linear()
-    layer = _trained(DualLoRALinear(base, rrqr_factors(base.weight, 4, 2)))
-    x = torch.randn(5, 16)
-    linear = layer.to_linear()
-    assert type(linear) is nn.Linear
-    torch.testing.assert_close(linear(x), layer(x), rtol=1e-5, atol=1e-6)
-
-
-def test_scaling_is_alpha_over_total_rank() -> None:
-    base = _linear()
-    pretrained = base.weight.detach().clone()
-    layer = DualLoRALinear(base, rrqr_factors(base.weight, 6, 2), alpha=2.0)
-    assert layer.scaling == pytest.approx(2.0 / 8)
-    expected = pretrained - 0.25 * (
-        layer.lora_B_main @ layer.lora_A_main + layer.lora_B_sub @ layer.lora_A_sub
-    )
-    torch.testing.assert_close(layer.weight.detach(), expected)
 
 
 def test_bf16_base_keeps_residual_in_base_dtype() -> None:
