@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from recyclelora.data.transforms import EvalTransformConfig, ResizeConfig
 from recyclelora.models.build import ModelConfig
 from recyclelora.train.config import DataConfig, TrainConfig
+from recyclelora.validation import accepts, describe, union_options, validate_fields
 
 
 class ParamsError(ValueError):
@@ -26,8 +26,8 @@ class EvalConfig:
     """How the target domains are scored (the protocol: sliding 512 x 512 windows, stride 341)."""
 
     targets: tuple[str, ...] = field(default=(), metadata={"help": "target manifests, one dataset each"})
-    crop: int = field(default=512, metadata={"help": "sliding-window size"})
-    stride: int = field(default=341, metadata={"help": "sliding-window stride"})
+    crop: int = field(default=512, metadata={"help": "sliding-window size", "ge": 1})
+    stride: int = field(default=341, metadata={"help": "sliding-window stride", "ge": 1})
     whole: bool = field(default=False, metadata={"help": "whole-image inference instead of sliding windows"})
     resize: dict[str, ResizeConfig] = field(
         default_factory=dict,
@@ -36,8 +36,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(str(t) for t in self.targets))
-        if not 0 < self.stride <= self.crop:
-            raise ValueError(f"eval.stride must be in (0, crop={self.crop}], got {self.stride!r}")
+        validate_fields(self, "eval")
+        if self.stride > self.crop:
+            raise ValueError(f"eval.stride must be <= crop={self.crop}, got {self.stride!r}")
         stems = [Path(target).stem for target in self.targets]
         unknown = sorted(set(self.resize) - set(stems))
         if unknown:
@@ -102,11 +103,7 @@ def build_config(cls: type, data: Any, where: str) -> Any:
 def _convert(hint: Any, value: Any, where: str, help: str | None = None) -> Any:
     """``value`` as field type ``hint`` wants it: nested dataclasses built, lists as tuples; a value of the
     wrong type raises :class:`ParamsError` naming the key, the value, what is allowed and the field's help."""
-    options = (
-        typing.get_args(hint)
-        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-        else (hint,)
-    )
+    options = union_options(hint)
     for option in options:
         if dataclasses.is_dataclass(option):
             return value if value is None and type(None) in options else build_config(option, value, where)
@@ -119,68 +116,43 @@ def _convert(hint: Any, value: Any, where: str, help: str | None = None) -> Any:
                 key: build_config(typing.get_args(option)[1], item, f"{where}.{key}")
                 for key, item in value.items()
             }
-    if not any(_accepts(option, value) for option in options):
-        allowed = " or ".join(map(_describe, options))
-        raise ParamsError(f"{where} is {value!r}, but it must be {allowed}" + (f" ({help})" if help else ""))
+    if not accepts(hint, value):
+        suffix = f" ({help})" if help else ""
+        raise ParamsError(f"{where} is {value!r}, but it must be {describe(hint)}{suffix}")
     if isinstance(value, list) and any(typing.get_origin(option) is tuple for option in options):
         return tuple(value)
     return value
 
 
-def _accepts(hint: Any, value: Any) -> bool:
-    """Whether ``value`` (as YAML gives it) has type ``hint``; an int is a float, a bool is not a number."""
-    if hint in (bool, int, float, str, type(None)):
-        allowed = {float: (int, float), type(None): (type(None),)}.get(hint, (hint,))
-        return isinstance(value, allowed) and (hint is bool or not isinstance(value, bool))
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Literal:
-        return any(value == arg and type(value) is type(arg) for arg in args)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_accepts(args[0], item) for item in value)
-        return len(args) == len(value) and all(map(_accepts, args, value))
-    if origin is dict:
-        return isinstance(value, dict) and all(
-            _accepts(args[0], key) and _accepts(args[1], item) for key, item in value.items()
-        )
-    return True  # Any and other hints: the config's own checks decide
-
-
-def _describe(hint: Any) -> str:
-    """What a value of type ``hint`` looks like in YAML, for error messages."""
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
-    if hint in names:
-        return names[hint]
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Literal:
-        return f"one of {list(args)}"
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
-        return f"a list of {len(args)} ({', '.join(map(_describe, args))})"
-    if origin is dict:
-        return f"a mapping of {_describe(args[0])} to {_describe(args[1])}"
-    return getattr(hint, "__name__", str(hint))
-
-
-def load_params(
-    path: str | Path, sections: tuple[str, ...] = ("data", "model", "train", "eval")
-) -> RunConfig:
-    """Read ``params.yaml`` and validate it. ``base.seed`` seeds training unless ``train.seed`` is given."""
-    path = Path(path)
+def read_params(path: Path) -> dict[str, Any]:
+    """``params.yaml`` parsed: its mapping of sections (empty for an empty file)."""
     if not path.is_file():
         raise FileNotFoundError(f"params file {path} does not exist")
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must hold a mapping of sections")
+    return raw
+
+
+def run_config(
+    raw: dict[str, Any], path: Path, sections: tuple[str, ...] = ("data", "model", "train", "eval")
+) -> RunConfig:
+    """The ``sections`` of ``raw`` (parsed from ``path``, named in errors) validated; ``raw`` stays as parsed.
+    ``base.seed`` seeds training unless ``train.seed`` is given."""
     base = raw.get("base") or {}
     if not isinstance(base, dict):
         raise ParamsError(f"params.base must be a mapping of keys to values, got {type(base).__name__}")
     run = {key: raw[key] for key in sections if key in raw}
-    if base.get("seed") is not None and isinstance(run.setdefault("train", {}), dict):
-        run["train"].setdefault("seed", base["seed"])
+    if base.get("seed") is not None and isinstance(train := run.get("train", {}), dict):
+        run["train"] = {"seed": base["seed"], **train}
     if "data" not in run:
         raise ParamsError(f"{path} has no 'data' section: it must list at least data.train")
     return build_config(RunConfig, run, "params")
+
+
+def load_params(
+    path: str | Path, sections: tuple[str, ...] = ("data", "model", "train", "eval")
+) -> RunConfig:
+    """Read ``params.yaml`` and validate its ``sections`` (:func:`read_params`, then :func:`run_config`)."""
+    path = Path(path)
+    return run_config(read_params(path), path, sections)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from recyclelora.adapters.initialisers import INITIALISERS, Initialiser
+from recyclelora.validation import validate_fields
 
 INIT_METHODS: tuple[str, ...] = tuple(INITIALISERS)
 
@@ -14,10 +15,16 @@ class AdapterConfig:
     """Where and how dual adapters are attached to a ViT; ``init`` names an entry of
     :data:`~recyclelora.adapters.initialisers.INITIALISERS`, which decides the ranks the layers get."""
 
-    rank_main: int = field(default=32, metadata={"help": "rank of the main adapter (minor directions)"})
-    rank_sub: int = field(default=4, metadata={"help": "rank of the sub adapter (major directions)"})
-    alpha: float = field(default=1.0, metadata={"help": "scaling s = alpha / (rank_main + rank_sub)"})
-    init: str = field(default="rrqr", metadata={"help": f"initialiser, one of {INIT_METHODS}"})
+    rank_main: int = field(
+        default=32, metadata={"help": "rank of the main adapter (minor directions)", "ge": 0}
+    )
+    rank_sub: int = field(default=4, metadata={"help": "rank of the sub adapter (major directions)", "ge": 0})
+    alpha: float = field(
+        default=1.0, metadata={"help": "scaling s = alpha / (rank_main + rank_sub)", "gt": 0}
+    )
+    init: str = field(
+        default="rrqr", metadata={"help": f"initialiser, one of {INIT_METHODS}", "choices": INIT_METHODS}
+    )
     target_modules: tuple[str, ...] = field(
         default=("qkv", "proj", "fc1", "fc2"),
         metadata={"help": "linear layers to adapt, matched as dotted suffixes of names inside a block"},
@@ -25,34 +32,30 @@ class AdapterConfig:
     blocks: tuple[int, ...] | None = field(
         default=None, metadata={"help": "indices of the blocks to adapt (negative counts from the end); None = all"}
     )
-    lr_mult_main: float = field(default=1.0, metadata={"help": "learning-rate multiplier of the main adapter"})
-    lr_mult_sub: float = field(default=0.5, metadata={"help": "learning-rate multiplier of the sub adapter"})
-    weight_decay: float = field(default=0.0, metadata={"help": "weight decay of the adapter parameters"})
+    lr_mult_main: float = field(
+        default=1.0, metadata={"help": "learning-rate multiplier of the main adapter", "ge": 0}
+    )
+    lr_mult_sub: float = field(
+        default=0.5, metadata={"help": "learning-rate multiplier of the sub adapter", "ge": 0}
+    )
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "weight decay of the adapter parameters", "ge": 0}
+    )
 
     def __post_init__(self) -> None:
-        if self.init not in INIT_METHODS:
-            raise ValueError(f"init={self.init!r} is not supported: choose one of {', '.join(INIT_METHODS)}")
-        for name in ("rank_main", "rank_sub"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if self.blocks is not None:
+            object.__setattr__(self, "blocks", tuple(self.blocks))
+        validate_fields(self)
         if self.effective_ranks == (0, 0):
             raise ValueError(
                 f"init={self.init!r} with rank_main={self.rank_main}, rank_sub={self.rank_sub} trains nothing: "
                 "give the adapter a positive rank"
             )
-        if not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha!r}")
-        for name in ("lr_mult_main", "lr_mult_sub", "weight_decay"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+        if not self.target_modules or not all(self.target_modules):
             raise ValueError(f"target_modules must be non-empty names, got {self.target_modules!r}")
-        if self.blocks is not None:
-            object.__setattr__(self, "blocks", tuple(self.blocks))
-            if not self.blocks or not all(isinstance(b, int) for b in self.blocks):
-                raise ValueError(f"blocks must be None (all) or a non-empty list of integers, got {self.blocks!r}")
+        if self.blocks == ():
+            raise ValueError(f"blocks must be None (all) or a non-empty list, got {self.blocks!r}")
 
     @property
     def initialiser(self) -> Initialiser:

@@ -24,6 +24,7 @@ from PIL import Image
 from recyclelora.data.manifest import Sample, read_manifest
 from recyclelora.data.transforms import SegmentationTransform
 from recyclelora.io import atomic_path
+from recyclelora.validation import check_value
 
 PathLike = str | os.PathLike[str]
 
@@ -71,8 +72,7 @@ def check_subset(manifests: Sequence[PathLike], subset: Mapping[str, int], where
                 f"{where}.{stem} is ambiguous: {len(same)} training manifests are named {stem}.parquet "
                 f"({same}); give them distinct file names"
             )
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"{where}.{stem} must be an integer >= 1 (samples kept of {stem}), got {size!r}")
+        check_value(size, int, f"{where}.{stem}", {"ge": 1})
 
 
 def write_kept_samples(path: PathLike, kept: Sequence[KeptSample]) -> Path:

@@ -27,7 +27,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,6 +42,7 @@ from recyclelora.data.manifest import Sample, manifest_path, read_manifest, writ
 from recyclelora.data.raw import RAW_DATASETS, RawDataset
 from recyclelora.data.report import BadDataLog, BadFile, IgnoredValues, Problem
 from recyclelora.io import atomic_path, atomic_write_bytes, sha256_bytes
+from recyclelora.validation import validate_fields
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -69,12 +70,13 @@ class PrepareConfig:
     raw: Path
     out: Path
     split: str | None = None
-    workers: int | None = None
+    workers: int | None = field(default=None, metadata={"ge": 1})
     strict: bool = False
     halve_mapillary_val: bool = True
     mapillary_val_format: str = "jpeg"
 
     def __post_init__(self) -> None:
+        validate_fields(self)
         if self.dataset not in RAW_DATASETS:
             raise ValueError(f"dataset={self.dataset!r} is unknown: choose one of {list(RAW_DATASETS)}")
         splits = RAW_DATASETS[self.dataset].splits
@@ -82,8 +84,6 @@ class PrepareConfig:
             raise ValueError(
                 f"split={self.split!r} does not exist for {self.dataset}: choose one of {list(splits)}"
             )
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers={self.workers} must be >= 1 (or None for all cores)")
         if self.mapillary_val_format not in MAPILLARY_VAL_FORMATS:
             raise ValueError(
                 f"mapillary_val_format={self.mapillary_val_format!r} is unknown: choose one of "

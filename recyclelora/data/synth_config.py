@@ -6,7 +6,9 @@ The renderers live in :mod:`recyclelora.data.synth_domains`, whose ``DOMAINS`` m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from recyclelora.validation import validate_fields
 
 SOURCE_DOMAIN = "synth_src"
 #: The target domains, in the order :data:`recyclelora.data.synth_domains.DOMAINS` lists their renderers.
@@ -17,28 +19,22 @@ TARGET_DOMAINS: tuple[str, ...] = ("synth_tex", "synth_night", "synth_fog", "syn
 class SynthConfig:
     """Size and composition of the embedded benchmark."""
 
-    width: int = 512
+    width: int = field(default=512, metadata={"ge": 32})
     """Image width in pixels."""
-    height: int = 256
+    height: int = field(default=256, metadata={"ge": 16})
     """Image height in pixels."""
-    source_train: int = 300
+    source_train: int = field(default=300, metadata={"ge": 1})
     """Images in the source domain's ``train`` split."""
-    source_val: int = 50
+    source_val: int = field(default=50, metadata={"ge": 1})
     """Images in the source domain's ``val`` split."""
-    target_val: int = 60
+    target_val: int = field(default=60, metadata={"ge": 1})
     """Images in each target domain's ``val`` split."""
     targets: tuple[str, ...] = TARGET_DOMAINS
     """Target domains to render (names from :data:`TARGET_DOMAINS`)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
-        if self.width < 32 or self.height < 16:
-            raise ValueError(
-                f"image size {self.width}x{self.height} is too small: use width >= 32 and height >= 16"
-            )
-        for name in ("source_train", "source_val", "target_val"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        validate_fields(self)
         unknown = sorted(set(self.targets) - set(TARGET_DOMAINS))
         if not self.targets or unknown or len(set(self.targets)) != len(self.targets):
             raise ValueError(

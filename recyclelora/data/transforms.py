@@ -20,8 +20,8 @@ sample exactly (the draws follow mmseg's distributions, not its global numpy str
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, get_args
+from dataclasses import dataclass, field
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -31,6 +31,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from recyclelora.data.classes import IGNORE_INDEX
+from recyclelora.validation import validate_fields
 
 IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
@@ -46,13 +47,8 @@ SegmentationTransform = Callable[
 ]
 
 
-def _check_normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"mean={mean} and std={std} need three RGB values each (0-255 scale), std > 0")
-
-
 def _check_range(name: str, bounds: tuple[float, float]) -> None:
-    if len(bounds) != 2 or not 0 <= bounds[0] <= bounds[1]:
+    if bounds[0] > bounds[1]:
         raise ValueError(f"{name}={bounds} must be a (low, high) pair with 0 <= low <= high")
 
 
@@ -60,65 +56,44 @@ def _check_range(name: str, bounds: tuple[float, float]) -> None:
 class TrainTransformConfig:
     """Training augmentation; the defaults are the published G->CBM configuration's."""
 
-    crop_size: tuple[int, int] = (512, 512)
+    crop_size: tuple[int, int] = field(default=(512, 512), metadata={"ge": 1})
     """Crop (height, width) in pixels; smaller resized images are padded up to it."""
-    base_size: int = 512
+    base_size: int = field(default=512, metadata={"ge": 1})
     """Short-edge length that ``scale_ratios`` multiply: the short edge becomes ``int(base_size * ratio)``."""
     scale_ratios: tuple[float, ...] = SCALE_RATIOS
     """Candidate ratios; one is drawn uniformly per sample."""
-    max_long_edge: int = 2048
+    max_long_edge: int = field(default=2048, metadata={"ge": 1})
     """The resize never makes the long edge longer than this."""
-    cat_max_ratio: float = 0.75
+    cat_max_ratio: float = field(default=0.75, metadata={"gt": 0, "le": 1})
     """Largest share of one class among a crop's labelled pixels; 1.0 disables the check."""
-    crop_attempts: int = 10
+    crop_attempts: int = field(default=10, metadata={"ge": 0})
     """Extra crops drawn while the ratio is exceeded (the last one is kept), as mmseg's RandomCrop."""
     pad_at: PadAt = "before_flip"
     """Pad to the crop size with 0 in uint8 pixels before the flip (G->CBM, C->BM) or with 0 after
     normalisation (GS/GSU->CBM); the label is padded with 255 either way."""
-    flip_prob: float = 0.5
+    flip_prob: float = field(default=0.5, metadata={"ge": 0, "le": 1})
     """Probability of a horizontal flip."""
     photometric: bool = True
     """Apply the photometric distortion."""
-    brightness_delta: float = 32.0
+    brightness_delta: float = field(default=32.0, metadata={"ge": 0})
     """Brightness: add U(-delta, delta) (0-255 scale), with probability 0.5."""
-    contrast_range: tuple[float, float] = (0.5, 1.5)
+    contrast_range: tuple[float, float] = field(default=(0.5, 1.5), metadata={"ge": 0})
     """Contrast: multiply by U(low, high), with probability 0.5."""
-    saturation_range: tuple[float, float] = (0.5, 1.5)
+    saturation_range: tuple[float, float] = field(default=(0.5, 1.5), metadata={"ge": 0})
     """Saturation: multiply the HSV saturation (0-255) by U(low, high), with probability 0.5."""
-    hue_delta: int = 18
+    hue_delta: int = field(default=18, metadata={"ge": 0, "le": 90})
     """Hue: add an integer of [-delta, delta) to OpenCV's hue (0-179, 2 degrees each), probability 0.5."""
     mean: tuple[float, float, float] = IMAGENET_MEAN
     """Normalisation mean (RGB, 0-255 scale)."""
-    std: tuple[float, float, float] = IMAGENET_STD
+    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"gt": 0})
     """Normalisation standard deviation (RGB, 0-255 scale)."""
 
     def __post_init__(self) -> None:
-        if len(self.crop_size) != 2 or min(self.crop_size) <= 0:
-            raise ValueError(f"crop_size={self.crop_size} must be a (height, width) pair of integers > 0")
-        if self.base_size <= 0 or self.max_long_edge <= 0:
-            raise ValueError(f"base_size={self.base_size} and max_long_edge={self.max_long_edge} must be > 0")
+        validate_fields(self)
         if not self.scale_ratios or min(int(self.base_size * r) for r in self.scale_ratios) < 1:
             raise ValueError(f"scale_ratios={self.scale_ratios} must be non-empty, base_size * ratio >= 1")
-        if not 0 < self.cat_max_ratio <= 1:
-            raise ValueError(f"cat_max_ratio={self.cat_max_ratio} must be in (0, 1]; use 1.0 to disable it")
-        if self.crop_attempts < 0:
-            raise ValueError(f"crop_attempts={self.crop_attempts} must be >= 0")
-        if self.pad_at not in get_args(PadAt):
-            raise ValueError(f"pad_at={self.pad_at!r} must be one of {get_args(PadAt)}")
-        if not 0 <= self.flip_prob <= 1:
-            raise ValueError(f"flip_prob={self.flip_prob} must be a probability in [0, 1]")
-        if self.brightness_delta < 0:
-            raise ValueError(f"brightness_delta={self.brightness_delta} must be >= 0")
         _check_range("contrast_range", self.contrast_range)
         _check_range("saturation_range", self.saturation_range)
-        if type(self.hue_delta) is not int or not 0 <= self.hue_delta <= 90:
-            raise ValueError(f"hue_delta={self.hue_delta!r} must be an integer in [0, 90] (OpenCV hue units)")
-        _check_normalisation(self.mean, self.std)
-
-
-def _check_pair(name: str, value: tuple[int, int] | None) -> None:
-    if value is not None and (len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value)):
-        raise ValueError(f"{name}={value} must be a pair of positive integers")
 
 
 @dataclass(frozen=True)
@@ -130,18 +105,18 @@ class ResizeConfig:
     e.g. Mapillary's protocol: halved images fitted into 2048 x 1024); none keeps ``H x W``.
     """
 
-    size: tuple[int, int] | None = None
+    size: tuple[int, int] | None = field(default=None, metadata={"ge": 1})
     """Resize the image to this (width, height)."""
-    short_edge: int | None = None
+    short_edge: int | None = field(default=None, metadata={"ge": 1})
     """Or resize the image so that its short edge has this length (aspect ratio kept)."""
-    fit: tuple[int, int] | None = None
+    fit: tuple[int, int] | None = field(default=None, metadata={"ge": 1})
     """Or resize it to the largest size that fits in (long edge, short edge) (aspect ratio kept)."""
 
     def __post_init__(self) -> None:
         for name in ("size", "fit"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
-                _check_pair(name, getattr(self, name))
+        validate_fields(self)
         chosen = {
             k: v
             for k, v in (("size", self.size), ("short_edge", self.short_edge), ("fit", self.fit))
@@ -149,8 +124,6 @@ class ResizeConfig:
         }
         if len(chosen) > 1:
             raise ValueError(f"{chosen} are exclusive: set one of size, short_edge and fit")
-        if self.short_edge is not None and not (isinstance(self.short_edge, int) and self.short_edge > 0):
-            raise ValueError(f"short_edge={self.short_edge!r} must be a positive integer")
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """``(h, w)`` at which an ``height x width`` image is scored."""
@@ -171,12 +144,8 @@ class EvalTransformConfig(ResizeConfig):
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
     """Normalisation mean (RGB, 0-255 scale)."""
-    std: tuple[float, float, float] = IMAGENET_STD
+    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"gt": 0})
     """Normalisation standard deviation (RGB, 0-255 scale)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_normalisation(self.mean, self.std)
 
 
 def _as_tensor(array: ImageLike) -> torch.Tensor:

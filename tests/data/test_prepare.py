@@ -78,7 +78,7 @@ def test_missing_folder_names_the_folder_and_the_source(name: str, tmp_path: Pat
 
 
 def test_bad_arguments_name_the_field(gta5: RawFixture, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="workers=0 must be >= 1"):
+    with pytest.raises(ValueError, match="PrepareConfig.workers must be an integer >= 1 or null, got 0"):
         prepare_dataset("gta5", gta5.raw, tmp_path / "out", workers=0)
     with pytest.raises(ValueError, match="dataset='kitti' is unknown"):
         prepare_dataset("kitti", gta5.raw, tmp_path / "out")

@@ -156,7 +156,7 @@ def test_reuse_verifies_and_repairs(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"width": 8}, "image size"),
+        ({"width": 8}, "SynthConfig.width must be an integer >= 32, got 8"),
         ({"source_train": 0}, "source_train"),
         ({"target_val": 0}, "target_val"),
         ({"targets": ("synth_moon",)}, "targets"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from recyclelora.models.heads import (
+    HEADS,
     HeadConfig,
     LightHead,
     Mask2FormerHead,
@@ -60,7 +63,7 @@ def make_labels(batch: int = 2, seed: int = 2) -> torch.Tensor:
     return labels
 
 
-KINDS = ["light", "mask2former"]
+KINDS = list(HEADS)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -258,6 +261,28 @@ def test_mask2former_needs_four_levels():
 def test_config_errors_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=rf"HeadConfig\.{field}\b"):
         HeadConfig(**{**TINY_MASK2FORMER, **overrides})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_registered_head_builds_with_its_default_channels(kind):
+    config = HeadConfig(**{**TINY_MASK2FORMER, "kind": kind, "channels": None})
+    assert config.channels == HEADS[kind].channels
+    head = build_head(config, IN_CHANNELS).eval()
+    with torch.no_grad():
+        scores = head.semantic_logits(head(make_features()), LABEL_SIZE)
+    assert scores.shape == (2, NUM_CLASSES, *LABEL_SIZE)
+
+
+def test_an_unknown_kind_lists_the_registered_heads():
+    with pytest.raises(ValueError, match=r"^HeadConfig\.kind must be one of \[.*\], got 'unet'$") as error:
+        HeadConfig(kind="unet")
+    assert all(repr(name) in str(error.value) for name in HEADS)
+
+
+def test_importing_the_heads_does_not_import_transformers():
+    code = "import sys, recyclelora.models.heads; print('transformers' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_channels_default_depends_on_kind():

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
-from recyclelora.models.backbone import ViTBackbone
+from recyclelora.models.backbone import BackboneConfig, ViTBackbone
 from recyclelora.models.weights import (
+    NAMED_SOURCES,
+    WEIGHT_SOURCES,
     check_source,
     check_state_dict_fits,
     hf_dinov2_to_timm,
@@ -134,3 +138,36 @@ def test_bad_sources_are_explained(tmp_path) -> None:
     torch.save([torch.zeros(1)], path)
     with pytest.raises(TypeError, match="holds a list, expected a dict"):
         read_checkpoint(path)
+
+
+def test_every_named_source_is_accepted_and_other_words_are_refused_listing_them() -> None:
+    assert NAMED_SOURCES == tuple(WEIGHT_SOURCES) and {"embedded", "hub", "none"} <= set(WEIGHT_SOURCES)
+    for name in WEIGHT_SOURCES:
+        check_source(name)
+    with pytest.raises(ValueError, match=r"weights='imagenet' is neither one of \(.*\) nor a") as error:
+        check_source("imagenet")
+    assert all(repr(name) in str(error.value) for name in WEIGHT_SOURCES)
+    help = BackboneConfig.__dataclass_fields__["weights"].metadata["help"]
+    assert all(f"'{name}' (" in help for name in WEIGHT_SOURCES)
+
+
+def test_the_backbone_loads_a_named_source_through_its_registry_entry(monkeypatch) -> None:
+    calls = []
+    fake = dataclasses.replace(WEIGHT_SOURCES["hub"], load=lambda *args: calls.append(args))
+    monkeypatch.setitem(WEIGHT_SOURCES, "hub", fake)
+    backbone = ViTBackbone(tiny_config(weights="hub", embed_resample="pinv"))
+    assert calls == [(backbone.vit, "pinv")]
+
+
+def test_none_keeps_the_random_init() -> None:
+    vit, same = random_vit(), random_vit()
+    load_backbone_weights(vit, "none")
+    _assert_same_weights(vit, same)
+
+
+def test_a_source_made_for_one_model_refuses_the_others() -> None:
+    bound = [source for source in WEIGHT_SOURCES.values() if source.model is not None]
+    assert [source.name for source in bound] == ["embedded"]
+    for source in bound:
+        with pytest.raises(ValueError, match=rf"weights='{source.name}' .* needs name='{source.model}'"):
+            tiny_config(weights=source.name, name="vit_base_patch14_dinov2")

@@ -9,6 +9,7 @@ from recyclelora._lazy import lazy_attributes, names_from
 from recyclelora.errors import require_extra
 from recyclelora.models.heads.base import HeadConfig, ParamGroups, SegHead, weight_decay_groups
 from recyclelora.models.heads.light import LightHead
+from recyclelora.models.heads.registry import HEADS, Head
 
 if TYPE_CHECKING:
     from recyclelora.models.heads.mask2former import (
@@ -28,16 +29,24 @@ __getattr__, __dir__ = lazy_attributes(
 
 
 def build_head(config: HeadConfig, in_channels: Sequence[int]) -> SegHead:
-    """Build the head ``config.kind`` names over features of ``in_channels`` channels (finest first)."""
-    if config.kind == "light":
-        return LightHead(in_channels, num_classes=config.num_classes, channels=config.channels)
-    require_extra("transformers", "mask2former", "The Mask2Former head (model.head.kind: mask2former)")
-    from recyclelora.models.heads.mask2former import Mask2FormerHead
-
-    return Mask2FormerHead(in_channels, config)
+    """Build the head of :data:`HEADS` that ``config.kind`` names over features of ``in_channels`` channels
+    (finest first); a missing optional dependency raises a one-line error naming the extra to install."""
+    head = HEADS[config.kind]
+    if head.extra is not None:
+        require_extra(*head.extra, f"The {head.label} head (model.head.kind: {head.name})")
+    return head.build(config, in_channels)
 
 
 __all__ = [
-    "HeadConfig", "LightHead", "Mask2FormerHead", "Mask2FormerOutput", "ParamGroups", "SegHead", "build_head",
-    "weight_decay_groups", "semantic_to_mask_labels",
+    "HEADS",
+    "Head",
+    "HeadConfig",
+    "LightHead",
+    "Mask2FormerHead",
+    "Mask2FormerOutput",
+    "ParamGroups",
+    "SegHead",
+    "build_head",
+    "semantic_to_mask_labels",
+    "weight_decay_groups",
 ]  # fmt: skip

@@ -5,101 +5,100 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from recyclelora.data.classes import IGNORE_INDEX, NUM_CLASSES
-
-HeadKind = Literal["light", "mask2former"]
-HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
-#: Width of the head's feature maps when ``HeadConfig.channels`` is left unset.
-DEFAULT_CHANNELS: dict[str, int] = {"light": 128, "mask2former": 256}
+from recyclelora.models.heads.registry import HEADS
+from recyclelora.validation import validate_fields
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadConfig:
-    """Decode head settings; the Mask2Former fields default to the paper's recipe (reference/method.md)."""
+    """Decode head settings; the Mask2Former fields default to the paper's recipe (reference/method.md).
 
-    kind: HeadKind = field(
-        default="mask2former", metadata={"help": "'light' (FPN, CPU runs) or 'mask2former'."}
+    ``kind`` names an entry of :data:`~recyclelora.models.heads.registry.HEADS`, which also gives ``channels``
+    when it is left unset.
+    """
+
+    kind: str = field(
+        default="mask2former",
+        metadata={
+            "help": "; ".join(f"'{head.name}' ({head.description})" for head in HEADS.values()) + ".",
+            "choices": tuple(HEADS),
+        },
     )
     num_classes: int = field(
-        default=NUM_CLASSES, metadata={"help": "Number of semantic classes (no ignore)."}
+        default=NUM_CLASSES, metadata={"help": "Number of semantic classes (no ignore).", "ge": 1}
     )
     channels: int | None = field(
-        default=None, metadata={"help": "Feature width: FPN width (light, 128) or pixel-decoder width (256)."}
+        default=None,
+        metadata={
+            "help": "Feature width: FPN width (light) or pixel-decoder width (mask2former); None = the "
+            f"head's default ({', '.join(f'{head.name} {head.channels}' for head in HEADS.values())}).",
+            "ge": 1,
+        },
     )
-    num_queries: int = field(default=100, metadata={"help": "Mask2Former object queries."})
-    hidden_dim: int = field(default=256, metadata={"help": "Width of the Mask2Former transformer decoder."})
+    num_queries: int = field(default=100, metadata={"help": "Mask2Former object queries.", "ge": 1})
+    hidden_dim: int = field(
+        default=256, metadata={"help": "Width of the Mask2Former transformer decoder.", "ge": 1}
+    )
     pixel_decoder_layers: int = field(
         default=6,
-        metadata={"help": "Deformable-attention encoder layers of the pixel decoder (over 3 levels)."},
+        metadata={
+            "help": "Deformable-attention encoder layers of the pixel decoder (over 3 levels).",
+            "ge": 1,
+        },
     )
     decoder_layers: int = field(
-        default=9, metadata={"help": "Masked-attention decoder layers (each adds one auxiliary prediction)."}
+        default=9,
+        metadata={"help": "Masked-attention decoder layers (each adds one auxiliary prediction).", "ge": 1},
     )
-    num_heads: int = field(default=8, metadata={"help": "Attention heads in the pixel decoder and decoder."})
-    dim_feedforward: int = field(default=2048, metadata={"help": "FFN width of the transformer decoder."})
+    num_heads: int = field(
+        default=8, metadata={"help": "Attention heads in the pixel decoder and decoder.", "ge": 1}
+    )
+    dim_feedforward: int = field(
+        default=2048, metadata={"help": "FFN width of the transformer decoder.", "ge": 1}
+    )
     pixel_decoder_feedforward_dim: int = field(
-        default=1024, metadata={"help": "FFN width of the pixel decoder."}
+        default=1024, metadata={"help": "FFN width of the pixel decoder.", "ge": 1}
     )
-    class_weight: float = field(default=2.0, metadata={"help": "Weight of the query classification loss."})
-    no_object_weight: float = field(default=0.1, metadata={"help": "CE weight of the no-object class."})
-    mask_weight: float = field(default=5.0, metadata={"help": "Weight of the point-sampled mask BCE loss."})
-    dice_weight: float = field(default=5.0, metadata={"help": "Weight of the point-sampled dice loss."})
+    class_weight: float = field(
+        default=2.0, metadata={"help": "Weight of the query classification loss.", "ge": 0}
+    )
+    no_object_weight: float = field(
+        default=0.1, metadata={"help": "CE weight of the no-object class.", "gt": 0, "le": 1}
+    )
+    mask_weight: float = field(
+        default=5.0, metadata={"help": "Weight of the point-sampled mask BCE loss.", "ge": 0}
+    )
+    dice_weight: float = field(
+        default=5.0, metadata={"help": "Weight of the point-sampled dice loss.", "ge": 0}
+    )
     train_num_points: int = field(
-        default=12544, metadata={"help": "Points sampled per mask for the mask losses."}
+        default=12544, metadata={"help": "Points sampled per mask for the mask losses.", "ge": 1}
     )
-    oversample_ratio: float = field(default=3.0, metadata={"help": "Candidate points per sampled point."})
+    oversample_ratio: float = field(
+        default=3.0, metadata={"help": "Candidate points per sampled point.", "ge": 1}
+    )
     importance_sample_ratio: float = field(
-        default=0.75, metadata={"help": "Share of points taken where the mask is most uncertain."}
+        default=0.75,
+        metadata={"help": "Share of points taken where the mask is most uncertain.", "ge": 0, "le": 1},
     )
 
     def __post_init__(self) -> None:
-        if self.kind not in HEAD_KINDS:
-            raise ValueError(f"HeadConfig.kind must be one of {HEAD_KINDS}, got {self.kind!r}.")
+        validate_fields(self)
         if self.channels is None:
-            self.channels = DEFAULT_CHANNELS[self.kind]
-        positive = (
-            "num_classes", "channels", "num_queries", "hidden_dim", "pixel_decoder_layers", "decoder_layers",
-            "num_heads", "dim_feedforward", "pixel_decoder_feedforward_dim", "train_num_points",
-        )  # fmt: skip
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"HeadConfig.{name} must be an integer >= 1, got {value!r}.")
-        for name in ("class_weight", "mask_weight", "dice_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"HeadConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+            object.__setattr__(self, "channels", HEADS[self.kind].channels)
         if self.class_weight == self.mask_weight == self.dice_weight == 0:
             raise ValueError(
                 "HeadConfig.class_weight, mask_weight and dice_weight are all 0: make one positive."
             )
-        if not 0.0 < self.no_object_weight <= 1.0:
-            raise ValueError(f"HeadConfig.no_object_weight must be in (0, 1], got {self.no_object_weight!r}.")
-        if self.oversample_ratio < 1.0:
-            raise ValueError(f"HeadConfig.oversample_ratio must be >= 1, got {self.oversample_ratio!r}.")
-        if not 0.0 <= self.importance_sample_ratio <= 1.0:
-            raise ValueError(
-                f"HeadConfig.importance_sample_ratio must be in [0, 1], got {self.importance_sample_ratio!r}."
-            )
-        if self.kind == "mask2former":
-            self._check_mask2former_widths()
-
-    def _check_mask2former_widths(self) -> None:
-        if self.channels % 32:
-            raise ValueError(
-                f"HeadConfig.channels must be a multiple of 32 for Mask2Former (GroupNorm with 32 groups), "
-                f"got {self.channels}."
-            )
-        for name in ("channels", "hidden_dim"):
-            if getattr(self, name) % self.num_heads:
-                raise ValueError(
-                    f"HeadConfig.{name}={getattr(self, name)} must be divisible by "
-                    f"num_heads={self.num_heads}: change one of them."
-                )
+        check = HEADS[self.kind].check
+        if check is not None:
+            check(self)
 
 
 class SegHead(nn.Module, abc.ABC):
