@@ -1,7 +1,7 @@
 """Cost of verifying a checkpoint's tensor digest, against loading it, on a DINOv2-L-sized merged model.
 
 A merged segmentor with a random ViT-L/14 backbone (304 M values, fp32, about 1.2 GB) and the light head is
-saved once; then, interleaved, the full load (``load_segmentor``: read the file, verify its digest, build the
+saved once; then, interleaved, the full load (``Segmentor.from_checkpoint``: read the file, verify its digest, build the
 model, load the tensors), the file read alone (safetensors, no digest) and the digest alone over the same
 tensors. Target: the digest is at most 10 % of the load; its ratio to the bare file read is printed too.
 
@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from benchmarks._timing import print_ratios, time_interleaved
-from recyclelora.models import BackboneConfig, HeadConfig, ModelConfig, build_segmentor, load_segmentor
+from recyclelora.models import BackboneConfig, HeadConfig, ModelConfig, Segmentor, build_segmentor
 from recyclelora.models.checkpoint import read_tensors, save_segmentor, tensor_digest
 
 
@@ -45,14 +45,14 @@ def main() -> None:
               f"{torch.get_num_threads()}")  # fmt: skip
         seconds = time_interleaved(
             {
-                "load_segmentor (verified)": lambda: load_segmentor(path),
+                "Segmentor.from_checkpoint (verified)": lambda: Segmentor.from_checkpoint(path),
                 "file read only": lambda: load_file(path),
                 "digest only": lambda: tensor_digest(tensors),
             },
             repeats=args.repeats,
         )
     print_ratios(
-        "checkpoint digest cost", seconds, "load_segmentor (verified)", {"digest only": 0.10}
+        "checkpoint digest cost", seconds, "Segmentor.from_checkpoint (verified)", {"digest only": 0.10}
     )
     print(f"digest / file read alone: {seconds['digest only'] / seconds['file read only']:.3f}")
 

@@ -47,11 +47,11 @@ def export_onnx_command(
     """Export a checkpoint (adapters merged in memory) to ONNX, dynamic batch; check it against torch."""
     from recyclelora.adapters import adapter_layers, merge_adapters
     from recyclelora.export import OnnxParityError, export_onnx, verify_onnx
-    from recyclelora.models import load_segmentor
+    from recyclelora.models import Segmentor
     from recyclelora.models.merge import parity_input
 
     with user_errors():
-        model, _, _ = load_segmentor(checkpoint, backbone_weights=backbone_weights)
+        model = Segmentor.from_checkpoint(checkpoint, backbone_weights=backbone_weights)
         adapted = len(list(adapter_layers(model)))
         merge_adapters(model)
         if adapted:
@@ -77,14 +77,14 @@ def export_lora_command(
 ) -> None:
     """The trained update as a peft LoRA (rank 2 (r_main + r_sub)) on the untouched pretrained backbone."""
     from recyclelora.adapters.export import lora_delta
-    from recyclelora.models import load_segmentor, read_checkpoint_info
+    from recyclelora.models import Segmentor, read_checkpoint_info
 
     with user_errors():
         info = read_checkpoint_info(checkpoint)
         if info.merged or info.config.tuning != "adapters":
             raise ValueError(f"{checkpoint} holds no adapters (merged or tuning={info.config.tuning!r})")
-        model, _, factors = load_segmentor(checkpoint)
-        delta = lora_delta(model.backbone.vit, factors)
+        model = Segmentor.from_checkpoint(checkpoint)
+        delta = lora_delta(model.backbone.vit, model.init_factors)
         delta.save_pretrained(out, base_model=info.config.backbone.name)
     console.print(f"LoRA of rank {delta.rank} on {len(delta.state_dict) // 2} layers of {info.config.backbone.name} -> {out}")
 
@@ -100,7 +100,7 @@ def analyze(
     """Per adapter layer: effective rank, rank efficiency and main/sub subspace distance and similarity."""
     from recyclelora.analysis import rank_report
     from recyclelora.eval.analyze import rank_table, write_rank_report
-    from recyclelora.models import load_segmentor, read_checkpoint_info
+    from recyclelora.models import Segmentor, read_checkpoint_info
 
     with user_errors():
         info = read_checkpoint_info(checkpoint)
@@ -114,7 +114,7 @@ def analyze(
             raise ValueError(
                 f"{checkpoint} was trained with tuning={info.config.tuning!r}: it has no adapters to analyse"
             )
-        model, _, _ = load_segmentor(checkpoint, backbone_weights=backbone_weights)
+        model = Segmentor.from_checkpoint(checkpoint, backbone_weights=backbone_weights)
         reports = rank_report(model)
         paths = write_rank_report(reports, out) if out is not None else None
     console.print(rank_table(reports))

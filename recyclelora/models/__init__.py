@@ -12,7 +12,7 @@ from recyclelora._lazy import lazy_attributes, names_from
 
 __all__ = [
     "BackboneConfig", "BuiltSegmentor", "CheckpointInfo", "HeadConfig", "MergeResult", "ModelConfig", "Segmentor", "ViTBackbone",
-    "build_head", "build_segmentor", "load_segmentor", "merge_checkpoint", "read_checkpoint_info", "save_segmentor",
+    "build_head", "build_segmentor", "merge_checkpoint", "read_checkpoint_info", "save_segmentor",
     "state_dict_sha256",
 ]  # fmt: skip
 
@@ -21,7 +21,7 @@ __getattr__, __dir__ = lazy_attributes(
     names_from("recyclelora.models.backbone", ("BackboneConfig", "ViTBackbone"))
     | names_from("recyclelora.models.build", ("BuiltSegmentor", "ModelConfig", "build_segmentor", "state_dict_sha256"))
     | names_from("recyclelora.models.checkpoint", (
-        "CheckpointInfo", "load_segmentor", "read_checkpoint_info", "save_segmentor",
+        "CheckpointInfo", "read_checkpoint_info", "save_segmentor",
     ))
     | names_from("recyclelora.models.heads", ("HeadConfig", "build_head"))
     | names_from("recyclelora.models.merge", ("MergeResult", "merge_checkpoint"))
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from recyclelora.models.build import BuiltSegmentor, ModelConfig, build_segmentor, state_dict_sha256
     from recyclelora.models.checkpoint import (
         CheckpointInfo,
-        load_segmentor,
         read_checkpoint_info,
         save_segmentor,
     )

@@ -136,10 +136,9 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     )
 
 
-def load_segmentor(
-    path: str | Path, *, backbone_weights: str | None = None
-) -> tuple[Segmentor, CheckpointInfo, dict[str, Factors] | None]:
-    """Rebuild a segmentor from a checkpoint: ``(model, info, initial factors)``.
+def _load_checkpoint(path: str | Path, *, backbone_weights: str | None = None) -> Segmentor:
+    """:meth:`Segmentor.from_checkpoint` (the public way to load): the model, with the file's
+    :class:`CheckpointInfo` as ``checkpoint_info`` and its initial adapter factors as ``init_factors``.
 
     ``backbone_weights`` overrides where the pretrained backbone comes from (e.g. a local file on another
     machine); its hash must equal the one recorded at training time. Merged checkpoints need no weights.
@@ -151,7 +150,7 @@ def load_segmentor(
         config = replace(config, backbone=replace(config.backbone, weights="none"), tuning="full")
     elif backbone_weights is not None:
         config = replace(config, backbone=replace(config.backbone, weights=backbone_weights))
-    elif config.backbone.weights not in (*NAMED_SOURCES, "none") and not Path(config.backbone.weights).is_file():
+    elif config.backbone.weights not in NAMED_SOURCES and not Path(config.backbone.weights).is_file():
         where = "" if Path(config.backbone.weights).is_absolute() else " (relative to the folder training ran in)"
         raise FileNotFoundError(
             f"checkpoint {path} needs the pretrained backbone it was trained from, {config.backbone.weights}{where}, "
@@ -178,7 +177,9 @@ def load_segmentor(
             f"checkpoint {path} does not fit the model its config builds: missing {missing[:10]}, "
             f"unexpected {sorted(unexpected)[:10]}"
         )
-    return model, info, factors
+    model.checkpoint_info = info
+    model.init_factors = factors
+    return model
 
 
 def _init_factors(tensors: dict[str, torch.Tensor]) -> dict[str, Factors]:

@@ -17,7 +17,8 @@ import torch
 from recyclelora.adapters.inject import merge_adapters
 from recyclelora.errors import UserError
 from recyclelora.io import atomic_path, sha256_file
-from recyclelora.models.checkpoint import load_segmentor, save_segmentor
+from recyclelora.models.checkpoint import save_segmentor
+from recyclelora.models.segmentor import Segmentor
 
 #: Largest ``max |merged - unmerged| / max |unmerged|`` over the logits that a merge may change.
 MERGE_RTOL = 1e-4
@@ -59,7 +60,8 @@ def merge_checkpoint(
     written atomically and only if the model reloaded from it passes the logit check (else
     :class:`MergeParityError` and nothing is written). A merged source is refused.
     """
-    model, info, _ = load_segmentor(source, backbone_weights=backbone_weights)
+    model = Segmentor.from_checkpoint(source, backbone_weights=backbone_weights)
+    info = model.checkpoint_info
     if info.merged:
         raise ValueError(f"{source} is already merged: merging twice is refused; use it as it is")
     images = parity_input(info.config.backbone.img_size, info.config.backbone.img_size)
@@ -77,7 +79,7 @@ def merge_checkpoint(
             merged=True,
             metadata={"source_sha256": source_sha256, "trainable_parameters": trained},
         )
-        merged, _, _ = load_segmentor(tmp)
+        merged = Segmentor.from_checkpoint(tmp)
         with torch.inference_mode():
             diff = relative_diff(merged.eval()(images), expected)
         if not diff <= MERGE_RTOL:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recyclelora.data.classes import IGNORE_INDEX
 from recyclelora.models.heads.base import SegHead
+
+if TYPE_CHECKING:
+    from recyclelora.adapters import Factors
+    from recyclelora.models.checkpoint import CheckpointInfo
 
 
 class Segmentor(nn.Module):
@@ -38,6 +44,23 @@ class Segmentor(nn.Module):
             )
         self.backbone = backbone
         self.head = head
+        #: What the checkpoint this model was loaded from says about itself; None for a model built in memory.
+        self.checkpoint_info: CheckpointInfo | None = None
+        #: The adapters' initial factors from that checkpoint, by layer; None if built in memory, merged or full.
+        self.init_factors: dict[str, Factors] | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, backbone_weights: str | None = None) -> Segmentor:
+        """Rebuild a segmentor from a checkpoint written by :func:`~recyclelora.models.save_segmentor`.
+
+        The model carries :attr:`checkpoint_info` and :attr:`init_factors`. ``backbone_weights`` overrides where
+        the pretrained backbone comes from (e.g. a local file on another machine); its hash must equal the one
+        recorded at training time. Merged checkpoints need no weights.
+        """
+        # imported here: checkpoint.py imports this module (through build.py), a top-level import would cycle
+        from recyclelora.models.checkpoint import _load_checkpoint
+
+        return _load_checkpoint(path, backbone_weights=backbone_weights)
 
     @property
     def num_classes(self) -> int:

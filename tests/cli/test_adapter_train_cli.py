@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from recyclelora.cli.main import app
-from recyclelora.models import load_segmentor
+from recyclelora.models import Segmentor
 
 runner = CliRunner()
 
@@ -62,7 +62,8 @@ def test_train_command_from_params(tmp_path: Path, tiny_benchmark: dict) -> None
     result = runner.invoke(app, ["train", "--params", str(path), "--out", str(out), "--no-progress",
                                  "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
     assert result.exit_code == 0, result.output
-    model, info, _ = load_segmentor(out / "model.safetensors")
+    model = Segmentor.from_checkpoint(out / "model.safetensors")
+    info = model.checkpoint_info
     assert info.metadata["step"] == "2" and info.config.adapter.rank_main == 4
     info_out = runner.invoke(app, ["info", str(out / "model.safetensors")])
     assert "segmentor checkpoint" in info_out.output and "rank main 4 / sub 2" in info_out.output
@@ -74,4 +75,4 @@ def test_train_command_from_params(tmp_path: Path, tiny_benchmark: dict) -> None
     params["train"]["lr"] = -1
     path.write_text(yaml.safe_dump(params))
     bad = runner.invoke(app, ["train", "--params", str(path), "--out", str(out)])
-    assert bad.exit_code == 1 and "train.lr must be > 0" in bad.output
+    assert bad.exit_code == 1 and "train.lr must be a number > 0, got -1" in bad.output

@@ -18,7 +18,7 @@ from recyclelora.eval.predict import InferenceConfig, InferencePredictor
 from recyclelora.eval.predictors import TorchPredictor
 from recyclelora.eval.reports import metrics_dict
 from recyclelora.eval.sliding import SlidingWindowConfig
-from recyclelora.models import load_segmentor
+from recyclelora.models import Segmentor
 from tests.cli import SIZE, assert_user_error, invoke, save_tiny_checkpoint, single_thread, write_dataset
 
 runner = CliRunner()
@@ -69,7 +69,7 @@ def test_eval_groups_manifests_by_dataset_and_equals_the_library(work, torch_eva
     assert set(metrics) == {"alpha", "beta", "mean_mIoU"}
     assert metrics["alpha"]["num_images"] == 3 and metrics["beta"]["num_images"] == 2
     assert metrics["mean_mIoU"] == pytest.approx((metrics["alpha"]["mIoU"] + metrics["beta"]["mIoU"]) / 2)
-    model, _, _ = load_segmentor(work / "model.safetensors")
+    model = Segmentor.from_checkpoint(work / "model.safetensors")
     datasets = {
         "alpha": SegmentationDataset(
             [work / "alpha_val.parquet", work / "alpha_train.parquet"], EvalTransform()
@@ -151,7 +151,7 @@ def test_predict_names_a_corrupt_image(work, tmp_path) -> None:
 
 
 def test_inference_at_another_size_scores_at_the_image_size(work) -> None:
-    model, _, _ = load_segmentor(work / "model.safetensors")
+    model = Segmentor.from_checkpoint(work / "model.safetensors")
     image = torch.randn(1, 3, SIZE, 84, generator=torch.Generator().manual_seed(0))
     sliding = SlidingWindowConfig(crop=(SIZE, SIZE), stride=(37, 37))
     predict = TorchPredictor(model)

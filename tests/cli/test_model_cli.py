@@ -21,7 +21,7 @@ from recyclelora.cli.main import app
 from recyclelora.eval.analyze import rank_rows
 from recyclelora.eval.predictors import OnnxPredictor
 from recyclelora.io import sha256_file
-from recyclelora.models import load_segmentor, read_checkpoint_info
+from recyclelora.models import Segmentor, read_checkpoint_info
 from recyclelora.models.merge import MERGE_RTOL
 from tests.cli import (
     RANK_MAIN,
@@ -70,8 +70,8 @@ def test_merge_keeps_logits_and_records_the_source(checkpoint, merged) -> None:
     assert info.merged and info.metadata["source_sha256"] == source_sha
     assert info.metadata["trainable_parameters"] == read_checkpoint_info(checkpoint).metadata["trainable_parameters"]
     assert not any("lora_" in key or key.startswith("init.") for key in load_file(out))
-    original, _, _ = load_segmentor(checkpoint)
-    folded, _, _ = load_segmentor(out)
+    original = Segmentor.from_checkpoint(checkpoint)
+    folded = Segmentor.from_checkpoint(out)
     with torch.inference_mode():
         expected, actual = original.eval()(images()), folded.eval()(images())
     assert float((actual - expected).abs().max() / expected.abs().max()) <= MERGE_RTOL
@@ -84,7 +84,7 @@ def test_merged_backbone_loads_into_plain_timm(checkpoint, merged) -> None:
         "vit_small_patch14_dinov2", pretrained=False, img_size=SIZE, num_classes=0, **TINY_VIT
     ).eval()
     vit.load_state_dict(state, strict=True)
-    original, _, _ = load_segmentor(checkpoint)  # the adapted backbone before merging
+    original = Segmentor.from_checkpoint(checkpoint)  # the adapted backbone before merging
     with torch.inference_mode():
         expected = original.backbone.vit.eval().forward_features(images())
         torch.testing.assert_close(vit.forward_features(images()), expected, rtol=1e-4, atol=1e-4)
@@ -118,7 +118,7 @@ def test_export_onnx_with_dynamic_batch_matches_torch(checkpoint, tmp_path) -> N
     assert "merged 16 adapter layers" in result.stdout and "argmax agreement" in result.stdout
     dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, SIZE, SIZE]
-    original, _, _ = load_segmentor(checkpoint)
+    original = Segmentor.from_checkpoint(checkpoint)
     with torch.inference_mode():
         expected = original.eval()(images(batch=4))
     actual = OnnxPredictor(out)(images(batch=4))
@@ -160,7 +160,7 @@ def test_analyze_after_training_reports_the_changed_adapters(checkpoint, tmp_pat
     assert result.exit_code == 0, result.output
     assert "mean" in result.stdout
     rows = pq.read_table(tmp_path / "rank_report.parquet").to_pylist()
-    model, _, _ = load_segmentor(checkpoint)
+    model = Segmentor.from_checkpoint(checkpoint)
     assert rows == rank_rows(rank_report(model))
     assert all(row["similarity"] > 1e-3 and abs(row["erank_main"] - RANK_MAIN) > 1e-3 for row in rows)
 
@@ -175,7 +175,8 @@ def test_export_lora_loads_into_peft_on_the_pretrained_vit(tmp_path: Path) -> No
     checkpoint = save_tiny_checkpoint(tmp_path / "model.safetensors")
     result = runner.invoke(app, ["export", "lora", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "lora")])
     assert result.exit_code == 0, result.output
-    adapted, _, factors = load_segmentor(checkpoint)
+    adapted = Segmentor.from_checkpoint(checkpoint)
+    factors = adapted.init_factors
     vit = adapted.backbone.vit.eval()
     # the pretrained weights the residuals were made from: W0 = W_res + s B0 A0
     plain = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=SIZE, **TINY_VIT).eval()

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from recyclelora.io import save_safetensors
-from recyclelora.models import load_segmentor, merge_checkpoint
+from recyclelora.models import Segmentor, merge_checkpoint
 from recyclelora.models.checkpoint import DIGEST_KEY, read_tensors, tensor_digest
 from tests.cli import save_tiny_checkpoint
 
@@ -36,11 +36,11 @@ def test_flipped_bytes_in_a_tensor_are_refused(tmp_path: Path, merged: bool) -> 
     path = save_tiny_checkpoint(tmp_path / "model.safetensors")
     if merged:
         path = merge_checkpoint(path, tmp_path / "merged.safetensors").path
-    load_segmentor(path)  # intact: loads
+    Segmentor.from_checkpoint(path)  # intact: loads
     key = largest_tensor(path)
     flip_bytes(path, key)
     with pytest.raises(ValueError, match="is corrupt: its tensors no longer match the digest"):
-        load_segmentor(path)
+        Segmentor.from_checkpoint(path)
     with pytest.raises(ValueError, match="is corrupt"):
         read_tensors(path)
 
