@@ -15,6 +15,13 @@ class UserError(RuntimeError):
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, UserError)
 
 
+def first_sentence(error: BaseException) -> str:
+    """The first sentence of the error's first non-blank line, or its type's name: the gist of a third-party
+    error (torch and gloo append paragraphs of advice) to quote in one line."""
+    line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return line.split(". ")[0] or type(error).__name__
+
+
 def require_extra(module: str, extra: str, purpose: str) -> ModuleType:
     """Import ``module`` (an optional dependency) or raise one line naming the extra that installs it.
 

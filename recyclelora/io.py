@@ -1,5 +1,6 @@
-"""Small file-system helpers shared by every stage: atomic writes, content hashes, reproducible safetensors,
-the cache folder. Free of torch at import (:func:`save_safetensors` imports it when called)."""
+"""Small file-system helpers shared by every stage: atomic files and folders, content hashes, reproducible
+safetensors, the cache folder, dotted keys for nested settings. Free of torch at import (:func:`save_safetensors`
+imports it when called)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -14,6 +16,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+#: What :func:`atomic_dir` appends to a folder's name for the folder it builds in its place.
+PARTIAL_SUFFIX = ".partial"
 
 
 def default_cache_dir() -> Path:
@@ -39,14 +44,50 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     umask = os.umask(0)
     os.umask(umask)
     tmp_path.chmod(0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-    try:
+    with _replacing(target, tmp_path):
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp_path, target)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], *, keep_partial: bool = False) -> Iterator[Path]:
+    """Yield the folder ``<path>.partial`` (:data:`PARTIAL_SUFFIX`); on success it replaces ``path``.
+
+    Readers never see a half-written folder: ``path`` is the old one until the block succeeds, then the complete
+    new one. On error the partial folder is removed, or kept with ``keep_partial``, for a resumable writer to
+    continue in; without it every attempt starts from an empty partial folder.
+    """
+    target = Path(path)
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    if not keep_partial:
+        _remove(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    with _replacing(target, partial, keep_on_error=keep_partial):
+        yield partial
+
+
+@contextlib.contextmanager
+def _replacing(target: Path, tmp: Path, *, keep_on_error: bool = False) -> Iterator[None]:
+    """Move ``tmp`` over ``target`` when the block succeeds; remove it when the block fails (unless kept)."""
+    try:
+        yield
+        if tmp.is_dir():
+            _remove(target)  # a folder cannot be renamed over a file or a non-empty folder
+        os.replace(tmp, target)
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        if not keep_on_error:
+            with contextlib.suppress(OSError):  # the first error is the one to report
+                _remove(tmp)
         raise
+
+
+def _remove(path: Path) -> None:
+    """Delete the file, link or folder tree at ``path``, if any."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -98,3 +139,17 @@ def save_safetensors(
                 handle.seek(8)
                 handle.write(text.ljust(size, b" "))  # the format pads headers with spaces
     return Path(path)
+
+
+def flatten(tree: Mapping[str, object], *, keep_empty: bool = True) -> dict[str, object]:
+    """Nested mappings as dotted keys: ``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": 1e-4}``.
+
+    An empty mapping is a value (``{"subset": {}}`` stays), or is left out without ``keep_empty``.
+    """
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat |= {f"{key}.{name}": leaf for name, leaf in flatten(value, keep_empty=keep_empty).items()}
+        elif keep_empty or not isinstance(value, Mapping):
+            flat[str(key)] = value
+    return flat

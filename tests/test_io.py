@@ -1,4 +1,4 @@
-"""Atomic writes and reproducible safetensors files."""
+"""Atomic files and folders, reproducible safetensors files, dotted keys."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from recyclelora.io import atomic_path, save_safetensors, sha256_file
+from recyclelora.io import PARTIAL_SUFFIX, atomic_dir, atomic_path, flatten, save_safetensors, sha256_file
 
 METADATA = {f"key{i}": f"value {i} é" for i in range(8)}
 
@@ -55,3 +55,52 @@ def test_save_safetensors_without_metadata(tmp_path: Path) -> None:
     with safe_open(str(path), framework="pt") as handle:
         assert handle.metadata() is None
         assert torch.equal(handle.get_tensor("w"), torch.zeros(2))
+
+
+def _write_folder(path: Path, files: dict[str, str]) -> None:
+    path.mkdir(parents=True)
+    for name, text in files.items():
+        (path / name).write_text(text)
+
+
+def _folder(path: Path) -> dict[str, str]:
+    return {file.name: file.read_text() for file in path.iterdir()}
+
+
+def test_atomic_dir_replaces_the_folder_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    _write_folder(target, {"old.txt": "old", "shared.txt": "old"})
+    with atomic_dir(target) as partial:
+        assert partial == tmp_path / f"out{PARTIAL_SUFFIX}" and not any(partial.iterdir())
+        (partial / "shared.txt").write_text("new")
+    assert _folder(target) == {"shared.txt": "new"}  # the old folder's files are gone, not merged
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_dir_leaves_the_old_folder_untouched_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    _write_folder(target, {"old.txt": "old"})
+    with pytest.raises(RuntimeError), atomic_dir(target) as partial:
+        (partial / "half.txt").write_text("half")
+        raise RuntimeError("interrupted")
+    assert _folder(target) == {"old.txt": "old"}
+    assert list(tmp_path.iterdir()) == [target]  # no partial folder left
+
+
+def test_atomic_dir_keep_partial_keeps_the_work_for_the_next_attempt(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_dir(target, keep_partial=True) as partial:
+        (partial / "step1.txt").write_text("done")
+        raise RuntimeError("interrupted")
+    assert not target.exists() and _folder(partial) == {"step1.txt": "done"}
+    with atomic_dir(target, keep_partial=True) as again:
+        assert _folder(again) == {"step1.txt": "done"}
+        (again / "step2.txt").write_text("done")
+    assert _folder(target) == {"step1.txt": "done", "step2.txt": "done"}
+    assert not partial.exists()
+
+
+def test_flatten_dots_nested_keys_and_keeps_empty_mappings_unless_told() -> None:
+    tree = {"train": {"lr": 1e-4, "sizes": [512, 512]}, "subset": {}, "seed": 0}
+    assert flatten(tree) == {"train.lr": 1e-4, "train.sizes": [512, 512], "subset": {}, "seed": 0}
+    assert flatten(tree, keep_empty=False) == {"train.lr": 1e-4, "train.sizes": [512, 512], "seed": 0}

@@ -1,4 +1,5 @@
-"""What every command shares: the consoles, and turning a library's user-facing errors into one red line.
+"""What every command shares: the consoles, the library's log records on stderr, and turning a library's
+user-facing errors into one red line.
 
 Public: the pipeline's stage commands (``python -m pipeline``) use the same helpers. Light on purpose (typer,
 rich): command modules import it at the top, and ``--help`` must not import torch."""
@@ -6,40 +7,58 @@ rich): command modules import it at the top, and ``--help`` must not import torc
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.markup import escape
 
 from recyclelora.errors import USER_ERRORS
 
 console = Console()
 errors = Console(stderr=True)
+_log_handler = RichHandler(console=errors, show_time=False, show_path=False)
 
 #: Set to 1 (or pass ``recyclelora-cli --debug``) to get the traceback of a user error instead of one line.
 DEBUG_ENV = "RECYCLELORA_DEBUG"
 _WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"
 
-__all__ = ["DEBUG_ENV", "console", "debug_enabled", "errors", "message", "root_app", "user_errors"]
+__all__ = [
+    "DEBUG_ENV", "configure_logging", "console", "debug_enabled", "errors", "message", "root_app", "user_errors",
+]  # fmt: skip
 
 
 def root_app(name: str, help: str) -> typer.Typer:
-    """A top-level Typer app with the shared ``--debug`` option (sets :data:`DEBUG_ENV` for the whole process)."""
+    """A top-level Typer app with the shared ``--debug`` option (sets :data:`DEBUG_ENV` for the whole process)
+    that shows the library's log records (:func:`configure_logging`)."""
     app = typer.Typer(name=name, help=help, no_args_is_help=True, pretty_exceptions_show_locals=False)
 
     @app.callback()
     def main(
         debug: Annotated[
-            bool, typer.Option("--debug", help=f"Show the traceback of an error (or set {DEBUG_ENV}=1).")
+            bool,
+            typer.Option("--debug", help=f"Show the traceback of an error and debug messages (or set {DEBUG_ENV}=1)."),
         ] = False,
     ) -> None:
         if debug:
             os.environ[DEBUG_ENV] = "1"
+        configure_logging(debug_enabled())
 
     return app
+
+
+def configure_logging(debug: bool) -> None:
+    """Show the library's log records (``recyclelora.*``) on stderr through rich: INFO and up, DEBUG with ``debug``.
+
+    Other packages' loggers are left as they are; calling it again only changes the level."""
+    logger = logging.getLogger("recyclelora")
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    if _log_handler not in logger.handlers:
+        logger.addHandler(_log_handler)
 
 
 def debug_enabled() -> bool:

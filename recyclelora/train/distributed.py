@@ -19,7 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from recyclelora.errors import UserError
+from recyclelora.errors import UserError, first_sentence
 
 #: Environment variable: seconds a collective waits for the other processes before the run stops.
 TIMEOUT_ENV = "RECYCLELORA_DIST_TIMEOUT"
@@ -124,8 +124,7 @@ def stop_on_peer_failure(info: DistInfo) -> Iterator[None]:
             # when the process that died ran on this node, torchrun's agent sees it within its monitor interval
             # (0.1 s) and stops this one: its summary then names that process as the root cause, not this one
             time.sleep(PEER_GRACE_S)
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        detail = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).split(". ")[0][:200]  # gloo: "[file:line] message."
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", first_sentence(error))[:200]  # gloo: "[file:line] message."
         raise CollectiveFailure(
             f"rank {info.rank} of {info.world_size} stops: another process of the run exited, or did not answer "
             f"within {timeout().total_seconds():g} s ({TIMEOUT_ENV}); torchrun's summary names the rank that "

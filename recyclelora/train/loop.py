@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import shutil
 import time
@@ -28,7 +29,7 @@ from recyclelora.data.transforms import EvalTransform, TrainTransform
 from recyclelora.errors import UserError
 from recyclelora.eval.evaluate import evaluate
 from recyclelora.eval.predictors import TorchPredictor
-from recyclelora.io import atomic_path, atomic_write_text
+from recyclelora.io import atomic_dir, atomic_path, atomic_write_text, flatten
 from recyclelora.models.build import ModelConfig, build_segmentor
 from recyclelora.models.checkpoint import read_checkpoint_info, read_tensors, save_segmentor
 from recyclelora.models.segmentor import Segmentor
@@ -44,6 +45,8 @@ SUMMARY_FILE = "train_summary.json"
 #: The record of the samples trained on (manifest, row, name, image; data.subset's draws), in the run folder.
 SAMPLES_FILE = "train_samples.parquet"
 KEEP_CHECKPOINTS = 2
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(UserError):
@@ -95,8 +98,9 @@ def _checkpoint_dir(out_dir: Path, step: int) -> Path:
 
 
 def _checkpoint_dirs(root: Path) -> list[Path]:
-    """The checkpoint folders under ``root``, ordered by step number."""
-    return sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.removeprefix("step_")))
+    """The checkpoint folders under ``root`` (not partial ones), ordered by step number."""
+    folders = [p for p in root.glob("step_*") if p.is_dir() and p.name.removeprefix("step_").isdigit()]
+    return sorted(folders, key=lambda p: int(p.name.removeprefix("step_")))
 
 
 #: Training settings that do not change what is optimised: a resumed run may change them.
@@ -107,17 +111,7 @@ def run_settings(config: TrainConfig, data: DataConfig) -> dict[str, object]:
     """What determines the optimisation, flattened to dotted keys: ``train.*`` (but :data:`LOOP_SETTINGS`)
     and ``data.*``, as JSON values."""
     settings = {"train": {k: v for k, v in config.to_dict().items() if k not in LOOP_SETTINGS}, "data": asdict(data)}
-    return _flatten(json.loads(json.dumps(settings, default=str)))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    return flatten(json.loads(json.dumps(settings, default=str)))
 
 
 def _changes(saved: dict[str, object], current: dict[str, object]) -> list[str]:
@@ -176,153 +170,199 @@ def train(
     info = distributed.setup(config.device)
     try:
         with distributed.stop_on_peer_failure(info):  # a failed collective ends the process with one line
-            return _train(model_config, config, data, out_dir, info, resume, cache_dir, on_log, progress)
+            trainer = _Trainer(model_config, config, data, out_dir, info, cache_dir)
+            if resume:
+                trainer.resume()
+            seconds = trainer.run(on_log, progress)
+            return trainer.finish(seconds)
     finally:
         distributed.teardown()
 
 
-def _train(
-    model_config: ModelConfig,
-    config: TrainConfig,
-    data: DataConfig,
-    out_dir: Path,
-    info: distributed.DistInfo,
-    resume: bool,
-    cache_dir: str | Path | None,
-    on_log: Callable[[dict[str, float]], None] | None,
-    progress: bool,
-) -> TrainResult:
-    torch.manual_seed(config.seed)
-    dataset = SegmentationDataset(data.train, TrainTransform(data.transform), subset=data.subset, seed=config.seed)
-    order = BatchOrder(len(dataset), config.batch_size, config.seed, info.rank, info.world_size, config.grad_accum)
-    built = build_segmentor(model_config, cache_dir=cache_dir, generator=torch.Generator().manual_seed(config.seed))
-    model = built.model.to(info.device)
-    optimizer = build_optimizer(model, model_config, config)
-    start, history, settings = 0, [], run_settings(config, data)
-    checkpoint = _latest_checkpoint(out_dir) if resume else None
-    if resume and checkpoint is None and info.is_main:
-        print(f"no checkpoint under {out_dir / 'checkpoints'}: starting from step 0")
-    if checkpoint is not None:
+class _Trainer:
+    """One process's part of a run, step by step: built seeded (``__init__``), :meth:`resume`, :meth:`run`
+    (:meth:`train_step` per iteration, :meth:`log` / :meth:`validate` / :meth:`save` when due), :meth:`finish`.
+
+    ``start`` (the step this process began at) and ``history`` (the logged rows) are where the run stands.
+    """
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        config: TrainConfig,
+        data: DataConfig,
+        out_dir: Path,
+        info: distributed.DistInfo,
+        cache_dir: str | Path | None,
+    ) -> None:
+        self.model_config, self.config, self.data = model_config, config, data
+        self.out_dir, self.info = out_dir, info
+        torch.manual_seed(config.seed)
+        self.dataset = SegmentationDataset(
+            data.train, TrainTransform(data.transform), subset=data.subset, seed=config.seed
+        )
+        self.order = BatchOrder(
+            len(self.dataset), config.batch_size, config.seed, info.rank, info.world_size, config.grad_accum
+        )
+        generator = torch.Generator().manual_seed(config.seed)
+        self.built = build_segmentor(model_config, cache_dir=cache_dir, generator=generator)
+        self.model = self.built.model.to(info.device)
+        self.optimizer = build_optimizer(self.model, model_config, config)
+        self.settings = run_settings(config, data)
+        use_bf16 = config.precision == "bf16" or (config.precision == "auto" and info.device.type == "cuda")
+        self.autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+        self.start = 0
+        self.history: list[dict[str, float]] = []
+
+    def resume(self) -> None:
+        """Continue from ``checkpoints/latest`` (model, optimiser, RNG, step, history), or from step 0 without one.
+
+        A checkpoint trained with other settings (:func:`run_settings`, the model's) is refused, naming each change.
+        """
+        checkpoint = _latest_checkpoint(self.out_dir)
+        if checkpoint is None:
+            if self.info.is_main:
+                logger.info("no checkpoint under %s: starting from step 0", self.out_dir / "checkpoints")
+            return
         saved = read_checkpoint_info(checkpoint / MODEL_FILE).config
         trainer_state = load_trainer_state(checkpoint)
-        changed = _changes(_flatten({"model": saved.to_dict()}), _flatten({"model": model_config.to_dict()}))
+        changed = _changes(flatten({"model": saved.to_dict()}), flatten({"model": self.model_config.to_dict()}))
         if "settings" in trainer_state:  # checkpoints written before settings were recorded have none
-            changed += _changes(json.loads(trainer_state["settings"]), settings)
+            changed += _changes(json.loads(trainer_state["settings"]), self.settings)
         if changed:
             raise ValueError(
                 f"cannot resume from {checkpoint}: it was trained with other settings ({'; '.join(changed)}); "
                 "resume with the run's settings, or train into a new folder"
             )
-        tensors = read_tensors(checkpoint / MODEL_FILE, info.device)
-        state = {k: v for k, v in tensors.items() if not k.startswith("init.")}
-        model.load_state_dict(state, strict=False)
-        optimizer.load_state_dict(trainer_state["optimizer"])
+        tensors = read_tensors(checkpoint / MODEL_FILE, self.info.device)
+        self.model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("init.")}, strict=False)
+        self.optimizer.load_state_dict(trainer_state["optimizer"])
         set_rng_state(trainer_state["rng"])
-        start, history = trainer_state["step"], json.loads(trainer_state["history"])
+        self.start, self.history = trainer_state["step"], json.loads(trainer_state["history"])
 
-    forward: nn.Module = _TrainForward(model)
-    if info.world_size > 1:
-        forward = DistributedDataParallel(forward, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and info.device.type == "cuda")
-    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    batches = _batches(dataset, order, start * config.grad_accum, config.num_workers)
-    model.train()
+    def run(self, on_log: Callable[[dict[str, float]], None] | None, progress: bool) -> float:
+        """Train from ``start`` to ``config.iterations``, logging and checkpointing when due; the seconds it took."""
+        config, info = self.config, self.info
+        forward: nn.Module = _TrainForward(self.model)
+        if info.world_size > 1:
+            device_ids = [info.device.index] if info.device.type == "cuda" else None
+            forward = DistributedDataParallel(forward, device_ids=device_ids)
+        batches = _batches(self.dataset, self.order, self.start * config.grad_accum, config.num_workers)
+        self.model.train()
+        if info.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(info.device)
+        bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                       TimeRemainingColumn(), disable=not (progress and info.is_main))  # fmt: skip
+        began = time.perf_counter()
+        with bar:
+            task = bar.add_task("train", total=config.iterations, completed=self.start, status="")
+            for step in range(self.start, config.iterations):
+                losses = self.train_step(forward, batches, step)
+                done = step + 1
+                if done % config.log_every == 0 or done == config.iterations:
+                    row = self.log(done, losses)
+                    if on_log is not None and info.is_main:
+                        on_log(row)
+                    bar.update(task, status=f"loss {row['loss']:.4f}")
+                bar.update(task, completed=done)
+                if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.iterations:
+                    if info.is_main:
+                        self.save(done)
+                    distributed.barrier(info)
+        return time.perf_counter() - began
 
-    def validate() -> dict[str, float]:
+    def train_step(self, forward: nn.Module, batches: Iterator[dict[str, torch.Tensor]], step: int) -> dict[str, float]:
+        """One optimiser update over ``grad_accum`` micro-batches; its losses by sorted name, averaged over the
+        micro-batches and the processes. A non-finite loss stops the run before the update."""
+        config, info = self.config, self.info
+        apply_schedules(self.optimizer, step, config)
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, torch.Tensor] = {}
+        for micro in range(config.grad_accum):
+            batch = next(batches)
+            images = batch["image"].to(info.device, non_blocking=True)
+            labels = batch["label"].to(info.device, non_blocking=True)
+            sync = micro == config.grad_accum - 1 or info.world_size == 1
+            with self.autocast, (nullcontext() if sync else forward.no_sync()):
+                losses = forward(images, labels)
+                (losses["loss"] / config.grad_accum).backward()
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + value.detach().float() / config.grad_accum
+        keys = sorted(totals)
+        means = dict(zip(keys, distributed.mean_across(torch.stack([totals[k] for k in keys]), info).tolist()))
+        if not all(math.isfinite(v) for v in means.values()):
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step} ({means}): nothing was saved after the last checkpoint in "
+                f"{self.out_dir / 'checkpoints'}; lower train.lr or check the data"
+            )
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        return means
+
+    def log(self, done: int, losses: dict[str, float]) -> dict[str, float]:
+        """Append the row of step ``done`` to ``history``: its losses, learning rate and, when due, validation."""
+        row = {"step": done, **losses, "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.config.val_every and (done % self.config.val_every == 0 or done == self.config.iterations):
+            row |= self.validate()
+            distributed.barrier(self.info)
+        self.history.append(row)
+        return row
+
+    def validate(self) -> dict[str, float]:
         """mIoU per validation dataset (whole-image inference) and their mean, on the main process."""
-        if not data.val or not info.is_main:
+        if not self.data.val or not self.info.is_main:
             return {}
-        model.eval()
-        sets = {Path(m).stem: SegmentationDataset(m, EvalTransform(data.val_transform)) for m in data.val}
-        with autocast:
-            result = evaluate(TorchPredictor(model, info.device), sets, sliding=None, progress=False)
-        model.train()
+        self.model.eval()
+        sets = {Path(m).stem: SegmentationDataset(m, EvalTransform(self.data.val_transform)) for m in self.data.val}
+        with self.autocast:
+            result = evaluate(TorchPredictor(self.model, self.info.device), sets, sliding=None, progress=False)
+        self.model.train()
         return {f"val_mIoU/{name}": m.miou for name, m in result.metrics.items()} | {"val_mIoU": result.mean_miou}
 
-    def save(step: int) -> None:
-        if not info.is_main:
-            return
-        folder = _checkpoint_dir(out_dir, step)
-        root = folder.parent
-        partial = root / f".partial_{folder.name}"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        save_segmentor(partial / MODEL_FILE, model, model_config, backbone_sha256=built.backbone_sha256,
-                       init_factors=built.init_factors, metadata={"step": str(step)})  # fmt: skip
-        extra = {"history": json.dumps(history), "settings": json.dumps(settings)}
-        save_trainer_state(partial, step=step, optimizer=optimizer, extra=extra)
-        shutil.rmtree(folder, ignore_errors=True)
-        partial.rename(folder)
-        atomic_write_text(root / "latest", folder.name)
-        for old in _checkpoint_dirs(root)[:-KEEP_CHECKPOINTS]:
+    def save(self, step: int) -> None:
+        """Checkpoint ``step`` (main process): its folder written whole, then ``latest`` pointed at it; keep the
+        last :data:`KEEP_CHECKPOINTS` and rewrite the loss log."""
+        folder = _checkpoint_dir(self.out_dir, step)
+        with atomic_dir(folder) as partial:
+            built = self.built
+            save_segmentor(partial / MODEL_FILE, self.model, self.model_config, backbone_sha256=built.backbone_sha256,
+                           init_factors=built.init_factors, metadata={"step": str(step)})  # fmt: skip
+            extra = {"history": json.dumps(self.history), "settings": json.dumps(self.settings)}
+            save_trainer_state(partial, step=step, optimizer=self.optimizer, extra=extra)
+        atomic_write_text(folder.parent / "latest", folder.name)
+        for old in _checkpoint_dirs(folder.parent)[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old)
-        _write_log(out_dir / LOG_FILE, history)
+        _write_log(self.out_dir / LOG_FILE, self.history)
 
-    if info.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(info.device)
-    bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                   TimeRemainingColumn(), disable=not (progress and info.is_main))  # fmt: skip
-    began = time.perf_counter()
-    with bar:
-        task = bar.add_task("train", total=config.iterations, completed=start, status="")
-        for step in range(start, config.iterations):
-            apply_schedules(optimizer, step, config)
-            optimizer.zero_grad(set_to_none=True)
-            totals: dict[str, torch.Tensor] = {}
-            for micro in range(config.grad_accum):
-                batch = next(batches)
-                images = batch["image"].to(info.device, non_blocking=True)
-                labels = batch["label"].to(info.device, non_blocking=True)
-                sync = micro == config.grad_accum - 1 or info.world_size == 1
-                with autocast, (nullcontext() if sync else forward.no_sync()):
-                    losses = forward(images, labels)
-                    (losses["loss"] / config.grad_accum).backward()
-                for key, value in losses.items():
-                    totals[key] = totals.get(key, 0.0) + value.detach().float() / config.grad_accum
-            keys = sorted(totals)
-            values = distributed.mean_across(torch.stack([totals[k] for k in keys]), info).tolist()
-            if not all(math.isfinite(v) for v in values):
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step} ({dict(zip(keys, values))}): nothing was saved after the last "
-                    f"checkpoint in {out_dir / 'checkpoints'}; lower train.lr or check the data"
-                )
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            done = step + 1
-            if done % config.log_every == 0 or done == config.iterations:
-                row = {"step": done, **dict(zip(keys, values)), "lr": optimizer.param_groups[0]["lr"]}
-                if config.val_every and (done % config.val_every == 0 or done == config.iterations):
-                    row |= validate()
-                    distributed.barrier(info)
-                history.append(row)
-                if on_log is not None and info.is_main:
-                    on_log(row)
-                bar.update(task, status=f"loss {row['loss']:.4f}")
-            bar.update(task, completed=done)
-            if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.iterations:
-                save(done)
-                distributed.barrier(info)
-    seconds = time.perf_counter() - began
-    final = out_dir / MODEL_FILE
-    if info.is_main:
-        save(config.iterations)
-        with atomic_path(final) as tmp:  # the final checkpoint's model file, serialised once
-            shutil.copyfile(_checkpoint_dir(out_dir, config.iterations) / MODEL_FILE, tmp)
-    distributed.barrier(info)
-    steps = config.iterations - start
-    peak = torch.cuda.max_memory_allocated(info.device) / 2**20 if info.device.type == "cuda" else _peak_rss_mb()
-    result = TrainResult(final, history, seconds, steps / seconds if seconds else 0.0, peak)
-    if info.is_main:
-        summary = {"iterations": config.iterations, "resumed_from": start, "seconds": round(seconds, 3),
+    def finish(self, seconds: float) -> TrainResult:
+        """Save the last checkpoint, copy its model to ``out_dir/model.safetensors``, write the summary."""
+        config, info = self.config, self.info
+        final = self.out_dir / MODEL_FILE
+        if info.is_main:
+            self.save(config.iterations)
+            with atomic_path(final) as tmp:  # the final checkpoint's model file, serialised once
+                shutil.copyfile(_checkpoint_dir(self.out_dir, config.iterations) / MODEL_FILE, tmp)
+        distributed.barrier(info)
+        steps = config.iterations - self.start
+        peak = torch.cuda.max_memory_allocated(info.device) / 2**20 if info.device.type == "cuda" else _peak_rss_mb()
+        result = TrainResult(final, self.history, seconds, steps / seconds if seconds else 0.0, peak)
+        if info.is_main:
+            self.write_summary(result)
+        return result
+
+    def write_summary(self, result: TrainResult) -> None:
+        """``train_summary.json`` (the run's figures) and ``train_samples.parquet`` (the samples trained on)."""
+        config, history = self.config, self.history
+        summary = {"iterations": config.iterations, "resumed_from": self.start, "seconds": round(result.seconds, 3),
                    "iterations_per_second": round(result.iterations_per_second, 4),
-                   "peak_memory_mb": round(peak, 1), "world_size": info.world_size, "seed": config.seed,
-                   "train_samples": len(dataset), "final_loss": history[-1]["loss"] if history else None,
-                   **{f"trainable_parameters/{part}": count for part, count in model.trainable_parameters().items()},
+                   "peak_memory_mb": round(result.peak_memory_mb, 1), "world_size": self.info.world_size,
+                   "seed": config.seed, "train_samples": len(self.dataset),
+                   "final_loss": history[-1]["loss"] if history else None,
+                   **{f"trainable_parameters/{part}": n for part, n in self.model.trainable_parameters().items()},
                    }  # fmt: skip
-        atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
-        write_kept_samples(out_dir / SAMPLES_FILE, dataset.kept)
-    return result
+        atomic_write_text(self.out_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+        write_kept_samples(self.out_dir / SAMPLES_FILE, self.dataset.kept)
 
 
 def _peak_rss_mb() -> float:

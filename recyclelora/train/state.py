@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from recyclelora.errors import first_sentence
 from recyclelora.io import atomic_path
 
 STATE_FILE = "trainer_state.pt"
@@ -43,9 +44,7 @@ def load_trainer_state(folder: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
-        first = str(error).strip().split(". ")[0].splitlines()  # torch appends paragraphs of advice
-        reason = first[0] if first else type(error).__name__
         raise ValueError(
-            f"{path} is truncated or corrupt ({reason}): delete the folder {folder} to resume from the checkpoint "
-            "before it, or train into a new folder"
+            f"{path} is truncated or corrupt ({first_sentence(error)}): delete the folder {folder} to resume from "
+            "the checkpoint before it, or train into a new folder"
         ) from None

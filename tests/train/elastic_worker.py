@@ -15,12 +15,14 @@ from pathlib import Path
 from recyclelora.train import distributed
 
 
-def _arm_pause(pause_file: Path, rank: int, step: int) -> None:
+def arm_pause(pause_file: Path, rank: int, step: int, run_dir: Path) -> None:
+    """Make ``rank`` write its pid to ``pause_file`` and sleep at the barrier after step ``step``'s checkpoint
+    of the run in ``run_dir`` is on disk (the test then kills it)."""
     barrier = distributed.barrier
 
     def pausing_barrier(info: distributed.DistInfo) -> None:
         barrier(info)
-        latest = Path(os.environ["ELASTIC_RUN_DIR"]) / "checkpoints" / "latest"
+        latest = run_dir / "checkpoints" / "latest"
         if info.rank == rank and latest.is_file() and latest.read_text().strip() == f"step_{step:07d}":
             partial = pause_file.with_suffix(".partial")
             partial.write_text(str(os.getpid()))
@@ -33,8 +35,8 @@ def _arm_pause(pause_file: Path, rank: int, step: int) -> None:
 
 if __name__ == "__main__":
     if "ELASTIC_PAUSE_FILE" in os.environ and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
-        _arm_pause(Path(os.environ["ELASTIC_PAUSE_FILE"]), int(os.environ["ELASTIC_PAUSE_RANK"]),
-                   int(os.environ["ELASTIC_PAUSE_STEP"]))  # fmt: skip
+        arm_pause(Path(os.environ["ELASTIC_PAUSE_FILE"]), int(os.environ["ELASTIC_PAUSE_RANK"]),
+                  int(os.environ["ELASTIC_PAUSE_STEP"]), Path(os.environ["ELASTIC_RUN_DIR"]))  # fmt: skip
     from recyclelora.cli.main import app
 
     app(prog_name="recyclelora")

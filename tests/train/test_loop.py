@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 
-from recyclelora.models import load_segmentor
+from recyclelora.io import PARTIAL_SUFFIX
+from recyclelora.models import Segmentor
 from recyclelora.models.heads.light import LightHead
 from recyclelora.train.config import DataConfig
 from recyclelora.train.loop import NonFiniteLossError, train
@@ -34,8 +36,8 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path: Path, tiny_da
     assert [row["step"] for row in resumed.history] == list(range(1, 7))
     for a, b in zip(full.history, resumed.history, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-6, abs=1e-6)
-    first = load_segmentor(tmp_path / "full" / "model.safetensors")[0].eval()
-    second = load_segmentor(tmp_path / "cut" / "model.safetensors")[0].eval()
+    first = Segmentor.from_checkpoint(tmp_path / "full" / "model.safetensors").eval()
+    second = Segmentor.from_checkpoint(tmp_path / "cut" / "model.safetensors").eval()
     x = torch.randn(1, 3, 42, 42)
     torch.testing.assert_close(first(x), second(x), rtol=1e-5, atol=1e-6)
 
@@ -51,8 +53,8 @@ def test_run_outputs_and_reload(tmp_path: Path, tiny_data: DataConfig) -> None:
     assert result.history[0]["lr"] == pytest.approx(1e-3, rel=1e-6)
     assert result.history[1]["lr"] == pytest.approx(1e-3 * (1 - 1 / 3) ** 0.9, rel=1e-6)
     assert result.history[3]["lr"] == 0.0
-    model, info, factors = load_segmentor(result.model_path)
-    assert info.metadata["step"] == "4" and factors is not None
+    model = Segmentor.from_checkpoint(result.model_path)
+    assert model.checkpoint_info.metadata["step"] == "4" and model.init_factors is not None
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
@@ -72,7 +74,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
               progress=False)  # fmt: skip
     assert (tmp_path / "checkpoints" / "latest").read_text() == "step_0000004"
     assert not (tmp_path / "model.safetensors").exists()
-    load_segmentor(tmp_path / "checkpoints" / "step_0000004" / "model.safetensors")
+    Segmentor.from_checkpoint(tmp_path / "checkpoints" / "step_0000004" / "model.safetensors")
 
 
 def test_resume_with_other_settings_is_refused_naming_each_change(tmp_path: Path, tiny_data: DataConfig) -> None:
@@ -109,4 +111,18 @@ def test_checkpoints_are_pruned_by_step_number_not_by_name(tmp_path: Path) -> No
 
     for step in (9_999_999, 10_000_000, 200):
         (tmp_path / f"step_{step:07d}").mkdir()
+    (tmp_path / f"step_0000300{PARTIAL_SUFFIX}").mkdir()  # a checkpoint a killed process was writing
     assert [p.name for p in _checkpoint_dirs(tmp_path)] == ["step_0000200", "step_9999999", "step_10000000"]
+
+
+def test_resume_without_a_checkpoint_logs_that_it_starts_from_step_0(
+    tmp_path: Path, tiny_data: DataConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="recyclelora"):
+        result = train(tiny_model_config(), tiny_train_config(iterations=1), tiny_data, tmp_path, resume=True,
+                       progress=False)  # fmt: skip
+    records = [r for r in caplog.records if r.name == "recyclelora.train.loop"]
+    assert [(r.levelno, r.getMessage()) for r in records] == [
+        (logging.INFO, f"no checkpoint under {tmp_path / 'checkpoints'}: starting from step 0")
+    ]
+    assert [row["step"] for row in result.history] == [1]
