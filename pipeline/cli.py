@@ -39,15 +39,16 @@ Metrics = Annotated[Path, typer.Option(help="DVC metrics file (JSON) this stage 
 Weights = Annotated[Path, typer.Option(help="Output folder of the weights stage.")]
 Checkpoint = Annotated[Path, typer.Option(help="Segmentor checkpoint (safetensors) to read.")]
 ShowProgress = Annotated[bool, typer.Option(help="Show progress bars.")]
+Checksums = Annotated[Path, typer.Option(help="GTAV's zip checksums, read and extended by downloads.")]
 
 
 @app.command("data")
-def data(out: Out, params: Params = Path("params.yaml")) -> None:
+def data(out: Out, checksums: Checksums, params: Params = Path("params.yaml")) -> None:
     """Generate the embedded benchmark and/or download and prepare real datasets (params: datasets)."""
     with stage_errors():
         from pipeline.stages import run_data
 
-        counts = run_data(params, out)
+        counts = run_data(params, out, checksums)
     console.print(f"{len(counts)} manifests, {sum(counts.values())} samples -> {out}")
 
 

@@ -52,7 +52,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from recyclelora.errors import UserError
-from recyclelora.io import sha256_bytes, sha256_file
+from recyclelora.io import flatten, sha256_bytes, sha256_file
 
 DB_ENV = "RECYCLELORA_MLFLOW_DB"
 OFFLINE_ENV = "RECYCLELORA_MLFLOW_OFFLINE"
@@ -62,6 +62,8 @@ KEPT_IN_DVC_TAG = "recyclelora.kept_in_dvc"
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 PARAMS_FILE = "params.yaml"
+#: The MLflow REST call that probes a tracking server.
+SEARCH_PATH = "/api/2.0/mlflow/experiments/search"
 DEFAULT_MAX_ARTIFACT_BYTES = 50 * 1024**2
 _TRUNCATED = "...[truncated]"
 
@@ -105,35 +107,29 @@ def local_store_uri(workspace: str | os.PathLike[str]) -> str:
     return f"sqlite:///{local_store_path(workspace).as_posix()}"
 
 
-def server_reachable(uri: str, timeout: float = 3.0) -> bool:
-    """Whether a server answers ``GET <uri>/health`` within ``timeout`` s; any HTTP status is an answer."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
+def mlflow_server_answers(uri: str, timeout: float = 3.0) -> bool:
+    """Whether a server answers ``GET <uri>`` :data:`SEARCH_PATH` within ``timeout`` s: the one probe.
 
-
-def check_mlflow_server(uri: str, timeout: float = 3.0) -> None:
-    """Raise :class:`NotAnMlflowServer` unless ``GET <uri>/api/2.0/mlflow/experiments/search`` answers as
-    MLflow does: a JSON object, or 401/403 from a server with authentication."""
-    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    An answer other than MLflow's (a JSON object, or 401/403 from a server with authentication) raises
+    :class:`NotAnMlflowServer`.
+    """
+    url = f"{uri.rstrip('/')}{SEARCH_PATH}?max_results=1"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             body, kind = response.read(1 << 16), response.headers.get_content_type()
         if isinstance(json.loads(body), dict):
-            return
+            return True
         answer = f"a {kind} reply that is not a JSON object"
     except urllib.error.HTTPError as error:
         if error.code in (401, 403):
-            return
+            return True
         answer = f"HTTP {error.code} ({error.headers.get_content_type()})"
     except ValueError:  # JSONDecodeError and UnicodeDecodeError
         answer = f"a {kind} reply that is not JSON"
+    except OSError:  # refused, timed out, unknown host
+        return False
     raise NotAnMlflowServer(
-        f"MLFLOW_TRACKING_URI={uri} is not an MLflow tracking server: GET /api/2.0/mlflow/experiments/search "
+        f"MLFLOW_TRACKING_URI={uri} is not an MLflow tracking server: GET {SEARCH_PATH} "
         f"got {answer}; point it at `mlflow server` (e.g. http://127.0.0.1:5000) or unset it to record into "
         "the local SQLite store"
     )
@@ -161,8 +157,7 @@ def tracking_uri(repo_root: str | os.PathLike[str], *, timeout: float = 3.0) -> 
         )
     if scheme not in ("http", "https"):
         return uri
-    if server_reachable(uri, timeout):
-        check_mlflow_server(uri, timeout)
+    if mlflow_server_answers(uri, timeout):
         return uri
     if os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes"):
         local = local_store_uri(repo_root)
@@ -173,8 +168,8 @@ def tracking_uri(repo_root: str | os.PathLike[str], *, timeout: float = 3.0) -> 
         )
         return local
     raise TrackingServerUnreachable(
-        f"MLflow server {uri} (MLFLOW_TRACKING_URI) did not answer GET /health within {timeout} s: start it, "
-        f"fix MLFLOW_TRACKING_URI, or set {OFFLINE_ENV}=1 to record into the local SQLite store "
+        f"MLflow server {uri} (MLFLOW_TRACKING_URI) did not answer GET {SEARCH_PATH} within {timeout} s: "
+        f"start it, fix MLFLOW_TRACKING_URI, or set {OFFLINE_ENV}=1 to record into the local SQLite store "
         f"(mlflow.db at the repository root, or ${DB_ENV})"
     )
 
@@ -209,21 +204,17 @@ def _fit(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - len(_TRUNCATED)] + _TRUNCATED
 
 
-def flatten_params(params: Mapping[str, object], prefix: str = "") -> dict[str, str]:
-    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": "0.0001"}``; values cut to MLflow's 6000 characters."""
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_params(value, f"{name}."))
-        elif len(name) > MAX_ENTITY_KEY_LENGTH:
+def flatten_params(params: Mapping[str, object]) -> dict[str, str]:
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": "0.0001"}`` (empty sections left out); values cut to
+    MLflow's 6000 characters."""
+    flat = flatten(params, keep_empty=False)
+    for name in flat:
+        if len(name) > MAX_ENTITY_KEY_LENGTH:
             raise ValueError(
                 f"param name {name[:80]!r}... has {len(name)} characters, MLflow allows "
                 f"{MAX_ENTITY_KEY_LENGTH}: shorten the params.yaml keys"
             )
-        else:
-            flat[name] = _fit(str(value), MAX_PARAM_VAL_LENGTH)
-    return flat
+    return {name: _fit(str(value), MAX_PARAM_VAL_LENGTH) for name, value in flat.items()}
 
 
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:

@@ -118,9 +118,8 @@ def test_pipeline_stages_need_their_extra(monkeypatch, tmp_path: Path) -> None:
     from pipeline.cli import app
 
     hide(monkeypatch, "mlflow")
-    result = CliRunner().invoke(
-        app, ["data", "--out", str(tmp_path / "out"), "--params", str(tmp_path / "p.yaml")]
-    )
+    args = ["data", "--out", str(tmp_path / "out"), "--checksums", str(tmp_path / "c")]
+    result = CliRunner().invoke(app, [*args, "--params", str(tmp_path / "p.yaml")])
     assert result.exit_code == 1
     assert "error: The DVC pipeline's stages (MLflow tracking) needs the pipeline extra" in " ".join(
         result.stderr.split()

@@ -1,11 +1,10 @@
-"""What every stage shares: validated params + an MLflow child run, atomic folders, the converted backbone."""
+"""What every stage shares: validated params + an MLflow child run, the converted backbone, JSON and metrics."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import mlflow
 
+from pipeline.dvcfile import stage_params
 from pipeline.params import PipelineParams, load_pipeline_params
 from pipeline.tracking import stage_run
 from recyclelora.io import atomic_write_text
@@ -20,46 +20,20 @@ from recyclelora.models.build import ModelConfig
 
 #: The ``weights`` stage's file in its output folder: the backbone in timm's layout, at the model's grid.
 BACKBONE_FILE = "backbone.safetensors"
-PARTIAL_SUFFIX = ".partial"
 
 
 @contextlib.contextmanager
-def open_stage(
-    stage: str, params_path: str | Path, sections: tuple[str, ...], *, final: bool = False
-) -> Iterator[PipelineParams]:
+def open_stage(stage: str, params_path: str | Path, *, final: bool = False) -> Iterator[PipelineParams]:
     """Validate all of ``params_path`` (nothing runs on invalid params), then run as MLflow child ``stage``.
 
-    The child run records ``sections`` (the params the stage reads); the DVC workspace is the folder of
-    ``params_path``.
+    The child run records the params the stage reads: its ``params:`` in the workspace's dvc.yaml. The DVC
+    workspace is the folder of ``params_path``.
     """
     params_path = Path(params_path)
     params = load_pipeline_params(params_path)
-    with stage_run(stage, params.sections(*sections), repo_root=params_path.resolve().parent, final=final):
+    read = params.sections(*stage_params(stage, params_path))
+    with stage_run(stage, read, repo_root=params_path.resolve().parent, final=final):
         yield params
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path, *, keep_partial: bool = False) -> Iterator[Path]:
-    """Yield ``<path>.partial``, which replaces ``path`` when the block succeeds.
-
-    On failure the partial folder is removed, or kept with ``keep_partial`` (a resumable stage reuses it).
-    """
-    path = Path(path)
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    if not keep_partial:
-        shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True, exist_ok=True)
-    try:
-        yield partial
-    except BaseException:
-        if not keep_partial:
-            shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-    partial.rename(path)
 
 
 def with_backbone(model: ModelConfig, weights_dir: str | Path) -> ModelConfig:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.stages._common import atomic_dir, log_numbers, open_stage, write_json
+from pipeline.stages._common import log_numbers, open_stage, write_json
 from pipeline.tracking import log_small_artifacts
 from recyclelora.analysis import rank_report
 from recyclelora.eval.analyze import rank_summary, write_rank_report
-from recyclelora.models.checkpoint import load_segmentor
+from recyclelora.io import atomic_dir
+from recyclelora.models.segmentor import Segmentor
 
-#: The params this stage reads (also its ``params:`` in dvc.yaml): none, the checkpoint describes itself.
-PARAMS: tuple[str, ...] = ()
 SUMMARY_FILE = "rank_summary.json"
 
 
@@ -26,8 +25,8 @@ def run_analyze(
     params_path: Path, checkpoint: Path, reports: Path, metrics: Path
 ) -> dict[str, float | int | None]:
     """The ``analyze`` stage: rank reports of the trained (unmerged) checkpoint and their summary."""
-    with open_stage("analyze", params_path, PARAMS, final=True):
-        model, _, _ = load_segmentor(checkpoint)
+    with open_stage("analyze", params_path, final=True):
+        model = Segmentor.from_checkpoint(checkpoint)
         layers = rank_report(model.backbone.vit)
         with atomic_dir(reports) as tmp:
             if layers:

@@ -3,7 +3,7 @@
 Everything lands in one folder (the stage's DVC output): ``<out>/<dataset>_<split>.parquet`` manifests, the
 labels as trainIds and, for the benchmark, its images. Raw downloads stay in ``datasets.download_dir``
 (ignored by Git and DVC); they are inputs, never outputs. The SHA-256 of each GTAV zip, as published or as
-recorded on its first download, is kept in :data:`GTA5_CHECKSUMS`, a second output that Git tracks.
+recorded on its first download, is kept in the checksum file dvc.yaml passes, a second output that Git tracks.
 """
 
 from __future__ import annotations
@@ -11,21 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.params import DatasetsConfig, PipelineParams
-from pipeline.stages._common import atomic_dir, log_numbers, open_stage, write_json
+from pipeline.stages._common import log_numbers, open_stage, write_json
 from pipeline.tracking import log_small_artifacts
 from recyclelora.data.download import download_dataset
 from recyclelora.data.manifest import manifest_path, read_manifest
 from recyclelora.data.prepare import prepare_dataset
 from recyclelora.data.raw import RAW_DATASETS
 from recyclelora.data.synth import generate_benchmark
-from recyclelora.io import atomic_write_text
+from recyclelora.io import atomic_dir, atomic_write_text
 
 SUMMARY_FILE = "datasets.json"
-#: The params this stage reads (also its ``params:`` in dvc.yaml).
-PARAMS = ("datasets",)
-#: GTAV's checksum file (``sha256sum`` format), read and extended by every download: an output in dvc.yaml with
-#: ``cache: false`` (Git tracks it) and ``persist: true`` (DVC never deletes it).
-GTA5_CHECKSUMS = Path("checksums/gta5.sha256")
 
 
 def prepare_datasets(config: DatasetsConfig, out: Path, checksums: Path) -> dict[str, int]:
@@ -72,14 +67,18 @@ def check_manifests(params: PipelineParams, out: Path) -> None:
                 )
 
 
-def run_data(params_path: Path, out: Path) -> dict[str, int]:
-    """The ``data`` stage: validate params, write ``out`` atomically, record counts and reports in MLflow."""
-    with open_stage("data", params_path, PARAMS) as params:
+def run_data(params_path: Path, out: Path, checksums: Path) -> dict[str, int]:
+    """The ``data`` stage: validate params, write ``out`` atomically, record counts and reports in MLflow.
+
+    ``checksums`` is GTAV's checksum file (``sha256sum`` format), read and extended by every download: an
+    output in dvc.yaml with ``cache: false`` (Git tracks it) and ``persist: true`` (DVC never deletes it).
+    """
+    with open_stage("data", params_path) as params:
         check_manifests(params, out)
-        if not GTA5_CHECKSUMS.is_file():  # an output: it exists after every run, empty until a download
-            atomic_write_text(GTA5_CHECKSUMS, "")
+        if not checksums.is_file():  # an output: it exists after every run, empty until a download
+            atomic_write_text(checksums, "")
         with atomic_dir(out) as tmp:
-            counts = prepare_datasets(params.datasets, tmp, GTA5_CHECKSUMS)
+            counts = prepare_datasets(params.datasets, tmp, checksums)
             write_json(tmp / SUMMARY_FILE, {"samples": counts})
         log_numbers({f"samples/{name.removesuffix('.parquet')}": count for name, count in counts.items()})
         log_small_artifacts(sorted(out.glob("*.json")))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.stages._common import atomic_dir, log_numbers, open_stage, write_json
+from pipeline.stages._common import log_numbers, open_stage, write_json
 from pipeline.tracking import log_small_artifacts
 from recyclelora.config import EvalConfig
 from recyclelora.data.check import ensure_checked
@@ -20,11 +20,10 @@ from recyclelora.eval.evaluate import EvalResult, evaluate
 from recyclelora.eval.predictors import TorchPredictor
 from recyclelora.eval.reports import metrics_dict, write_reports
 from recyclelora.eval.sliding import SlidingWindowConfig
-from recyclelora.models.checkpoint import load_segmentor
+from recyclelora.io import atomic_dir
+from recyclelora.models.segmentor import Segmentor
 from recyclelora.train.distributed import resolve_device
 
-#: The params this stage reads (also its ``params:`` in dvc.yaml).
-PARAMS = ("eval", "data.val_transform", "train.device")
 SUMMARY_KEYS = ("mIoU", "aAcc", "mAcc", "num_images")
 
 
@@ -38,7 +37,7 @@ def evaluate_targets(
 ) -> EvalResult:
     """Evaluate ``checkpoint`` on each manifest of ``config.targets`` (named by file stem), each resized by
     its own ``config.resize`` rule or else by ``transform``'s."""
-    model, _, _ = load_segmentor(checkpoint)
+    model = Segmentor.from_checkpoint(checkpoint)
     sets = {
         Path(target).stem: SegmentationDataset(
             target, EvalTransform(config.target_transform(target, transform))
@@ -72,7 +71,7 @@ def run_evaluate(
 ) -> dict:
     """The ``evaluate`` stage: check the target data (cached), write the reports folder atomically and the
     metric file; log both to MLflow."""
-    with open_stage("evaluate", params_path, PARAMS, final=True) as params:
+    with open_stage("evaluate", params_path, final=True) as params:
         ensure_checked(params.run.eval.targets, progress=progress)
         result = evaluate_targets(
             checkpoint,

@@ -20,10 +20,7 @@ from pipeline.tracking import log_small_artifacts
 from recyclelora.data.dataset import SegmentationDataset
 from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
 from recyclelora.export import export_onnx, verify_onnx
-from recyclelora.models.checkpoint import load_segmentor
-
-#: The params this stage reads (also its ``params:`` in dvc.yaml).
-PARAMS = ("export", "eval.targets", "data.val_transform")
+from recyclelora.models.segmentor import Segmentor
 
 
 def parity_inputs(
@@ -40,7 +37,7 @@ def export_checkpoint(
     checkpoint: Path, out: Path, config: ExportConfig, inputs: torch.Tensor
 ) -> dict[str, float]:
     """Export ``checkpoint`` to ``out`` and verify it on ``inputs``; returns the parity and the file size."""
-    model, _, _ = load_segmentor(checkpoint)
+    model = Segmentor.from_checkpoint(checkpoint)
     model.eval()
     export_onnx(model, out, torch.zeros(1, 3, config.height, config.width), opset=config.opset)
     parity = verify_onnx(model, out, inputs, rtol=config.rtol, min_agreement=config.min_agreement)
@@ -50,7 +47,7 @@ def export_checkpoint(
 def run_export(params_path: Path, checkpoint: Path, out: Path, metrics: Path) -> dict[str, float]:
     """The ``export`` stage: write the ONNX file (atomically, by the exporter) and its parity metrics; log the
     metrics, and the model when it is small enough, to MLflow."""
-    with open_stage("export", params_path, PARAMS, final=True) as params:
+    with open_stage("export", params_path, final=True) as params:
         config = params.export
         inputs = parity_inputs(
             params.run.eval.targets, params.run.data.val_transform, (config.height, config.width)

@@ -14,23 +14,14 @@ from pathlib import Path
 import mlflow
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline.stages._common import atomic_dir, open_stage, with_backbone, write_json
+from pipeline.stages._common import open_stage, with_backbone, write_json
 from pipeline.tracking import log_small_artifacts
 from recyclelora.adapters import CacheEntry, find_target_linears, inject_adapters
+from recyclelora.io import atomic_dir
 from recyclelora.models.backbone import ViTBackbone
 from recyclelora.models.build import ModelConfig
 
 RECORD_FILE = "init.json"
-#: The params this stage reads (also its ``params:`` in dvc.yaml): the backbone and the decomposition.
-PARAMS = (
-    "model.backbone",
-    "model.adapter.rank_main",
-    "model.adapter.rank_sub",
-    "model.adapter.alpha",
-    "model.adapter.init",
-    "model.adapter.target_modules",
-    "model.adapter.blocks",
-)
 
 
 def compute_init_cache(model: ModelConfig, out: Path, *, progress: bool = True) -> dict[str, object]:
@@ -52,7 +43,7 @@ def compute_init_cache(model: ModelConfig, out: Path, *, progress: bool = True) 
 
 def run_init(params_path: Path, weights: Path, out: Path, *, progress: bool = True) -> dict[str, object]:
     """The ``init`` stage: validate params, write the cache folder ``out`` atomically, log its record."""
-    with open_stage("init", params_path, PARAMS) as params:
+    with open_stage("init", params_path) as params:
         model = with_backbone(params.run.model, weights)
         with atomic_dir(out) as tmp:
             record = compute_init_cache(model, tmp, progress=progress)

@@ -14,9 +14,6 @@ import mlflow
 from pipeline.stages._common import open_stage
 from recyclelora.models.merge import merge_checkpoint
 
-#: The params this stage reads (also its ``params:`` in dvc.yaml): none, the checkpoint describes itself.
-PARAMS: tuple[str, ...] = ()
-
 
 def run_merge(params_path: Path, checkpoint: Path, out: Path) -> Path:
     """The ``merge`` stage: write the merged checkpoint ``out`` atomically, once its logits are checked against
@@ -25,7 +22,7 @@ def run_merge(params_path: Path, checkpoint: Path, out: Path) -> Path:
 
     The merged file holds the whole backbone (hundreds of MB for large ViTs): it stays in DVC only.
     """
-    with open_stage("merge", params_path, PARAMS):
+    with open_stage("merge", params_path):
         start = time.perf_counter()
         result = merge_checkpoint(checkpoint, out)
         mlflow.log_metrics(

@@ -14,25 +14,25 @@ import json
 import shutil
 from pathlib import Path
 
+from pipeline.dvcfile import stage_params
 from pipeline.params import PipelineParams
-from pipeline.stages._common import atomic_dir, log_numbers, open_stage, with_backbone, write_json
+from pipeline.stages._common import log_numbers, open_stage, with_backbone, write_json
 from pipeline.tracking import log_small_artifacts
 from recyclelora.data.check import ensure_checked
-from recyclelora.io import atomic_write_text, sha256_bytes, sha256_file
+from recyclelora.io import atomic_dir, atomic_write_text, sha256_bytes, sha256_file
 from recyclelora.models.build import ModelConfig
 from recyclelora.train.distributed import resolve_device
 from recyclelora.train.loop import LOG_FILE, MODEL_FILE, SAMPLES_FILE, SUMMARY_FILE, TrainResult, train
 
-#: The params this stage reads (also its ``params:`` in dvc.yaml).
-PARAMS = ("base.seed", "data", "model", "train")
 KEY_FILE = "run_key.txt"
 
 
-def run_key(params: PipelineParams, model: ModelConfig) -> str:
-    """SHA-256 of what determines a training run: the params read, the backbone file and the manifests."""
+def run_key(params: PipelineParams, params_path: Path, model: ModelConfig) -> str:
+    """SHA-256 of what determines a training run: the params read (dvc.yaml's for the stage), the backbone
+    file and the manifests."""
     manifests = (*params.run.data.train, *params.run.data.val)
     parts = {
-        "params": params.sections(*PARAMS),
+        "params": params.sections(*stage_params("train", params_path)),
         "backbone": sha256_file(model.backbone.weights),
         "manifests": {path: sha256_file(path) for path in manifests},
     }
@@ -68,11 +68,11 @@ def run_train(
     ``out`` (resuming a matching partial run), write ``metrics`` (the run's summary and last validation),
     record the samples trained on, and log curves, summary, that record and the model (when small) to
     MLflow."""
-    with open_stage("train", params_path, PARAMS) as params:
+    with open_stage("train", params_path) as params:
         resolve_device(params.run.train.device)  # before the run folder is made: no GPU, no partial folder
         ensure_checked((*params.run.data.train, *params.run.data.val), progress=progress)
         model = with_backbone(params.run.model, weights)
-        key = run_key(params, model)
+        key = run_key(params, params_path, model)
         with atomic_dir(out, keep_partial=True) as tmp:
             resume = _prepare_run_folder(tmp, key)
             result = train(

@@ -16,16 +16,14 @@ from pathlib import Path
 import mlflow
 import torch
 
-from pipeline.stages._common import BACKBONE_FILE, atomic_dir, open_stage, write_json
+from pipeline.stages._common import BACKBONE_FILE, open_stage, write_json
 from pipeline.tracking import log_small_artifacts
-from recyclelora.io import save_safetensors, sha256_file
+from recyclelora.io import atomic_dir, save_safetensors, sha256_file
 from recyclelora.models.backbone import BackboneConfig, ViTBackbone
 from recyclelora.models.build import state_dict_sha256
 
 RECORD_FILE = "backbone.json"
 RANDOM_SEED = 0
-#: The params this stage reads (also its ``params:`` in dvc.yaml).
-PARAMS = ("model.backbone",)
 
 
 def convert_backbone(config: BackboneConfig, out: Path) -> dict[str, object]:
@@ -49,7 +47,7 @@ def convert_backbone(config: BackboneConfig, out: Path) -> dict[str, object]:
 
 def run_weights(params_path: Path, out: Path) -> dict[str, object]:
     """The ``weights`` stage: validate params, write ``out`` atomically, record the provenance in MLflow."""
-    with open_stage("weights", params_path, PARAMS) as params:
+    with open_stage("weights", params_path) as params:
         with atomic_dir(out) as tmp:
             record = convert_backbone(params.run.model.backbone, tmp)
             write_json(tmp / RECORD_FILE, record)

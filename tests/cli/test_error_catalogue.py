@@ -244,12 +244,14 @@ def _(ctx: Ctx):
 
 @case("stage: MLFLOW_TRACKING_URI answered by a web page", "is not an MLflow tracking server", "HTTP 404")
 def _(ctx: Ctx):
-    shutil.copy(PROJECT / "params.yaml", ctx.tmp / "params.yaml")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(PROJECT / name, ctx.tmp / name)
     (ctx.tmp / ".dvc").mkdir()
-    url = SERVERS.enter(serve_replies({"/health": (200, "text/html", b"<html>a wiki</html>")}))
+    url = SERVERS.enter(serve_replies({"/": (200, "text/html", b"<html>a wiki</html>")}))
     ctx.monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     out = ctx.tmp / "data" / "prepared"
-    args = [PIPELINE, "data", "--out", str(out), "--params", str(ctx.tmp / "params.yaml")]
+    args = [PIPELINE, "data", "--out", str(out), "--checksums", str(ctx.tmp / "gta5.sha256"), "--params",
+            str(ctx.tmp / "params.yaml")]  # fmt: skip
     return args, lambda: not out.parent.exists() or pytest.fail("the stage wrote its output")
 
 
@@ -258,7 +260,8 @@ def _(ctx: Ctx):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     params = ctx.tmp / "params.yaml"
-    shutil.copy(PROJECT / "params.yaml", params)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(PROJECT / name, ctx.tmp / name)
     (ctx.tmp / ".dvc").mkdir()
     edited = yaml.safe_load(params.read_text())
     edited["train"]["device"] = "cuda"

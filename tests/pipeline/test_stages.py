@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +28,7 @@ from pipeline import compare, stages
 from pipeline.cli import app
 from pipeline.params import BaseConfig, DatasetsConfig, ExportConfig, load_pipeline_params
 from pipeline.presets import FREE_FORM, apply_preset, available_presets
-from pipeline.stages._common import BACKBONE_FILE, PARTIAL_SUFFIX, with_backbone
+from pipeline.stages._common import BACKBONE_FILE, with_backbone
 from pipeline.stages.data import check_manifests
 from pipeline.stages.evaluate import evaluate_targets
 from pipeline.stages.init import compute_init_cache
@@ -33,6 +38,7 @@ from recyclelora.config import EvalConfig, ParamsError
 from recyclelora.data.manifest import read_manifest
 from recyclelora.data.synth import SynthConfig
 from recyclelora.data.transforms import EvalTransformConfig, ResizeConfig, TrainTransformConfig
+from recyclelora.io import PARTIAL_SUFFIX
 from recyclelora.models.backbone import BackboneConfig, ViTBackbone
 from recyclelora.models.build import build_segmentor, state_dict_sha256
 from recyclelora.models.checkpoint import save_segmentor
@@ -42,14 +48,16 @@ from tests.helpers import tiny_model_config
 
 PROJECT = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("tiny_params.yaml")
+CHECKSUMS = Path("checksums/gta5.sha256")  # the data stage's GTAV checksum file, as dvc.yaml names it
 STAGE_ORDER = ["data", "weights", "init", "train", "merge", "evaluate", "export", "analyze"]
 runner = CliRunner()
 
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A DVC workspace with the project's params.yaml shrunk by tiny_params.yaml and its own MLflow store."""
-    shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
+    """A DVC workspace: the project's dvc.yaml, params.yaml shrunk by tiny_params.yaml, an MLflow store."""
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(PROJECT / name, tmp_path / name)
     (tmp_path / ".dvc").mkdir()
     apply_preset(tmp_path / "params.yaml", str(TINY))
     for name in (
@@ -80,7 +88,7 @@ def run_pipeline(root: Path) -> None:
     params = root / "params.yaml"
     backbone, init, trained = Path("models/backbone"), Path("models/init"), Path("models/train")
     merged, metrics = Path("models/merged.safetensors"), Path("metrics")
-    stages.run_data(params, Path("data/prepared"))
+    stages.run_data(params, Path("data/prepared"), CHECKSUMS)
     stages.run_weights(params, backbone)
     stages.run_init(params, backbone, init, progress=False)
     stages.run_train(params, backbone, init, trained, metrics / "train.json", progress=False)
@@ -131,7 +139,7 @@ def test_every_key_of_params_yaml_is_documented() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "fragments"),
     [
-        ("model.adapter.init", "svd", ["params.model.adapter", "init='svd'", "rrqr, rrqr-main"]),
+        ("model.adapter.init", "svd", ["params.model.adapter", "init must be one of ['rrqr'", "got 'svd'"]),
         ("model.tuning", "half", ["params.model.tuning is 'half'", "must be one of", "frozen"]),
         ("train.lrr", 0.1, ["params.train.lrr", "allowed keys"]),
         ("trian.lr", 0.1, ["unknown section", "allowed sections"]),
@@ -173,7 +181,7 @@ def test_invalid_params_stop_the_stage_before_any_work(
     workspace: Path, key: str, value: object, fragments: list[str]
 ) -> None:
     edit_params(workspace / "params.yaml", key, value)
-    result = runner.invoke(app, ["data", "--out", "data/prepared"])
+    result = runner.invoke(app, ["data", "--out", "data/prepared", "--checksums", str(CHECKSUMS)])
     assert result.exit_code == 1, result.output
     message = " ".join(result.output.split())
     assert message.startswith("error:") and "Traceback" not in result.output
@@ -194,7 +202,7 @@ def test_scientific_notation_is_a_number_as_dvc_reads_it(workspace: Path) -> Non
 def test_a_yaml_syntax_error_is_one_line_naming_the_place(workspace: Path) -> None:
     path = workspace / "params.yaml"
     path.write_text(path.read_text().replace("  seed: 0", "  seed: [0", 1))
-    result = runner.invoke(app, ["data", "--out", "data/prepared"])
+    result = runner.invoke(app, ["data", "--out", "data/prepared", "--checksums", str(CHECKSUMS)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     message = " ".join(result.output.split())
     assert message.startswith("error:") and "params.yaml, line" in message and "invalid YAML" in message
@@ -294,34 +302,47 @@ def test_init_stage_output_is_byte_identical_when_run_again(workspace: Path) -> 
     assert contents[0] == contents[1] and len(contents[0]) == 2  # the cache file and init.json
 
 
-def test_crashed_training_resumes_only_with_unchanged_inputs(
-    workspace: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _kill_training_after_step_2(workspace: Path) -> None:
+    """Run ``python -m pipeline train`` (the real command) and SIGKILL it once step 2's checkpoint is on disk."""
+    pause = workspace / "paused"
+    pause.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "STAGE_PAUSE_FILE": str(pause), "STAGE_PAUSE_STEP": "2",
+           "STAGE_RUN_DIR": str(workspace / f"models/train{PARTIAL_SUFFIX}")}  # fmt: skip
+    command = [sys.executable, "-m", "tests.pipeline.stage_worker", "train", "--weights", "models/backbone",
+               "--init-cache", "models/init", "--out", "models/train", "--metrics", "metrics/train.json",
+               "--no-progress"]  # fmt: skip
+    with open(workspace / "train.log", "w") as log:
+        process = subprocess.Popen(command, cwd=workspace, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not pause.is_file():
+            assert process.poll() is None, f"ended early:\n{(workspace / 'train.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "training never reached step 2"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_only_with_unchanged_inputs(workspace: Path) -> None:
+    """A training process killed (SIGKILL) after step 2's checkpoint leaves its partial run folder; the next run
+    with the same inputs resumes from step 2, one with another lr starts afresh."""
     params = workspace / "params.yaml"
-    stages.run_data(params, Path("data/prepared"))
+    stages.run_data(params, Path("data/prepared"), CHECKSUMS)
     stages.run_weights(params, Path("models/backbone"))
     stages.run_init(params, Path("models/backbone"), Path("models/init"), progress=False)
     paths = (Path("models/backbone"), Path("models/init"), Path("models/train"), Path("metrics/train.json"))
-    log = train_stage.log_numbers
 
-    def crash_at_step_3(values: dict, step: int | None = None) -> None:
-        if step == 3:
-            raise RuntimeError("killed")
-        log(values, step)
-
-    monkeypatch.setattr(train_stage, "log_numbers", crash_at_step_3)
-    with pytest.raises(RuntimeError, match="killed"):
-        stages.run_train(params, *paths, progress=False)
+    _kill_training_after_step_2(workspace)
     partial = workspace / f"models/train{PARTIAL_SUFFIX}"
     assert (partial / "checkpoints" / "step_0000002").is_dir() and not (workspace / "models/train").exists()
-    monkeypatch.setattr(train_stage, "log_numbers", log)
+    assert not (partial / "checkpoints" / "step_0000004").exists()
     assert stages.run_train(params, *paths, progress=False)["resumed_from"] == 2
     assert not partial.exists()
 
-    monkeypatch.setattr(train_stage, "log_numbers", crash_at_step_3)
-    with pytest.raises(RuntimeError):
-        stages.run_train(params, *paths, progress=False)
-    monkeypatch.setattr(train_stage, "log_numbers", log)
+    _kill_training_after_step_2(workspace)
     edit_params(params, "train.lr", 0.002)  # another run: its partial folder must not be resumed
     assert stages.run_train(params, *paths, progress=False)["resumed_from"] == 0
 
@@ -330,7 +351,7 @@ def test_train_stage_records_the_samples_of_each_manifest_subset(workspace: Path
     params = workspace / "params.yaml"
     manifest = "data/prepared/synth_src_train.parquet"
     edit_params(params, "data.subset", {"synth_src_train": 3})  # of the 4 tiny source images
-    stages.run_data(params, Path("data/prepared"))
+    stages.run_data(params, Path("data/prepared"), CHECKSUMS)
     stages.run_weights(params, Path("models/backbone"))
     stages.run_init(params, Path("models/backbone"), Path("models/init"), progress=False)
     paths = (Path("models/backbone"), Path("models/init"), Path("models/train"), Path("metrics/train.json"))
@@ -412,7 +433,7 @@ def test_a_bad_preset_leaves_params_untouched(tmp_path: Path) -> None:
         apply_preset(tmp_path / "params.yaml", str(typo))
     invalid = tmp_path / "invalid.yaml"
     invalid.write_text("model:\n  adapter:\n    init: svd\n")
-    with pytest.raises(ParamsError, match="choose one of"):
+    with pytest.raises(ParamsError, match=r"init must be one of \['rrqr'.*got 'svd'"):
         apply_preset(tmp_path / "params.yaml", str(invalid))
     with pytest.raises(FileNotFoundError, match="no preset 'no-such-preset'"):
         apply_preset(tmp_path / "params.yaml", "no-such-preset")

@@ -26,8 +26,8 @@ from pipeline.tracking import (
     NotAnMlflowServer,
     TrackingServerUnreachable,
     flatten_params,
+    mlflow_server_answers,
     pipeline_key,
-    server_reachable,
     tracking_uri,
 )
 from tests.local_server import serve_replies
@@ -108,7 +108,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
         try:
             deadline = time.monotonic() + 120
-            while not server_reachable(uri, timeout=1.0):
+            while not mlflow_server_answers(uri, timeout=1.0):
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
                 time.sleep(0.3)
@@ -235,7 +235,7 @@ SEARCH = "/api/2.0/mlflow/experiments/search"
 @pytest.mark.parametrize(
     ("replies", "accepted"),
     [
-        ({"/health": (200, "text/html", b"<html>a web app</html>")}, False),
+        ({"/": (200, "text/html", b"<html>a web app</html>")}, False),
         ({SEARCH: (200, "text/html", b"<!doctype html><html>login</html>")}, False),
         ({SEARCH: (200, "application/json", b"[1, 2]")}, False),
         ({SEARCH: (200, "application/json", b'{"experiments": []}')}, True),
