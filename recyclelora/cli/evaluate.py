@@ -98,12 +98,12 @@ def load_predictor(
 ) -> Predict:
     """A predictor for ``model`` on ``backend``; an ONNX model's fixed input size must be the window size."""
     from recyclelora.eval.predictors import OnnxPredictor, TorchPredictor
-    from recyclelora.models import load_segmentor
+    from recyclelora.models import Segmentor
 
     if backend is Backend.torch:
         if model.suffix == ".onnx":
             raise ValueError(f"{model} is an ONNX model: evaluate it with --backend onnxruntime")
-        segmentor, _, _ = load_segmentor(model, backbone_weights=backbone_weights)
+        segmentor = Segmentor.from_checkpoint(model, backbone_weights=backbone_weights)
         return TorchPredictor(segmentor, device)
     if model.suffix != ".onnx":
         raise ValueError(
@@ -161,7 +161,10 @@ def eval_command(
     fit: FitOpt = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Write metrics.json, per_class.parquet, confusion/*.csv and class_iou.png here."),
+        typer.Option(
+            help="Write metrics.json, per_class.parquet, per_image.parquet, confusion/*.csv and "
+            "class_iou.png here."
+        ),
     ] = None,
     save_predictions: Annotated[
         Path | None,
@@ -207,7 +210,8 @@ def eval_command(
     if out is not None:
         paths = write_reports(result, out)
         console.print(
-            f"reports: {paths['metrics']}, {paths['per_class']}, {paths['plot']}, {out / 'confusion'}/*.csv"
+            f"reports: {paths['metrics']}, {paths['per_class']}, {paths['per_image']}, {paths['plot']}, "
+            f"{out / 'confusion'}/*.csv"
         )
     if save_predictions is not None:
         console.print(f"predictions: {save_predictions}")

@@ -4,7 +4,8 @@ A sample is a dict with ``image`` (float (3, h, w), normalised), ``label`` (int 
 (file stem or relative name, used for saved predictions) and ``dataset``. The label keeps its original size; an
 image its transform resized to a test size ``h x w`` (mmseg's test pipeline) is scored at that size and its
 scores are resized back to ``H x W`` (bilinear) before the argmax. The setting's score is the unweighted mean of
-the datasets' mIoU.
+the datasets' mIoU. Each image's per-class ``(TP, FP, FN)`` is kept too (for paired bootstraps): summed over a
+dataset's images it is that dataset's counts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from recyclelora.data.classes import CLASS_NAMES, IGNORE_INDEX, colorize
 from recyclelora.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from recyclelora.eval.metrics import ConfusionMatrix, SegMetrics
+from recyclelora.eval.metrics import ConfusionMatrix, SegMetrics, class_counts
 from recyclelora.eval.sliding import Predict, SlidingWindowConfig, slide_inference, whole_inference
 from recyclelora.io import atomic_path
 
@@ -33,10 +34,13 @@ PROTOCOL_SLIDING = SlidingWindowConfig()
 
 @dataclass(frozen=True, eq=False)
 class EvalResult:
-    """Metrics per target dataset, in the order the datasets were given."""
+    """Metrics per target dataset, in the order the datasets were given, and per-image counts in sample
+    order."""
 
     metrics: dict[str, SegMetrics]
     num_images: dict[str, int]
+    image_names: dict[str, tuple[str, ...]]  # each sample's ``name``
+    image_counts: dict[str, np.ndarray]  # (images, C, 3) int64 (TP, FP, FN) per image and class
 
     @property
     def mean_miou(self) -> float:
@@ -149,13 +153,16 @@ def evaluate(
     num_classes = len(class_names)
     metrics: dict[str, SegMetrics] = {}
     counts: dict[str, int] = {}
+    image_names: dict[str, tuple[str, ...]] = {}
+    image_counts: dict[str, np.ndarray] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress) as bar, torch.inference_mode():
         for dataset, samples in datasets.items():
             task = bar.add_task(f"eval {dataset}", total=len(samples) if isinstance(samples, Sized) else None)
             matrix = ConfusionMatrix(num_classes, ignore_index, device)
-            count = 0
-            for count, sample in enumerate(samples, start=1):
+            names: list[str] = []
+            per_image: list[torch.Tensor] = []
+            for sample in samples:
                 image, label, name = _check_sample(sample, dataset)
                 batch = image.unsqueeze(0).to(device)
                 if sliding is None:
@@ -170,12 +177,15 @@ def evaluate(
                         batch, size=tuple(label.shape), mode="bilinear", align_corners=False
                     )
                 pred = scores.argmax(1)[0]
-                matrix.update(pred, label)
+                per_image.append(class_counts(matrix.update(pred, label)))
+                names.append(name)
                 if writer is not None:
                     writer.write(dataset, name, pred, batch[0])
                 bar.advance(task)
-            if count == 0:
+            if not names:
                 raise ValueError(f"dataset {dataset!r} yielded no samples: check its manifest and split")
             metrics[dataset] = matrix.compute(class_names)
-            counts[dataset] = count
-    return EvalResult(metrics=metrics, num_images=counts)
+            counts[dataset] = len(names)
+            image_names[dataset] = tuple(names)
+            image_counts[dataset] = torch.stack(per_image).cpu().numpy()
+    return EvalResult(metrics=metrics, num_images=counts, image_names=image_names, image_counts=image_counts)

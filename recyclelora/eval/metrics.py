@@ -51,6 +51,20 @@ def confusion_matrix(
     return counts.reshape(num_classes, num_classes)
 
 
+def class_counts(confusion: torch.Tensor) -> torch.Tensor:
+    """``(C, 3)`` ``(TP, FP, FN)`` per class of a ``(C, C)`` confusion matrix (TP = diagonal, FP = column sum -
+    TP, FN = row sum - TP)."""
+    tp = confusion.diagonal()
+    return torch.stack([tp, confusion.sum(0) - tp, confusion.sum(1) - tp], dim=-1)
+
+
+def iou_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """``TP / (TP + FP + FN)`` elementwise; NaN where the union is 0 (absent from prediction and truth)."""
+    union = tp + fp + fn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
 class ConfusionMatrix:
     """Accumulates a ``(C, C)`` confusion matrix over batches; ``matrix`` can be ``all_reduce``-d across ranks."""
 
@@ -63,11 +77,13 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add the pixels of one prediction/target pair (any matching shape)."""
-        self.matrix += confusion_matrix(
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Add the pixels of one prediction/target pair (any matching shape); returns the pair's own matrix."""
+        matrix = confusion_matrix(
             pred.to(self.matrix.device), target.to(self.matrix.device), self.num_classes, self.ignore_index
         )
+        self.matrix += matrix
+        return matrix
 
     def merge(self, other: ConfusionMatrix | torch.Tensor) -> None:
         """Add another accumulator's (or a raw ``(C, C)`` tensor's) counts to this one."""
@@ -120,10 +136,9 @@ class SegMetrics:
                 "the confusion matrix counts no pixel (every label was ignored): nothing to score"
             )
         tp = np.diag(matrix).astype(np.float64)
-        union = matrix.sum(0) + matrix.sum(1) - tp
+        iou = iou_from_counts(tp, matrix.sum(0) - tp, matrix.sum(1) - tp)
         gt = matrix.sum(1).astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
-            iou = np.where(union > 0, tp / union, np.nan)
             acc = np.where(gt > 0, tp / gt, np.nan)
         return cls(
             class_names=tuple(class_names),

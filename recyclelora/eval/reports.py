@@ -1,6 +1,6 @@
-"""Reports of an :class:`EvalResult`: a rich table, flat JSON metrics, a Parquet per-class table, confusion
-matrices as CSV and a per-class IoU bar chart. Every file is written atomically; metrics are percentages in the
-table and fractions in the files.
+"""Reports of an :class:`EvalResult`: a rich table, flat JSON metrics, Parquet per-class and per-image tables,
+confusion matrices as CSV and a per-class IoU bar chart. Every file is written atomically; metrics are
+percentages in the table and fractions in the files.
 """
 
 from __future__ import annotations
@@ -28,6 +28,16 @@ CLASS_TABLE_SCHEMA = pa.schema(
         ("class_name", pa.string()),
         ("iou", pa.float64()),
         ("acc", pa.float64()),
+        ("tp", pa.int64()),
+        ("fp", pa.int64()),
+        ("fn", pa.int64()),
+    ]
+)
+IMAGE_TABLE_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("image", pa.string()),
+        ("class_id", pa.int32()),
         ("tp", pa.int64()),
         ("fp", pa.int64()),
         ("fn", pa.int64()),
@@ -108,6 +118,24 @@ def write_class_table(result: EvalResult, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
+def write_image_table(result: EvalResult, path: str | os.PathLike[str]) -> Path:
+    """Write one Parquet row per (dataset, image, class) with the image's TP/FP/FN counts, in dataset, sample
+    and class order; summed over a dataset's images they are its ``per_class.parquet`` counts."""
+    tables = []
+    for dataset, counts in result.image_counts.items():
+        images, classes = counts.shape[:2]
+        columns = {
+            "dataset": pa.array([dataset] * (images * classes), pa.string()),
+            "image": pa.array(np.repeat(result.image_names[dataset], classes), pa.string()),
+            "class_id": pa.array(np.tile(np.arange(classes, dtype=np.int32), images)),
+            **{key: pa.array(counts[..., index].ravel()) for index, key in enumerate(("tp", "fp", "fn"))},
+        }
+        tables.append(pa.table(columns, schema=IMAGE_TABLE_SCHEMA))
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.concat_tables(tables), tmp)
+    return Path(path)
+
+
 def write_confusion_csvs(result: EvalResult, folder: str | os.PathLike[str]) -> list[Path]:
     """Write ``<folder>/<dataset>.csv``: rows = ground truth, columns = prediction, class names as header."""
     paths = []
@@ -146,12 +174,13 @@ def plot_class_iou(result: EvalResult, path: str | os.PathLike[str]) -> Path:
 
 
 def write_reports(result: EvalResult, folder: str | os.PathLike[str]) -> dict[str, Path | list[Path]]:
-    """Write every report into ``folder``: ``metrics.json``, ``per_class.parquet``, ``confusion/<dataset>.csv``
-    and ``class_iou.png``; returns their paths."""
+    """Write every report into ``folder``: ``metrics.json``, ``per_class.parquet``, ``per_image.parquet``,
+    ``confusion/<dataset>.csv`` and ``class_iou.png``; returns their paths."""
     folder = Path(folder)
     return {
         "metrics": write_metrics_json(result, folder / "metrics.json"),
         "per_class": write_class_table(result, folder / "per_class.parquet"),
+        "per_image": write_image_table(result, folder / "per_image.parquet"),
         "confusion": write_confusion_csvs(result, folder / "confusion"),
         "plot": plot_class_iou(result, folder / "class_iou.png"),
     }
