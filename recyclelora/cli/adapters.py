@@ -42,9 +42,10 @@ def init(
 
     from recyclelora.adapters import AdapterConfig, CacheEntry, find_target_linears, inject_adapters
     from recyclelora.models.backbone import BackboneConfig, ViTBackbone
+    from recyclelora.models.weights import CHECKPOINT_SUFFIXES
 
     with user_errors():
-        if Path(source).suffix in (".pth", ".pt", ".safetensors"):
+        if Path(source).suffix in CHECKPOINT_SUFFIXES:
             if model is None:
                 raise ValueError(f"say which timm architecture {source} holds with --model, e.g. vit_large_patch14_dinov2")
             backbone_config = BackboneConfig(name=model, weights=source, img_size=img_size, patch_size=patch_size)
