@@ -28,6 +28,16 @@ Parent run (:func:`stage_run`)
     succeeds; a pipeline without a final stage leaves its parent RUNNING. Uncommitted code edits do
     not change the key, so such a rerun adds children to the same parent.
 
+What the MLflow UI shows
+    The experiment carries ``mlflow.experimentKind = custom_model_development``, the kind MLflow 3's UI
+    reads to open on training runs, not its GenAI overview (3.17's UI follows its *GenAI / Model training*
+    switch instead: ``#/experiments/<id>?workflowType=machine_learning``). A new parent is named
+    ``<method>-<ranks>-<backbone>-s<seed>`` (``rrqr-16+4-vits14-s0``, ``frozen-vits14-s0``;
+    :func:`readable_run_name`) and gets all of ``params.yaml`` as params; each stage that succeeds copies its
+    headline metrics (:func:`is_headline_metric`) onto it, its child keeps the detail.
+    ``RECYCLELORA_TABLE=<name>`` tags parent and children ``recyclelora.table=<name>``
+    (``python -m pipeline.compare run`` sets it for its experiments), to filter one comparison's runs.
+
 Inside a stage log with MLflow's own API (``mlflow.log_metrics(values, step=step)``, ``mlflow.log_figure``);
 :func:`log_small_artifacts` keeps multi-GB files (mlflow #7564) in DVC only.
 """
@@ -37,7 +47,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -47,17 +59,38 @@ from urllib.parse import urlparse
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from recyclelora.adapters.initialisers import INITIALISERS
+from recyclelora.config import read_yaml
 from recyclelora.errors import UserError
 from recyclelora.io import flatten, sha256_bytes, sha256_file
 
 DB_ENV = "RECYCLELORA_MLFLOW_DB"
 OFFLINE_ENV = "RECYCLELORA_MLFLOW_OFFLINE"
 PARENT_ENV = "RECYCLELORA_PARENT_RUN_ID"
+TABLE_ENV = "RECYCLELORA_TABLE"
 PIPELINE_KEY_TAG = "recyclelora.pipeline_key"
+TABLE_TAG = "recyclelora.table"
+#: Experiment tag MLflow 3's UI reads: ``custom_model_development`` opens it on runs, not the GenAI overview.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: Child metrics copied onto the parent (with ``mIoU/<target>``): evaluate's score, train's last validation,
+#: size and speed, analyze's rank efficiency.
+HEADLINE_METRICS = frozenset(
+    {
+        "mean_mIoU",
+        "val_mIoU",
+        "trainable_parameters/total",
+        "iterations_per_second",
+        "efficiency_main",
+        "efficiency_sub",
+    }
+)
+#: ``vit_<size>_patch<n>...`` -> ``vit<letter><n>`` in run names.
+BACKBONE_SIZES = {"tiny": "t", "small": "s", "base": "b", "large": "l", "huge": "h", "giant": "g"}
 KEPT_IN_DVC_TAG = "recyclelora.kept_in_dvc"
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -217,15 +250,63 @@ def flatten_params(params: Mapping[str, object]) -> dict[str, str]:
     return {name: _fit(str(value), MAX_PARAM_VAL_LENGTH) for name, value in flat.items()}
 
 
+def _lookup(params: Mapping[str, object], dotted: str) -> object:
+    """``params["model"]["tuning"]`` for ``"model.tuning"``; ``None`` where a key is missing."""
+    node: object = params
+    for key in dotted.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def backbone_label(name: str) -> str:
+    """``vit_small_patch14_dinov2`` -> ``vits14``, ``vit_large_patch14_dinov2`` -> ``vitl14``; others as
+    they are."""
+    match = re.fullmatch(r"vit_([a-z]+)_patch(\d+)(_.*)?", name)
+    if match is None or match[1] not in BACKBONE_SIZES:
+        return name
+    return f"vit{BACKBONE_SIZES[match[1]]}{match[2]}"
+
+
+def readable_run_name(params: Mapping[str, object]) -> str | None:
+    """``rrqr-16+4-vits14-s0`` from (validated) params.yaml: method, the initialiser's effective ranks,
+    backbone, seed; ``frozen-vits14-s0`` without adapters; ``None`` without ``model.tuning``."""
+    method = _lookup(params, "model.tuning")
+    if method is None:
+        return None
+    if method == "adapters":
+        init = str(_lookup(params, "model.adapter.init"))
+        main, sub = (int(_lookup(params, f"model.adapter.rank_{part}")) for part in ("main", "sub"))
+        method = f"{init}-" + "+".join(str(rank) for rank in INITIALISERS[init].ranks(main, sub) if rank)
+    backbone = _lookup(params, "model.backbone.name")
+    seed = _lookup(params, "base.seed")
+    seed = _lookup(params, "train.seed") if seed is None else seed
+    parts = [str(method)]
+    if backbone:
+        parts.append(backbone_label(str(backbone)))
+    if seed is not None:
+        parts.append(f"s{seed}")
+    return "-".join(parts)
+
+
+def is_headline_metric(key: str) -> bool:
+    """Whether a stage's metric is copied onto the parent run: :data:`HEADLINE_METRICS`, ``mIoU/<target>``."""
+    return key in HEADLINE_METRICS or key.startswith("mIoU/")
+
+
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """Get or create the experiment; a SQLite store keeps artifacts in ``mlartifacts/`` beside its file."""
+    """Get or create the experiment, tagged as model development; a SQLite store keeps artifacts in
+    ``mlartifacts/`` beside its file."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = None
         if uri.startswith("sqlite:"):
             location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri()
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except MlflowException as error:  # another stage process created it in the meantime
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -235,13 +316,21 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
             f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments restore`) or choose "
             "another experiment name"
         )
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before the tag, or by another tool
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
 
 
 def _parent_run(
-    client: MlflowClient, experiment_id: str, tags: dict[str, str], run_name: str, params_file: Path
+    client: MlflowClient,
+    experiment_id: str,
+    tags: dict[str, str],
+    run_name: str,
+    params_file: Path,
+    params: dict[str, str],
 ) -> Run:
-    """``$RECYCLELORA_PARENT_RUN_ID``, else the oldest run tagged with the pipeline key, else a new one."""
+    """``$RECYCLELORA_PARENT_RUN_ID``, else the oldest run tagged with the pipeline key, else a new one with
+    ``params`` (all of ``params_file``, flat; the key holds its hash, so every stage gives the same)."""
     explicit = os.environ.get(PARENT_ENV)
     if explicit:
         try:
@@ -259,8 +348,18 @@ def _parent_run(
     if found:
         return found[0]
     parent = client.create_run(experiment_id, tags=tags, run_name=run_name)
+    client.log_batch(parent.info.run_id, params=[Param(name, value) for name, value in params.items()])
     client.log_artifact(parent.info.run_id, str(params_file))
     return parent
+
+
+def _copy_headline_metrics(client: MlflowClient, child_id: str, parent_id: str) -> None:
+    """Log the child's latest :func:`is_headline_metric` values onto the parent."""
+    now = int(time.time() * 1000)
+    metrics = client.get_run(child_id).data.metrics
+    headline = [Metric(key, value, now, 0) for key, value in metrics.items() if is_headline_metric(key)]
+    if headline:
+        client.log_batch(parent_id, metrics=headline)
 
 
 @contextlib.contextmanager
@@ -276,8 +375,9 @@ def stage_run(
 
     ``repo_root`` is the DVC workspace the stage runs in (it holds ``params.yaml``). The child gets ``params``
     flattened (``train.lr``) and whole (artifact ``params.yaml``), the tags ``stage``, ``git_commit``,
-    ``dvc_exp`` (when known) and system metrics. An exception ends child and parent FAILED and propagates;
-    success with ``final=True`` ends the parent FINISHED.
+    ``dvc_exp`` and ``recyclelora.table`` (when known) and system metrics. An exception ends child and parent
+    FAILED and propagates; success copies the headline metrics onto the parent, and with ``final=True`` ends
+    it FINISHED.
     """
     if not stage:
         raise ValueError("stage must name the dvc.yaml stage, got an empty string")
@@ -288,14 +388,21 @@ def stage_run(
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp_name = os.environ.get("DVC_EXP_NAME")
-    tags = {"git_commit": git_commit(workspace), "dvc_exp": exp_name, PIPELINE_KEY_TAG: key}
+    tags = {
+        "git_commit": git_commit(workspace),
+        "dvc_exp": exp_name,
+        PIPELINE_KEY_TAG: key,
+        TABLE_TAG: os.environ.get(TABLE_ENV),
+    }
     tags = {name: value for name, value in tags.items() if value}
+    whole = read_yaml(workspace / PARAMS_FILE) or {}
     parent = _parent_run(
         client,
         _experiment_id(client, experiment, uri),
         tags,
-        run_name=exp_name or f"pipeline-{key[:8]}",
+        run_name=readable_run_name(whole) or exp_name or f"pipeline-{key[:8]}",
         params_file=workspace / PARAMS_FILE,
+        params=flatten_params(whole),
     )
     parent_id = parent.info.run_id
     client.update_run(parent_id, status="RUNNING")
@@ -313,6 +420,7 @@ def stage_run(
         except BaseException:
             client.set_terminated(parent_id, "FAILED")
             raise
+    _copy_headline_metrics(client, run.info.run_id, parent_id)
     if final:
         client.set_terminated(parent_id, "FINISHED")
 

@@ -32,6 +32,7 @@ def test_atomic_path_leaves_the_target_untouched_on_error(tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == [target]
 
 
+@pytest.mark.slow
 def test_save_safetensors_is_byte_reproducible_across_processes(tmp_path: Path) -> None:
     # safetensors orders metadata by a per-process random hash: eight keys in one order twice by chance is 1/40320.
     files = [tmp_path / f"{i}.safetensors" for i in range(3)]

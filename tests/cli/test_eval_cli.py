@@ -91,6 +91,7 @@ def test_saved_predictions_are_named_after_the_images(torch_eval) -> None:
     assert np.asarray(Image.open(preds / "beta" / "b0.png")).shape == (SIZE, 84)
 
 
+@pytest.mark.slow
 def test_eval_with_onnxruntime_equals_torch(work, torch_eval) -> None:
     onnx_model = work / "model.onnx"
     export = ("export", "onnx", "--checkpoint", work / "model.safetensors", "--out", onnx_model)

@@ -109,6 +109,7 @@ def test_merge_fails_loudly_when_the_logits_change(checkpoint, tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_export_onnx_with_dynamic_batch_matches_torch(checkpoint, tmp_path) -> None:
     out = tmp_path / "model.onnx"
     result = invoke(

@@ -13,6 +13,8 @@ from recyclelora.eval.predictors import OnnxPredictor, TorchPredictor
 from recyclelora.eval.sliding import SlidingWindowConfig
 from recyclelora.export import OnnxParityError, export_onnx, verify_onnx
 
+#: ONNX export and onnxruntime sessions: seconds each, so the module runs outside the fast lane.
+pytestmark = pytest.mark.slow
 SIZE = 56
 
 

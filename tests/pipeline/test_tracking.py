@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import html
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,19 +21,29 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from pipeline import stages
+from pipeline.presets import apply_preset
 from pipeline.tracking import (
     DB_ENV,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     KEPT_IN_DVC_TAG,
     OFFLINE_ENV,
     PIPELINE_KEY_TAG,
+    TABLE_ENV,
+    TABLE_TAG,
     NotAnMlflowServer,
     TrackingServerUnreachable,
+    backbone_label,
     flatten_params,
     mlflow_server_answers,
     pipeline_key,
+    readable_run_name,
     tracking_uri,
 )
+from recyclelora.config import read_yaml
 from tests.local_server import serve_replies
+from tests.pipeline.test_stages import CHECKSUMS, PROJECT, TINY, edit_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PARAMS = "base:\n  seed: 0\ntrain:\n  lr: 0.001\n  epochs: 2\n"
@@ -41,6 +54,7 @@ ENV_OWNED = (
     DB_ENV,
     OFFLINE_ENV,
     "RECYCLELORA_PARENT_RUN_ID",
+    TABLE_ENV,
 )
 
 # A stage process: argv = stage, experiment, "final"|"-", "fail"|"-", seconds to stay open.
@@ -364,3 +378,141 @@ def test_offline_fallback_records_into_local_store_with_artifacts_beside_it(tmp_
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and parent.info.status == "FINISHED"
     assert client.get_experiment_by_name("offline").artifact_location == (tmp_path / "mlartifacts").as_uri()
     assert (tmp_path / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
+
+
+# The tiny pipeline against a real server: what the MLflow UI shows.
+
+#: Initialiser -> the parent run name of the tiny pipeline (ranks 2 + 1, ViT-S/14 layout, seed 0).
+UI_RUNS = {"rrqr": "rrqr-2+1-vits14-s0", "lora": "lora-3-vits14-s0"}
+UI_TABLE = "cmp-ui"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipelines(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny pipeline (no export) of each initialiser of :data:`UI_RUNS`, run in this process against
+    ``mlflow_server`` with ``RECYCLELORA_TABLE`` set; their workspaces."""
+    workspaces = {}
+    for init in UI_RUNS:
+        root = workspaces[init] = tmp_path_factory.mktemp(init)
+        for name in ("dvc.yaml", "params.yaml"):
+            shutil.copy(PROJECT / name, root / name)
+        (root / ".dvc").mkdir()
+        apply_preset(root / "params.yaml", str(TINY))
+        edit_params(root / "params.yaml", "model.adapter.init", init)
+        with pytest.MonkeyPatch.context() as patch:
+            for name in ENV_OWNED:
+                patch.delenv(name, raising=False)
+            patch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+            patch.setenv(TABLE_ENV, UI_TABLE)
+            patch.chdir(root)
+            params, backbone, init_dir = root / "params.yaml", Path("models/backbone"), Path("models/init")
+            trained, merged = Path("models/train"), Path("models/merged.safetensors")
+            stages.run_data(params, Path("data/prepared"), CHECKSUMS)
+            stages.run_weights(params, backbone)
+            stages.run_init(params, backbone, init_dir, progress=False)
+            stages.run_train(params, backbone, init_dir, trained, Path("metrics/train.json"), progress=False)
+            stages.run_merge(params, trained / "model.safetensors", merged)
+            stages.run_evaluate(
+                params, merged, Path("reports/eval"), Path("metrics/eval.json"), progress=False
+            )
+            stages.run_analyze(
+                params, trained / "model.safetensors", Path("reports/analysis"), Path("metrics/analysis.json")
+            )
+    return workspaces
+
+
+def tiny_parents(client: MlflowClient) -> dict[str, Run]:
+    """The parent runs of :func:`tiny_pipelines` by name."""
+    parents, _ = pipeline_runs(client, "recyclelora")
+    return {run.info.run_name: run for run in parents}
+
+
+def test_parent_run_is_named_by_method_with_all_params_and_headline_metrics(
+    mlflow_server: str, tiny_pipelines: dict[str, Path]
+) -> None:
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("recyclelora")
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    parents = tiny_parents(client)
+    assert sorted(parents) == sorted(UI_RUNS.values())
+    for init, root in tiny_pipelines.items():
+        parent = parents[UI_RUNS[init]]
+        assert parent.info.status == "FINISHED" and parent.data.tags[TABLE_TAG] == UI_TABLE
+        assert parent.data.params == flatten_params(read_yaml(root / "params.yaml"))
+        scores = json.loads((root / "metrics/eval.json").read_text())
+        train = json.loads((root / "metrics/train.json").read_text())
+        analysis = json.loads((root / "metrics/analysis.json").read_text())
+        expected = {
+            "mean_mIoU": scores.pop("mean_mIoU"),
+            **{f"mIoU/{target}": score["mIoU"] for target, score in scores.items()},
+            **{
+                key: train[key] for key in ("val_mIoU", "trainable_parameters/total", "iterations_per_second")
+            },
+            **{
+                key: analysis[key]
+                for key in ("efficiency_main", "efficiency_sub")
+                if analysis.get(key) is not None
+            },
+        }
+        assert parent.data.metrics == pytest.approx(expected)
+        # the children keep the detail, and are tagged with the table too
+        children = client.search_runs(
+            [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+        assert len(children) == 7 and all(child.data.tags[TABLE_TAG] == UI_TABLE for child in children)
+        (train_run,) = [child for child in children if child.info.run_name == "train"]
+        assert "loss" in train_run.data.metrics and "loss" not in parent.data.metrics
+
+
+def test_run_name_gives_method_effective_ranks_backbone_and_seed() -> None:
+    params = read_yaml(PROJECT / "params.yaml")
+    assert params["model"]["tuning"] == "adapters" and readable_run_name(params) == "rrqr-16+4-vits14-s0"
+    params["model"]["backbone"]["name"] = "vit_large_patch14_dinov2"
+    params["base"]["seed"] = 2
+    for tuning, init, name in [
+        ("frozen", "rrqr", "frozen-vitl14-s2"),
+        ("full", "rrqr", "full-vitl14-s2"),
+        ("adapters", "lora", "lora-20-vitl14-s2"),  # one adapter of rank main + sub
+        ("adapters", "rrqr-sub", "rrqr-sub-4-vitl14-s2"),
+    ]:
+        params["model"]["tuning"], params["model"]["adapter"]["init"] = tuning, init
+        assert readable_run_name(params) == name
+    assert backbone_label("vit_base_patch16_224") == "vitb16" and backbone_label("resnet50") == "resnet50"
+    assert readable_run_name({"base": {"seed": 0}}) is None
+
+
+def ui_metric(value: float) -> str:
+    """A metric as MLflow's UI shows it (``Utils.formatMetric``) for values in [0.001, 10) or 0."""
+    return "0" if value == 0 else f"{round(value, 3):g}"
+
+
+def page_text(url: str) -> str:
+    """The visible text of an MLflow UI page after headless Chromium rendered it."""
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,2400"]
+    command += ["--virtual-time-budget=30000", "--dump-dom", url]
+    dom = subprocess.run(command, check=True, capture_output=True, text=True, timeout=240).stdout
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.DOTALL)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Chromium for a headless browser (apt-get install chromium)"
+)
+def test_mlflow_ui_lists_runs_by_method_and_compares_their_mean_miou(
+    mlflow_server: str, tiny_pipelines: dict[str, Path]
+) -> None:
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.get_experiment_by_name("recyclelora").experiment_id
+    runs = page_text(f"{mlflow_server}/#/experiments/{experiment_id}?workflowType=machine_learning")
+    # the runs table, not the GenAI overview
+    assert "Run Name" in runs and all(name in runs for name in UI_RUNS.values()), runs[:2000]
+
+    parents = list(tiny_parents(client).values())
+    ids = json.dumps([run.info.run_id for run in parents], separators=(",", ":"))
+    compare = page_text(f'{mlflow_server}/#/compare-runs?runs={ids}&experiments=["{experiment_id}"]')
+    metrics = compare[compare.index("Metrics Show diff only") :]
+    assert all(run.info.run_name in compare for run in parents), compare[:2000]
+    assert "mean_mIoU" in metrics, metrics[:2000]
+    assert all(ui_metric(run.data.metrics["mean_mIoU"]) in metrics for run in parents), metrics[:2000]

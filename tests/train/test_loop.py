@@ -27,6 +27,7 @@ def _stop_at(step: int):
     return on_log
 
 
+@pytest.mark.slow
 def test_resumed_run_reproduces_the_uninterrupted_losses(tmp_path: Path, tiny_data: DataConfig) -> None:
     model_config, config = tiny_model_config(), tiny_train_config(iterations=6, checkpoint_every=3)
     full = train(model_config, config, tiny_data, tmp_path / "full", progress=False)
