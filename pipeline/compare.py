@@ -10,26 +10,42 @@ method are params overrides of the current workspace; ``export`` is not run. Dat
 initialiser's decomposition are computed once and restored from DVC's run cache afterwards. The table reports,
 per method and target domain, the mean and the sample standard deviation (n - 1) of mIoU over seeds, read from
 each experiment's ``metrics/eval.json`` as ``dvc exp show`` reports it; the method is read back from the
-experiment's params, not its name.
+experiment's params, not its name. Per method it adds the trainable parameters (``metrics/train.json``) and
+the means over seeds of the adapters' rank efficiency and Grassmann distance (``metrics/analysis.json``).
+
+A second table gives each method's mIoU minus RecycleLoRA's (``rrqr``), per target and for the mean over
+targets, with a 95 % paired bootstrap interval over the target images and the seeds
+(:mod:`recyclelora.eval.bootstrap`), from each experiment's ``reports/eval/per_image.parquet`` read from the
+DVC cache at the experiment's commit; a bar chart of the mean-over-targets differences goes to
+``<table folder>/img/<table name>.png``; table and chart are logged to the MLflow run ``compare-<prefix>``.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import statistics
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import dvc.api
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
 import typer
 from dvc.exceptions import NotDvcRepoError
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
+from pipeline.tracking import TABLE_ENV, TABLE_TAG, find_repo_root, tracking_uri
 from recyclelora.adapters.initialisers import INITIALISERS
 from recyclelora.cli.common import user_errors
 from recyclelora.config import read_yaml
-from recyclelora.io import atomic_write_text
+from recyclelora.eval.bootstrap import BootstrapInterval, paired_bootstrap, paired_bootstrap_mean
+from recyclelora.io import atomic_path, atomic_write_text
 
 #: Params overrides of each method: the two backbone baselines (they keep the default init, unused), then every
 #: adapter initialiser, the single-adapter baselines first.
@@ -50,6 +66,15 @@ MIOU_SUFFIX = ".mIoU"
 MEAN_KEY = "mean_mIoU"
 #: Key of ``metrics/train.json``: the run's trainable parameters (adapters or backbone, neck, head).
 PARAMS_KEY = "trainable_parameters/total"
+#: Keys of ``metrics/analysis.json`` (means over the adapted layers; absent without adapters).
+ANALYSIS_KEYS = ("efficiency_main", "efficiency_sub", "grassmann_distance")
+#: Names in :func:`collect`'s output that are not target domains.
+NOT_TARGETS = frozenset({"mean", "params", *ANALYSIS_KEYS})
+#: The method every other one is compared with (RecycleLoRA), and the evaluate stage's per-image counts.
+REFERENCE = "rrqr"
+IMAGE_TABLE = "reports/eval/per_image.parquet"
+#: The MLflow experiment of the stages (``pipeline.tracking.stage_run``'s default).
+MLFLOW_EXPERIMENT = "recyclelora"
 PENDING_STATES = frozenset({"Queued", "Running"})
 #: ``State`` of a finished experiment: ``Success`` while its queue entry lasts, then none.
 FINISHED_STATES = frozenset({"Success", None})
@@ -112,28 +137,168 @@ def experiments(prefix: str, rev: str = "HEAD") -> list[dict[str, Any]]:
     return [row for row in rows if (row.get("Experiment") or "").startswith(f"{prefix}-")]
 
 
+def finished(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows of finished experiments (not queued, running or failed)."""
+    return [row for row in rows if row.get("State") in FINISHED_STATES]
+
+
 def collect(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """``{method: {target, "mean" or "params": [value of each finished experiment]}}`` from ``dvc exp show``.
+    """``{method: {target, "mean", "params" or analysis key: [value of each finished experiment]}}`` from
+    ``dvc exp show``.
 
     A row holds its params and metrics flattened: ``<target>.mIoU`` and ``mean_mIoU`` come from
     ``metrics/eval.json`` (the only metrics file with such keys), targets losing their ``_val`` suffix;
-    ``params`` is the trainable parameter count of ``metrics/train.json``.
+    ``params`` is the trainable parameter count of ``metrics/train.json``; :data:`ANALYSIS_KEYS` come from
+    ``metrics/analysis.json``.
     """
     scores: dict[str, dict[str, list[float]]] = {}
-    for row in rows:
-        if row.get("State") not in FINISHED_STATES:  # queued, running or failed
-            continue
+    for row in finished(rows):
         per_method = scores.setdefault(method_of(row), {})
         for key, value in row.items():
-            if key in (MEAN_KEY, PARAMS_KEY):
-                name = "mean" if key == MEAN_KEY else "params"
+            if key in (MEAN_KEY, PARAMS_KEY, *ANALYSIS_KEYS):
+                name = {MEAN_KEY: "mean", PARAMS_KEY: "params"}.get(key, key)
             elif key.endswith(MIOU_SUFFIX):
                 name = key.removesuffix(MIOU_SUFFIX).removesuffix("_val")
             else:
                 continue
-            if value is not None:
+            if isinstance(value, (int, float)):  # not None, nor "None": dvc exp show's rendering of a null
                 per_method.setdefault(name, []).append(float(value))
     return scores
+
+
+class ImageCounts(NamedTuple):
+    """One target of a ``per_image.parquet``: its images and class ids (sorted) and their counts."""
+
+    images: tuple[str, ...]
+    classes: tuple[int, ...]
+    counts: np.ndarray  # (images, classes, 3): TP, FP, FN
+
+
+#: ``read(path, rev)``: the bytes of a DVC-tracked file at a Git revision.
+Reader = Callable[[str, str], bytes]
+
+
+def read_dvc(path: str, rev: str) -> bytes:
+    """DVC-tracked ``path`` at Git revision ``rev`` (an experiment's commit), from the DVC cache."""
+    return dvc.api.read(path, rev=rev, mode="rb")
+
+
+def image_counts(data: bytes) -> dict[str, ImageCounts]:
+    """``{target: counts}`` of a ``per_image.parquet`` (targets lose their ``_val`` suffix); a target must have
+    exactly one row per image and class."""
+    table = pq.read_table(io.BytesIO(data))
+    columns = {name: np.asarray(values) for name, values in table.to_pydict().items()}
+    targets = {}
+    for dataset in sorted(set(columns["dataset"])):
+        rows = columns["dataset"] == dataset
+        images, image_index = np.unique(columns["image"][rows], return_inverse=True)
+        classes, class_index = np.unique(columns["class_id"][rows], return_inverse=True)
+        cells = image_index * len(classes) + class_index
+        if rows.sum() != len(images) * len(classes) or len(np.unique(cells)) != rows.sum():
+            raise ValueError(f"{IMAGE_TABLE}: {dataset} does not have exactly one row per image and class")
+        counts = np.zeros((len(images), len(classes), 3), np.int64)
+        counts[image_index, class_index] = np.stack([columns[key][rows] for key in ("tp", "fp", "fn")], -1)
+        targets[dataset.removesuffix("_val")] = ImageCounts(
+            tuple(images.tolist()), tuple(classes.tolist()), counts
+        )
+    return targets
+
+
+def paired_counts(
+    method: str,
+    runs: Mapping[int, Mapping[str, ImageCounts]],
+    reference: Mapping[int, Mapping[str, ImageCounts]],
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{target: (method's, RecycleLoRA's) (seeds, images, classes, 3) counts}`` joined on seed, image and
+    class (ascending); a ``ValueError`` unless every run covers the same seeds, targets, images and classes."""
+    seeds = sorted(reference)
+    if sorted(runs) != seeds:
+        raise ValueError(
+            f"{method} has finished experiments for seeds {sorted(runs)} but {REFERENCE} for {seeds}: the "
+            "paired bootstrap needs the same seeds"
+        )
+    expected = {target: counts[:2] for target, counts in reference[seeds[0]].items()}
+    for name, per_seed in ((method, runs), (REFERENCE, reference)):
+        for seed in seeds:
+            found = {target: counts[:2] for target, counts in per_seed[seed].items()}
+            if found != expected:
+                raise ValueError(
+                    f"{name} (seed {seed}) was evaluated on other targets, images or classes than {REFERENCE} "
+                    f"(seed {seeds[0]}): {_mismatch(expected, found)}; compare experiments evaluated on the "
+                    "same data"
+                )
+    return {
+        target: (
+            np.stack([runs[seed][target].counts for seed in seeds]),
+            np.stack([reference[seed][target].counts for seed in seeds]),
+        )
+        for target in sorted(expected)
+    }
+
+
+def _mismatch(expected: Mapping[str, tuple], found: Mapping[str, tuple]) -> str:
+    """The first difference between two ``{target: (images, classes)}``."""
+    if set(found) != set(expected):
+        return f"targets {sorted(found)} instead of {sorted(expected)}"
+    target = next(target for target in sorted(expected) if found[target] != expected[target])
+    (images, classes), (want_images, want_classes) = found[target], expected[target]
+    if classes != want_classes:
+        return f"{target} has classes {list(classes)} instead of {list(want_classes)}"
+    missing, extra = sorted(set(want_images) - set(images)), sorted(set(images) - set(want_images))
+    return f"{target} lacks images {missing[:3]} and has other images {extra[:3]}"
+
+
+def compare_to_reference(
+    rows: Sequence[Mapping[str, Any]], read: Reader = read_dvc
+) -> dict[str, dict[str, BootstrapInterval]]:
+    """``{method: {target or "mean": mIoU(method) - mIoU(RecycleLoRA)}}`` with 95 % paired bootstrap intervals.
+
+    Each finished experiment's ``per_image.parquet`` is read with ``read(IMAGE_TABLE, row["rev"])`` (its
+    commit) and paired with RecycleLoRA's of the same ``base.seed`` on (dataset, image, class_id). A target's
+    difference is :func:`~recyclelora.eval.bootstrap.paired_bootstrap` over its images and the seeds; ``mean``
+    is :func:`~recyclelora.eval.bootstrap.paired_bootstrap_mean`, the mean over targets of the differences,
+    each resample drawing the images within each target and the seeds once for all targets (bootstrap seed
+    0, 2000 resamples). Empty without a finished RecycleLoRA experiment.
+    """
+    done = finished(rows)
+    if not any(method_of(row) == REFERENCE for row in done):
+        return {}
+    runs: dict[str, dict[int, dict[str, ImageCounts]]] = {}
+    for row in done:
+        per_seed = runs.setdefault(method_of(row), {})
+        seed = int(row["base.seed"])
+        if seed in per_seed:
+            raise ValueError(
+                f"two finished {method_of(row)} experiments have seed {seed} ({row['Experiment']}): remove one"
+            )
+        per_seed[seed] = image_counts(read(IMAGE_TABLE, row["rev"]))
+    differences = {}
+    for method in (m for m in METHODS if m in runs and m != REFERENCE):
+        pairs = paired_counts(method, runs[method], runs[REFERENCE])
+        differences[method] = {target: paired_bootstrap(*pair) for target, pair in pairs.items()}
+        differences[method]["mean"] = paired_bootstrap_mean(list(pairs.values()))
+    return differences
+
+
+def plot_differences(differences: Mapping[str, Mapping[str, BootstrapInterval]], path: Path) -> Path:
+    """Bar chart (Agg canvas, PNG) of each method's mean-over-targets mIoU difference to RecycleLoRA in
+    percentage points, with its 95 % bootstrap interval as the error bar."""
+    methods = [m for m in METHODS if m in differences]
+    means = [differences[m]["mean"] for m in methods]
+    low, high = (np.array([100 * getattr(i, bound) for i in means]) for bound in ("low", "high"))
+    positions = np.arange(len(methods))
+    figure = Figure(figsize=(max(6.0, 1.2 * len(methods)), 4.0), layout="constrained")
+    axes = figure.add_subplot()
+    axes.bar(positions, [100 * i.difference for i in means], color="tab:blue")
+    # the percentile interval need not be centred on the observed difference: draw it from low to high
+    axes.errorbar(positions, (low + high) / 2, yerr=(high - low) / 2, fmt="none", color="black", capsize=4)
+    axes.axhline(0, color="black", linewidth=0.8)
+    axes.set_xticks(positions, [LABELS[m] for m in methods], rotation=30, ha="right")
+    axes.set_ylabel("mIoU - RecycleLoRA's (pp), target mean")
+    axes.set_title("95 % paired bootstrap intervals")
+    with atomic_path(path) as tmp:
+        FigureCanvasAgg(figure).print_png(tmp)
+    return path
 
 
 def cell(values: Sequence[float]) -> str:
@@ -144,26 +309,112 @@ def cell(values: Sequence[float]) -> str:
     return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def markdown_table(scores: Mapping[str, Mapping[str, Sequence[float]]], note: str) -> str:
-    """Methods (in :data:`METHODS` order) with their trainable parameters, by target domains and their mean,
-    mIoU in percent."""
-    targets = sorted({key for per in scores.values() for key in per if key not in ("mean", "params")})
+#: What the difference table shows and what it does not.
+DIFFERENCE_NOTE = (
+    "mIoU of each method minus RecycleLoRA's, in percentage points, per target and for the mean over "
+    "targets, with the 95 % percentile interval of a paired bootstrap (2000 resamples) that redraws the "
+    "target images and the seeds, the same draws for both methods. The interval covers the variation over "
+    "these images and these few seeds only, not other datasets, training budgets or real domain shifts; "
+    "an interval that contains 0 does not show that the methods are equal."
+)
+#: What the analysis columns are.
+ANALYSIS_NOTE = (
+    "Rank efficiency: effective rank / rank of the trained updates B A (main / sub adapter); Grassmann "
+    "distance between the column spaces of B_main and B_sub; both means over the adapted layers, then "
+    "over seeds; `-` without such adapters."
+)
+
+
+def analysis_cell(per: Mapping[str, Sequence[float]], *keys: str) -> str:
+    """The means over seeds of ``keys``' values, ``/``-separated, three decimals; ``-`` when all are missing."""
+    means = [f"{statistics.fmean(per[key]):.3f}" for key in keys if per.get(key)]
+    return " / ".join(means) or "-"
+
+
+def difference_cell(interval: BootstrapInterval) -> str:
+    """``difference [low, high]`` in percentage points."""
+    return f"{100 * interval.difference:+.1f} [{100 * interval.low:+.1f}, {100 * interval.high:+.1f}]"
+
+
+def markdown_table(
+    scores: Mapping[str, Mapping[str, Sequence[float]]],
+    note: str,
+    differences: Mapping[str, Mapping[str, BootstrapInterval]] | None = None,
+    chart: str | None = None,
+) -> str:
+    """Methods (in :data:`METHODS` order) with their trainable parameters, mIoU in percent by target domain
+    and their mean, rank efficiency and Grassmann distance; with ``differences``, a second table of their
+    differences to RecycleLoRA and the ``chart`` image (a path relative to the table)."""
+    targets = sorted({key for per in scores.values() for key in per if key not in NOT_TARGETS})
     columns = [*targets, "mean"]
     lines = [
         "# Method comparison on the embedded benchmark",
         "",
-        note,
+        f"{note} {ANALYSIS_NOTE}",
         "",
-        "| method | seeds | trainable params | " + " | ".join(columns) + " |",
-        "|---|---|---|" + "---|" * len(columns),
+        "| method | seeds | trainable params | "
+        + " | ".join([*columns, "rank efficiency", "Grassmann distance"])
+        + " |",
+        "|---|---|---|" + "---|" * (len(columns) + 2),
     ]
     for method in (m for m in METHODS if m in scores):
         per = scores[method]
         seeds = max(len(values) for values in per.values())
         params = f"{max(per['params']) / 1e6:.2f} M" if per.get("params") else "-"
         cells = [cell(per[c]) if per.get(c) else "-" for c in columns]
+        cells += [
+            analysis_cell(per, "efficiency_main", "efficiency_sub"),
+            analysis_cell(per, "grassmann_distance"),
+        ]
         lines.append(f"| {LABELS[method]} | {seeds} | {params} | " + " | ".join(cells) + " |")
+    if differences:
+        compared = sorted({key for per in differences.values() for key in per} - {"mean"})
+        columns = [*compared, "mean"]
+        lines += [
+            "",
+            f"## Difference to {LABELS[REFERENCE]}",
+            "",
+            DIFFERENCE_NOTE,
+            "",
+            "| method | " + " | ".join(columns) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for method, per in differences.items():
+            cells = [difference_cell(per[c]) for c in columns]
+            lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+        if chart:
+            lines += ["", f"![mIoU difference to {LABELS[REFERENCE]}, mean over targets]({chart})"]
     return "\n".join(lines) + "\n"
+
+
+def write_comparison(
+    scores: Mapping[str, Mapping[str, Sequence[float]]],
+    differences: Mapping[str, Mapping[str, BootstrapInterval]],
+    note: str,
+    out: Path,
+) -> list[Path]:
+    """Write the table to ``out`` and, with ``differences``, their chart to ``out.parent/img/<out.stem>.png``
+    (:func:`plot_differences`); return the written files."""
+    files = [out]
+    chart = None
+    if differences:
+        files.append(plot_differences(differences, out.parent / "img" / f"{out.stem}.png"))
+        chart = files[1].relative_to(out.parent).as_posix()
+    atomic_write_text(out, markdown_table(scores, note, differences, chart))
+    return files
+
+
+def log_comparison(uri: str, prefix: str, rev: str, files: Sequence[Path]) -> str:
+    """Log ``files`` as artifacts (``comparison/``) of a new run ``compare-<prefix>``, tagged
+    ``recyclelora.table=<prefix>``, in the stages' MLflow experiment of store ``uri``; return its id. The
+    experiment exists once a stage has run: created here, it gets MLflow's default artifact location."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(MLFLOW_EXPERIMENT)
+    tags = {"stage": "compare", "baseline_rev": rev, TABLE_TAG: prefix}
+    with mlflow.start_run(run_name=f"compare-{prefix}", tags=tags) as run:
+        for path in files:
+            mlflow.log_artifact(str(path), "comparison")
+    return run.info.run_id
 
 
 def wait_for(prefix: str, rev: str, poll_seconds: float) -> list[dict[str, Any]]:
@@ -223,8 +474,10 @@ def _table(prefix: str, rev: str, out: Path, preset: Path | None) -> None:
         f"`params.yaml` with `{preset or 'no preset'}` (`python -m pipeline.compare run`)."
         + (f" Failed, left out: {', '.join(failed)}." if failed else "")
     )
-    atomic_write_text(out, markdown_table(scores, note))
+    files = write_comparison(scores, compare_to_reference(rows), note, out)
+    run_id = log_comparison(tracking_uri(find_repo_root(Path.cwd())), prefix, rev, files)
     typer.echo(out.read_text())
+    typer.echo(f"{', '.join(map(str, files))} logged to MLflow run {run_id}")
 
 
 Methods = Annotated[
@@ -261,11 +514,15 @@ def run(
     jobs: Annotated[int, typer.Option(help="Queue workers (more than 1 needs an MLflow server).")] = 1,
     poll: Annotated[float, typer.Option(help="Seconds between progress checks.")] = 30.0,
 ) -> None:
-    """Queue, run (`dvc queue start`), wait, and write the table."""
+    """Queue, run (`dvc queue start`), wait, and write the table.
+
+    The queue workers inherit ``RECYCLELORA_TABLE=<prefix>``: the experiments' MLflow runs are tagged
+    ``recyclelora.table=<prefix>`` (workers still busy with an earlier queue keep their own environment)."""
     with user_errors():
         rev = head_commit()
         _queue(method or list(METHODS), seed or list(SEEDS), preset, prefix)
-        subprocess.run(["dvc", "queue", "start", "--jobs", str(jobs)], check=True)
+        start = ["dvc", "queue", "start", "--jobs", str(jobs)]
+        subprocess.run(start, check=True, env=os.environ | {TABLE_ENV: prefix})
         wait_for(prefix, rev, poll)
         _table(prefix, rev, out, preset)
 

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from recyclelora.eval.bootstrap import BootstrapInterval, paired_bootstrap
+from recyclelora.eval.bootstrap import BootstrapInterval, paired_bootstrap, paired_bootstrap_mean
 
 
 def synthetic(images: int, seeds: int = 3, classes: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -89,3 +89,22 @@ def test_speed_of_a_full_size_comparison() -> None:
 def test_invalid_inputs(a, b, kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         paired_bootstrap(a, b, **kwargs)
+
+
+def test_mean_over_targets_pairs_each_target_and_shares_the_seeds() -> None:
+    fog, tex = synthetic(12, seed=1), synthetic(20, classes=6, seed=2)  # other images and classes per target
+    result = paired_bootstrap_mean([fog, tex], n_resamples=300)
+    expected = ((loop_miou(fog[0]) - loop_miou(fog[1])) + (loop_miou(tex[0]) - loop_miou(tex[1]))) / 2
+    assert result.difference == pytest.approx(expected, abs=1e-12)
+    assert result.low <= result.difference <= result.high
+    one_target = paired_bootstrap_mean([fog], n_resamples=300, seed=3)
+    assert one_target == paired_bootstrap(*fog, n_resamples=300, seed=3)
+    better = []
+    for a, _ in (fog, tex):  # up to 50 FN pixels of every image and class become TP
+        moved = np.minimum(a[..., 2], 50)
+        better.append((a + np.stack([moved, 0 * moved, -moved], -1), a))
+    assert paired_bootstrap_mean(better, n_resamples=300).low > 0
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_bootstrap_mean([fog, synthetic(12, seeds=2)])
+    with pytest.raises(ValueError, match="at least one"):
+        paired_bootstrap_mean([])

@@ -220,6 +220,7 @@ def test_data_stage_refuses_manifests_it_does_not_write(workspace: Path) -> None
 # Stages
 
 
+@pytest.mark.slow
 def test_pipeline_stages_record_child_runs_outputs_and_metrics(workspace: Path) -> None:
     run_pipeline(workspace)
     assert not list(workspace.rglob(f"*{PARTIAL_SUFFIX}"))
@@ -465,15 +466,22 @@ def test_compare_queues_one_experiment_per_method_and_seed() -> None:
 
 def test_compare_table_reports_mean_and_spread_per_method_and_domain() -> None:
     scores = {
-        "rrqr": {"synth_tex": [0.2, 0.4], "synth_fog": [0.3, 0.3], "mean": [0.25, 0.35], "params": [1.5e6] * 2},
+        "rrqr": {"synth_tex": [0.2, 0.4], "synth_fog": [0.3, 0.3], "mean": [0.25, 0.35], "params": [1.5e6] * 2,
+                 "efficiency_main": [0.9, 0.7], "efficiency_sub": [0.5, 0.5], "grassmann_distance": [2.0, 3.0]},
         "frozen": {"synth_tex": [0.1], "synth_fog": [0.2], "mean": [0.15]},
-    }
+    }  # fmt: skip
     table = compare.markdown_table(scores, "note")
     rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert rows[0] == "| method | seeds | trainable params | synth_fog | synth_tex | mean |"
-    assert rows[1].startswith("| Frozen backbone | 1 | - | 20.0 | 10.0 | 15.0 |")  # methods in METHODS order
+    assert rows[0] == (
+        "| method | seeds | trainable params | synth_fog | synth_tex | mean | rank efficiency | Grassmann distance |"
+    )
+    # methods in METHODS order; no adapters, no analysis
+    assert rows[1].startswith("| Frozen backbone | 1 | - | 20.0 | 10.0 | 15.0 | - | - |")
     tex, mean = 100 * statistics.stdev([0.2, 0.4]), 100 * statistics.stdev([0.25, 0.35])
-    assert rows[2] == f"| RecycleLoRA | 2 | 1.50 M | 30.0 ± 0.0 | 30.0 ± {tex:.1f} | 30.0 ± {mean:.1f} |"
+    assert rows[2] == (
+        f"| RecycleLoRA | 2 | 1.50 M | 30.0 ± 0.0 | 30.0 ± {tex:.1f} | 30.0 ± {mean:.1f} | 0.800 / 0.500 | 2.500 |"
+    )
+    assert "Difference to" not in table  # no differences given
 
 
 def test_compare_reads_methods_and_scores_from_exp_show_rows() -> None:

@@ -428,6 +428,7 @@ def tiny_parents(client: MlflowClient) -> dict[str, Run]:
     return {run.info.run_name: run for run in parents}
 
 
+@pytest.mark.slow
 def test_parent_run_is_named_by_method_with_all_params_and_headline_metrics(
     mlflow_server: str, tiny_pipelines: dict[str, Path]
 ) -> None:

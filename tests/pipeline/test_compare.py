@@ -1,0 +1,258 @@
+"""The comparison's differences to RecycleLoRA: fabricated experiments (``dvc exp show`` rows, per-image tables
+read through an injected reader), and one real ``dvc exp run`` read back through ``dvc.api``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from pipeline import compare
+from recyclelora.eval.reports import IMAGE_TABLE_SCHEMA
+
+TARGETS = ("synth_fog_val", "synth_tex_val")
+SEEDS = (0, 1, 2)
+CLASSES = 3
+HERE = Path(__file__).resolve().parent
+
+
+def counts(method: str, seed: int, target: str, images: int) -> np.ndarray:
+    """``(images, classes, 3)`` TP/FP/FN; ``lora`` moves 5 pixels from FN to TP on every image and class, so
+    its IoU is higher everywhere than ``rrqr``'s of the same seed."""
+    rng = np.random.default_rng([seed, TARGETS.index(target)])
+    base = rng.integers(5, 50, (images, CLASSES, 3))
+    if method == "frozen":
+        base = np.random.default_rng([seed, 99]).integers(5, 50, (images, CLASSES, 3))
+    if method == "lora":
+        base = base + np.array([5, 0, -5])
+    return base
+
+
+def write_image_table(path: Path, tables: dict[str, np.ndarray], shuffle: int | None = None) -> None:
+    rows = [
+        {"dataset": target, "image": f"img{i:02d}", "class_id": c, "tp": int(x[i, c, 0]),
+         "fp": int(x[i, c, 1]), "fn": int(x[i, c, 2])}
+        for target, x in tables.items() for i in range(x.shape[0]) for c in range(x.shape[1])
+    ]  # fmt: skip
+    if shuffle is not None:  # the join is by key, not by row order
+        rows = [rows[i] for i in np.random.default_rng(shuffle).permutation(len(rows))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=IMAGE_TABLE_SCHEMA), path)
+
+
+def experiment_row(method: str, seed: int) -> dict:
+    tuning = method if method in ("frozen", "full") else "adapters"
+    adapters = tuning == "adapters"
+    return {
+        "Experiment": f"cmp-{method}-s{seed}", "rev": f"{method}{seed}", "State": "Success",
+        "model.tuning": tuning, "model.adapter.init": "rrqr" if not adapters else method, "base.seed": seed,
+        "synth_fog_val.mIoU": 0.2, "synth_tex_val.mIoU": 0.4, "mean_mIoU": 0.3, "trainable_parameters/total": 1000,
+        "efficiency_main": 0.9 if adapters else None, "efficiency_sub": 0.5 if method == "rrqr" else "None",
+        "grassmann_distance": 2.0 if method == "rrqr" else "None",  # dvc exp show renders a JSON null so
+    }  # fmt: skip
+
+
+def fabricate(
+    root: Path, methods=("frozen", "lora", "rrqr"), images: int = 12
+) -> tuple[list[dict], compare.Reader]:
+    """``dvc exp show`` rows and a reader of ``<root>/<rev>/reports/eval/per_image.parquet``."""
+    rows = []
+    for method in methods:
+        for seed in SEEDS:
+            row = experiment_row(method, seed)
+            tables = {target: counts(method, seed, target, images) for target in TARGETS}
+            write_image_table(root / row["rev"] / compare.IMAGE_TABLE, tables, shuffle=seed)
+            rows.append(row)
+
+    def read(path: str, rev: str) -> bytes:
+        return (root / rev / path).read_bytes()
+
+    return rows, read
+
+
+def miou(x: np.ndarray) -> float:
+    """mIoU of ``(images, classes, 3)`` counts summed over images, by plain loops."""
+    total = x.sum(0)
+    ious = [tp / (tp + fp + fn) for tp, fp, fn in total.tolist() if tp + fp + fn > 0]
+    return sum(ious) / len(ious)
+
+
+def test_compare_differences_equal_independently_computed_mious(tmp_path: Path) -> None:
+    rows, read = fabricate(tmp_path)
+    differences = compare.compare_to_reference(rows, read)
+    assert list(differences) == ["frozen", "lora"]  # METHODS order, RecycleLoRA left out
+    for method in differences:
+        expected = {
+            target.removesuffix("_val"): np.mean([miou(counts(method, s, target, 12)) for s in SEEDS])
+            - np.mean([miou(counts("rrqr", s, target, 12)) for s in SEEDS])
+            for target in TARGETS
+        }
+        per = differences[method]
+        assert set(per) == {"synth_fog", "synth_tex", "mean"}
+        for target, value in expected.items():
+            assert per[target].difference == pytest.approx(value, abs=1e-12)
+        assert per["mean"].difference == pytest.approx(np.mean(list(expected.values())), abs=1e-12)
+        assert all(interval.low <= interval.high for interval in per.values())
+
+
+def test_compare_a_method_better_on_every_image_has_intervals_above_zero(tmp_path: Path) -> None:
+    rows, read = fabricate(tmp_path, methods=("lora", "rrqr"))
+    lora = compare.compare_to_reference(rows, read)["lora"]
+    assert all(interval.low > 0 for interval in lora.values()), lora
+
+
+def test_compare_without_recyclelora_reads_nothing(tmp_path: Path) -> None:
+    rows, _ = fabricate(tmp_path, methods=("frozen",))
+
+    def read(path: str, rev: str) -> bytes:
+        raise AssertionError("nothing to compare with: nothing to read")
+
+    assert compare.compare_to_reference(rows, read) == {}
+
+
+def test_compare_refuses_experiments_on_other_images_or_seeds(tmp_path: Path) -> None:
+    rows, read = fabricate(tmp_path, methods=("lora", "rrqr"))
+    other = tmp_path / "lora1" / compare.IMAGE_TABLE
+    tables = {target: counts("lora", 1, target, 12) for target in TARGETS}
+    tables["synth_tex_val"] = tables["synth_tex_val"][:11]  # one image fewer
+    write_image_table(other, tables)
+    with pytest.raises(ValueError, match=r"lora \(seed 1\).*synth_tex lacks images \['img11'\]"):
+        compare.compare_to_reference(rows, read)
+    write_image_table(other, {"synth_fog_val": tables["synth_fog_val"]})  # one target fewer
+    with pytest.raises(ValueError, match=r"targets \['synth_fog'\] instead of \['synth_fog', 'synth_tex'\]"):
+        compare.compare_to_reference(rows, read)
+    rows, read = fabricate(tmp_path, methods=("lora", "rrqr"))
+    fewer = [row for row in rows if row["Experiment"] != "cmp-lora-s2"]
+    with pytest.raises(
+        ValueError, match=r"lora has finished experiments for seeds \[0, 1\] but rrqr for \[0, 1, 2\]"
+    ):
+        compare.compare_to_reference(fewer, read)
+    with pytest.raises(ValueError, match="two finished lora experiments have seed 0"):
+        compare.compare_to_reference([*rows, rows[0] | {"Experiment": "cmp-lora-s0-again"}], read)
+
+
+def test_compare_writes_both_tables_and_the_chart_and_logs_them(tmp_path: Path) -> None:
+    rows, read = fabricate(tmp_path / "exps")
+    differences = compare.compare_to_reference(rows, read)
+    out = tmp_path / "docs" / "comparison.md"
+    files = compare.write_comparison(compare.collect(rows), differences, "note", out)
+    chart = tmp_path / "docs" / "img" / "comparison.png"
+    assert files == [out, chart]
+    assert chart.read_bytes().startswith(b"\x89PNG")
+    text = out.read_text()
+    lines = text.splitlines()
+    assert "| Frozen backbone | 3 | 0.00 M | 20.0 ± 0.0 | 40.0 ± 0.0 | 30.0 ± 0.0 | - | - |" in lines
+    assert (
+        "| RecycleLoRA | 3 | 0.00 M | 20.0 ± 0.0 | 40.0 ± 0.0 | 30.0 ± 0.0 | 0.900 / 0.500 | 2.000 |" in lines
+    )
+    assert "## Difference to RecycleLoRA" in lines and compare.DIFFERENCE_NOTE in lines
+    assert "| method | synth_fog | synth_tex | mean |" in lines
+    lora = differences["lora"]
+    cells = " | ".join(compare.difference_cell(lora[key]) for key in ("synth_fog", "synth_tex", "mean"))
+    assert f"| LoRA | {cells} |" in lines
+    assert lines[-1] == "![mIoU difference to RecycleLoRA, mean over targets](img/comparison.png)"
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment(compare.MLFLOW_EXPERIMENT, artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = compare.log_comparison(uri, "cmp", "abc123", files)
+    run = client.get_run(run_id)
+    assert run.info.run_name == "compare-cmp" and run.data.tags["recyclelora.table"] == "cmp"
+    logged = {entry.path for entry in client.list_artifacts(run_id, "comparison")}
+    assert logged == {"comparison/comparison.md", "comparison/comparison.png"}
+
+
+MAKE_TABLE = """\
+import sys
+from pathlib import Path
+
+sys.path[:0] = [{tests!r}, {project!r}]  # this module and the pipeline package it imports
+import yaml
+from test_compare import TARGETS, counts, write_image_table
+
+params = yaml.safe_load(Path("params.yaml").read_text())
+method, seed = params["model"]["adapter"]["init"], params["base"]["seed"]
+tables = {{target: counts(method, seed, target, 6) for target in TARGETS}}
+write_image_table(Path("reports/eval/per_image.parquet"), tables)
+"""
+
+
+def run(command: list[str], cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))} | {
+        "DVC_NO_ANALYTICS": "1"
+    }
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_compare_reads_each_experiments_per_image_table_through_dvc_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real ``dvc exp run`` experiments whose stage writes ``reports/eval/per_image.parquet`` (a DVC out): the
+    comparison reads each one back at the experiment's commit from ``dvc exp show``'s ``rev``, not the
+    workspace's copy (which holds the last experiment's)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "make_table.py").write_text(MAKE_TABLE.format(tests=str(HERE), project=str(HERE.parents[1])))
+    params = {"base": {"seed": 0}, "model": {"tuning": "adapters", "adapter": {"init": "rrqr"}}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (repo / "dvc.yaml").write_text(textwrap.dedent(f"""\
+        stages:
+          evaluate:
+            cmd: {sys.executable} make_table.py
+            deps: [make_table.py]
+            params: [base.seed, model]
+            outs: [reports/eval]
+        """))  # fmt: skip
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
+    for command in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        git + ["add", "-A"],
+        git + ["commit", "-qm", "x"],
+    ):
+        run(command, repo)
+    for method in ("lora", "rrqr"):
+        for seed in (0, 1):
+            name = f"cmp-{method}-s{seed}"
+            run(
+                [
+                    "dvc",
+                    "exp",
+                    "run",
+                    "-n",
+                    name,
+                    "-S",
+                    f"model.adapter.init={method}",
+                    "-S",
+                    f"base.seed={seed}",
+                ],
+                repo,
+            )
+    monkeypatch.chdir(repo)
+    rows = compare.experiments("cmp")
+    assert sorted(row["Experiment"] for row in rows) == [
+        "cmp-lora-s0",
+        "cmp-lora-s1",
+        "cmp-rrqr-s0",
+        "cmp-rrqr-s1",
+    ]
+    for row in rows:
+        read_back = compare.image_counts(compare.read_dvc(compare.IMAGE_TABLE, row["rev"]))
+        method, seed = compare.method_of(row), int(row["base.seed"])
+        for target in TARGETS:
+            expected = counts(method, seed, target, 6)
+            np.testing.assert_array_equal(read_back[target.removesuffix("_val")].counts, expected)
+    lora = compare.compare_to_reference(rows)["lora"]
+    assert all(interval.low > 0 for interval in lora.values())
