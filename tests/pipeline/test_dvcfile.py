@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -13,25 +12,13 @@ from pipeline.dvcfile import stage_params
 from pipeline.stages._common import open_stage
 from pipeline.tracking import flatten_params
 from recyclelora.config import read_yaml
-
-PROJECT = Path(__file__).resolve().parents[2]
+from tests.pipeline.workspace import make_workspace
 
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The project's dvc.yaml and params.yaml in a DVC workspace with its own MLflow store."""
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(PROJECT / name, tmp_path / name)
-    (tmp_path / ".dvc").mkdir()
-    for name in (
-        "DVC_EXP_NAME",
-        "DVC_EXP_BASELINE_REV",
-        "RECYCLELORA_PARENT_RUN_ID",
-        "RECYCLELORA_MLFLOW_DB",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    return tmp_path
+    return make_workspace(tmp_path, monkeypatch)
 
 
 def test_each_stage_logs_the_params_dvc_yaml_lists(workspace: Path) -> None:

@@ -45,8 +45,8 @@ from recyclelora.models.checkpoint import save_segmentor
 from recyclelora.models.heads import HeadConfig
 from recyclelora.train.config import TrainConfig
 from tests.helpers import tiny_model_config
+from tests.pipeline.workspace import PROJECT, make_workspace
 
-PROJECT = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("tiny_params.yaml")
 CHECKSUMS = Path("checksums/gta5.sha256")  # the data stage's GTAV checksum file, as dvc.yaml names it
 STAGE_ORDER = ["data", "weights", "init", "train", "merge", "evaluate", "export", "analyze"]
@@ -56,18 +56,8 @@ runner = CliRunner()
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A DVC workspace: the project's dvc.yaml, params.yaml shrunk by tiny_params.yaml, an MLflow store."""
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(PROJECT / name, tmp_path / name)
-    (tmp_path / ".dvc").mkdir()
+    make_workspace(tmp_path, monkeypatch)
     apply_preset(tmp_path / "params.yaml", str(TINY))
-    for name in (
-        "DVC_EXP_NAME",
-        "DVC_EXP_BASELINE_REV",
-        "RECYCLELORA_PARENT_RUN_ID",
-        "RECYCLELORA_MLFLOW_DB",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
