@@ -3,6 +3,7 @@
     python -m pipeline.compare run                 # queue 8 methods x 3 seeds, run them, write the table
     python -m pipeline.compare queue               # only queue them; then `dvc queue start`, `dvc exp show`
     python -m pipeline.compare table               # aggregate finished experiments into docs/comparison.md
+    python -m pipeline.compare curve               # LoRA and RecycleLoRA at 60, 200, 600 steps x 3 seeds
 
 Each experiment is ``dvc exp run --queue -n <prefix>-<method>-s<seed> -S <preset keys> -S <method keys>
 -S base.seed=<seed> evaluate analyze``: the preset (``presets/table.yaml``: shorter training on a CPU) and the
@@ -18,12 +19,18 @@ targets, with a 95 % paired bootstrap interval over the target images and the se
 (:mod:`recyclelora.eval.bootstrap`), from each experiment's ``reports/eval/per_image.parquet`` read from the
 DVC cache at the experiment's commit; a bar chart of the mean-over-targets differences goes to
 ``<table folder>/img/<table name>.png``; table and chart are logged to the MLflow run ``compare-<prefix>``.
+
+The training-budget curve (``curve``) runs the same experiments, named ``<prefix><steps>-<method>-s<seed>``,
+at several values of ``train.iterations`` and writes, per budget, each method's mean-over-targets mIoU and its
+difference to RecycleLoRA with the same interval (``docs/training-curve.md`` and its chart): the evidence for
+the table's budget in ``presets/table.yaml``.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import statistics
 import subprocess
 import time
@@ -39,8 +46,9 @@ import typer
 from dvc.exceptions import NotDvcRepoError
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from mlflow import MlflowClient
 
-from pipeline.tracking import TABLE_ENV, TABLE_TAG, find_repo_root, tracking_uri
+from pipeline.tracking import TABLE_ENV, TABLE_TAG, find_repo_root, get_or_create_experiment, tracking_uri
 from recyclelora.adapters.initialisers import INITIALISERS
 from recyclelora.cli.common import user_errors
 from recyclelora.config import read_yaml
@@ -64,15 +72,21 @@ TARGET_STAGES: tuple[str, ...] = ("evaluate", "analyze")
 #: Keys of ``metrics/eval.json`` in a ``dvc exp show`` row: ``<target>.mIoU`` per target and their mean.
 MIOU_SUFFIX = ".mIoU"
 MEAN_KEY = "mean_mIoU"
-#: Key of ``metrics/train.json``: the run's trainable parameters (adapters or backbone, neck, head).
+#: Keys of ``metrics/train.json``: the run's trainable parameters (adapters or backbone, neck, head) and its
+#: training wall time in seconds.
 PARAMS_KEY = "trainable_parameters/total"
+SECONDS_KEY = "seconds"
 #: Keys of ``metrics/analysis.json`` (means over the adapted layers; absent without adapters).
 ANALYSIS_KEYS = ("efficiency_main", "efficiency_sub", "grassmann_distance")
 #: Names in :func:`collect`'s output that are not target domains.
-NOT_TARGETS = frozenset({"mean", "params", *ANALYSIS_KEYS})
+NOT_TARGETS = frozenset({"mean", "params", "seconds", *ANALYSIS_KEYS})
 #: The method every other one is compared with (RecycleLoRA), and the evaluate stage's per-image counts.
 REFERENCE = "rrqr"
 IMAGE_TABLE = "reports/eval/per_image.parquet"
+#: The training-budget curve: its methods, budgets (``train.iterations``) and the param that sets them.
+CURVE_METHODS: tuple[str, ...] = ("lora", REFERENCE)
+CURVE_STEPS: tuple[int, ...] = (60, 200, 600)
+STEPS_KEY = "train.iterations"
 #: The MLflow experiment of the stages (``pipeline.tracking.stage_run``'s default).
 MLFLOW_EXPERIMENT = "recyclelora"
 PENDING_STATES = frozenset({"Queued", "Running"})
@@ -131,10 +145,20 @@ def queue_commands(
     return commands
 
 
+def _named(pattern: str, rev: str) -> list[dict[str, Any]]:
+    """``dvc exp show`` rows based on Git revision ``rev`` whose experiment name starts with regex ``pattern``."""
+    start = re.compile(pattern)
+    return [row for row in dvc.api.exp_show(revs=rev) if start.match(row.get("Experiment") or "")]
+
+
 def experiments(prefix: str, rev: str = "HEAD") -> list[dict[str, Any]]:
     """``dvc exp show`` rows of the experiments named ``<prefix>-...`` based on Git revision ``rev``."""
-    rows = dvc.api.exp_show(revs=rev)
-    return [row for row in rows if (row.get("Experiment") or "").startswith(f"{prefix}-")]
+    return _named(f"{re.escape(prefix)}-", rev)
+
+
+def curve_experiments(prefix: str, rev: str = "HEAD") -> list[dict[str, Any]]:
+    """``dvc exp show`` rows of the experiments named ``<prefix><steps>-...`` based on Git revision ``rev``."""
+    return _named(rf"{re.escape(prefix)}\d+-", rev)
 
 
 def finished(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -143,20 +167,20 @@ def finished(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def collect(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """``{method: {target, "mean", "params" or analysis key: [value of each finished experiment]}}`` from
-    ``dvc exp show``.
+    """``{method: {target, "mean", "params", "seconds" or analysis key: [value of each finished experiment]}}``
+    from ``dvc exp show``.
 
     A row holds its params and metrics flattened: ``<target>.mIoU`` and ``mean_mIoU`` come from
     ``metrics/eval.json`` (the only metrics file with such keys), targets losing their ``_val`` suffix;
-    ``params`` is the trainable parameter count of ``metrics/train.json``; :data:`ANALYSIS_KEYS` come from
-    ``metrics/analysis.json``.
+    ``params`` and ``seconds`` are the trainable parameter count and training time of ``metrics/train.json``;
+    :data:`ANALYSIS_KEYS` come from ``metrics/analysis.json``.
     """
     scores: dict[str, dict[str, list[float]]] = {}
     for row in finished(rows):
         per_method = scores.setdefault(method_of(row), {})
         for key, value in row.items():
-            if key in (MEAN_KEY, PARAMS_KEY, *ANALYSIS_KEYS):
-                name = {MEAN_KEY: "mean", PARAMS_KEY: "params"}.get(key, key)
+            if key in (MEAN_KEY, PARAMS_KEY, SECONDS_KEY, *ANALYSIS_KEYS):
+                name = {MEAN_KEY: "mean", PARAMS_KEY: "params", SECONDS_KEY: "seconds"}.get(key, key)
             elif key.endswith(MIOU_SUFFIX):
                 name = key.removesuffix(MIOU_SUFFIX).removesuffix("_val")
             else:
@@ -407,14 +431,122 @@ def write_comparison(
 def log_comparison(uri: str, prefix: str, rev: str, files: Sequence[Path]) -> str:
     """Log ``files`` as artifacts (``comparison/``) of a new run ``compare-<prefix>``, tagged
     ``recyclelora.table=<prefix>``, in the stages' MLflow experiment of store ``uri``; return its id. The
-    experiment exists once a stage has run: created here, it gets MLflow's default artifact location."""
+    experiment is got or created as the stages do it (:func:`pipeline.tracking.get_or_create_experiment`)."""
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(MLFLOW_EXPERIMENT)
+    experiment = get_or_create_experiment(MlflowClient(uri), MLFLOW_EXPERIMENT, uri)
     tags = {"stage": "compare", "baseline_rev": rev, TABLE_TAG: prefix}
-    with mlflow.start_run(run_name=f"compare-{prefix}", tags=tags) as run:
+    with mlflow.start_run(experiment_id=experiment, run_name=f"compare-{prefix}", tags=tags) as run:
         for path in files:
             mlflow.log_artifact(str(path), "comparison")
     return run.info.run_id
+
+
+class CurvePoint(NamedTuple):
+    """One training budget of the curve: its finished experiments' :func:`collect` scores and
+    :func:`compare_to_reference` differences."""
+
+    scores: dict[str, dict[str, list[float]]]
+    differences: dict[str, dict[str, BootstrapInterval]]
+
+
+def curve_points(rows: Sequence[Mapping[str, Any]], read: Reader = read_dvc) -> dict[int, CurvePoint]:
+    """``{steps: point}`` by increasing steps: the finished experiments grouped by their ``train.iterations``
+    param (not their names)."""
+    budgets: dict[int, list[Mapping[str, Any]]] = {}
+    for row in finished(rows):
+        budgets.setdefault(int(row[STEPS_KEY]), []).append(row)
+    return {
+        steps: CurvePoint(collect(group), compare_to_reference(group, read))
+        for steps, group in sorted(budgets.items())
+    }
+
+
+def _curve_methods(points: Mapping[int, CurvePoint]) -> list[str]:
+    """The methods with a finished experiment at some budget, in :data:`METHODS` order."""
+    return [m for m in METHODS if any(m in point.scores for point in points.values())]
+
+
+def curve_markdown(points: Mapping[int, CurvePoint], note: str, chart: str | None = None) -> str:
+    """One row per budget: its seeds, each method's mean-over-targets mIoU (mean ± std over seeds, percent),
+    each method's difference to RecycleLoRA with its interval, and the mean training time of a run."""
+    methods = _curve_methods(points)
+    compared = [m for m in methods if m != REFERENCE]
+    columns = [
+        "steps",
+        "seeds",
+        *(LABELS[m] for m in methods),
+        *(f"{LABELS[m]} - {LABELS[REFERENCE]}" for m in compared),
+        "training s / run",
+    ]
+    lines = [
+        "# Training budget on the embedded benchmark",
+        "",
+        note,
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for steps, point in points.items():
+        seeds = max(len(per.get("mean", [])) for per in point.scores.values())
+        cells = [
+            cell(point.scores[m]["mean"]) if point.scores.get(m, {}).get("mean") else "-" for m in methods
+        ]
+        cells += [
+            difference_cell(point.differences[m]["mean"]) if m in point.differences else "-" for m in compared
+        ]
+        seconds = [value for per in point.scores.values() for value in per.get("seconds", [])]
+        cells.append(f"{statistics.fmean(seconds):.0f}" if seconds else "-")
+        lines.append(f"| {steps} | {seeds} | " + " | ".join(cells) + " |")
+    if chart:
+        lines += ["", f"![mean mIoU and difference to {LABELS[REFERENCE]} by training steps]({chart})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curve(points: Mapping[int, CurvePoint], path: Path) -> Path:
+    """Two panels (Agg canvas, PNG) over the training steps (log axis): each method's mean-over-targets mIoU
+    with the seeds' standard deviation, and each method's difference to RecycleLoRA with its 95 % interval."""
+    figure = Figure(figsize=(10.0, 4.0), layout="constrained")
+    scores_axes, difference_axes = figure.subplots(1, 2)
+    for method in _curve_methods(points):
+        budgets = [s for s, point in points.items() if point.scores.get(method, {}).get("mean")]
+        values = [points[s].scores[method]["mean"] for s in budgets]
+        spread = [100 * statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        means = [100 * statistics.fmean(v) for v in values]
+        scores_axes.errorbar(budgets, means, yerr=spread, marker="o", capsize=4, label=LABELS[method])
+        budgets = [s for s, point in points.items() if method in point.differences]
+        if budgets:
+            intervals = [points[s].differences[method]["mean"] for s in budgets]
+            low, high = (np.array([100 * getattr(i, bound) for i in intervals]) for bound in ("low", "high"))
+            line = difference_axes.plot(
+                budgets, [100 * i.difference for i in intervals], marker="o", label=LABELS[method]
+            )[0]
+            difference_axes.errorbar(
+                budgets,
+                (low + high) / 2,
+                yerr=(high - low) / 2,
+                fmt="none",
+                color=line.get_color(),
+                capsize=4,
+            )
+    difference_axes.axhline(0, color="black", linewidth=0.8)
+    for axes in (scores_axes, difference_axes):
+        axes.set_xscale("log")
+        axes.set_xticks(list(points), [str(s) for s in points])
+        axes.minorticks_off()
+        axes.set_xlabel("training steps")
+        axes.legend()
+    scores_axes.set_ylabel("mIoU (%), target mean; bars: std over seeds")
+    difference_axes.set_ylabel(f"mIoU - {LABELS[REFERENCE]}'s (pp); bars: 95 % interval")
+    with atomic_path(path) as tmp:
+        FigureCanvasAgg(figure).print_png(tmp)
+    return path
+
+
+def write_curve(points: Mapping[int, CurvePoint], note: str, out: Path) -> list[Path]:
+    """Write the curve's table to ``out`` and its chart to ``out.parent/img/<out.stem>.png``; return both."""
+    chart = plot_curve(points, out.parent / "img" / f"{out.stem}.png")
+    atomic_write_text(out, curve_markdown(points, note, chart.relative_to(out.parent).as_posix()))
+    return [out, chart]
 
 
 def wait_for(prefix: str, rev: str, poll_seconds: float) -> list[dict[str, Any]]:
@@ -433,7 +565,15 @@ def wait_for(prefix: str, rev: str, poll_seconds: float) -> list[dict[str, Any]]
         time.sleep(poll_seconds)
 
 
-def _queue(methods: list[str], seeds: list[int], preset: Path | None, prefix: str) -> None:
+def budget_overrides(preset: Path | None, steps: int | None = None) -> list[str]:
+    """The ``-S`` overrides of ``preset`` (none without one), with ``train.iterations=steps`` if given."""
+    values = dict(read_yaml(preset) or {}) if preset else {}
+    if steps is not None:
+        values["train"] = {**values.get("train", {}), "iterations": steps}
+    return preset_overrides(values)
+
+
+def _queue(methods: list[str], seeds: list[int], overrides: list[str], prefix: str) -> None:
     existing = sorted(row["Experiment"] for row in experiments(prefix))
     if existing:
         raise ValueError(
@@ -448,7 +588,6 @@ def _queue(methods: list[str], seeds: list[int], preset: Path | None, prefix: st
             "to avoid it",
             err=True,
         )
-    overrides = preset_overrides(read_yaml(preset) or {}) if preset else []
     for command in queue_commands(methods, seeds, overrides, prefix):
         subprocess.run(command, check=True)
 
@@ -480,6 +619,29 @@ def _table(prefix: str, rev: str, out: Path, preset: Path | None) -> None:
     typer.echo(f"{', '.join(map(str, files))} logged to MLflow run {run_id}")
 
 
+def _curve(prefix: str, rev: str, out: Path, preset: Path | None) -> None:
+    rows = curve_experiments(prefix, rev)
+    failed = [row["Experiment"] for row in rows if row.get("State") == "Failed"]
+    points = curve_points(rows)
+    if not points:
+        raise ValueError(
+            f"no finished experiment named {prefix}<steps>-... based on {rev}: run `python -m pipeline.compare "
+            "curve`, or pass the commit they were queued from as --rev"
+        )
+    note = (
+        f"Mean over the target domains of mIoU (%) after training for each number of steps (`{STEPS_KEY}`, the "
+        "learning rate poly-decayed to 0 over each budget), mean ± sample standard deviation over seeds; each "
+        f"method minus {LABELS[REFERENCE]} in percentage points with the 95 % paired bootstrap interval over "
+        "the target images and the seeds (as in the method table); the mean training time of one run. Params "
+        f"of `params.yaml` with `{preset or 'no preset'}` and the steps (`python -m pipeline.compare curve`)."
+        + (f" Failed, left out: {', '.join(failed)}." if failed else "")
+    )
+    files = write_curve(points, note, out)
+    run_id = log_comparison(tracking_uri(find_repo_root(Path.cwd())), prefix, rev, files)
+    typer.echo(out.read_text())
+    typer.echo(f"{', '.join(map(str, files))} logged to MLflow run {run_id}")
+
+
 Methods = Annotated[
     list[str] | None, typer.Option("--method", help=f"Repeat; default: all of {list(METHODS)}.")
 ]
@@ -501,7 +663,7 @@ def queue(
 ) -> None:
     """Queue one experiment per method and seed (start them with `dvc queue start`)."""
     with user_errors():
-        _queue(method or list(METHODS), seed or list(SEEDS), preset, prefix)
+        _queue(method or list(METHODS), seed or list(SEEDS), budget_overrides(preset), prefix)
 
 
 @app.command()
@@ -520,7 +682,7 @@ def run(
     ``recyclelora.table=<prefix>`` (workers still busy with an earlier queue keep their own environment)."""
     with user_errors():
         rev = head_commit()
-        _queue(method or list(METHODS), seed or list(SEEDS), preset, prefix)
+        _queue(method or list(METHODS), seed or list(SEEDS), budget_overrides(preset), prefix)
         start = ["dvc", "queue", "start", "--jobs", str(jobs)]
         subprocess.run(start, check=True, env=os.environ | {TABLE_ENV: prefix})
         wait_for(prefix, rev, poll)
@@ -537,6 +699,44 @@ def table(
     """Aggregate the finished experiments into a Markdown table (mean ± std over seeds)."""
     with user_errors():
         _table(prefix, rev, out, preset)
+
+
+@app.command()
+def curve(
+    method: Annotated[
+        list[str] | None, typer.Option("--method", help=f"Repeat; default: {list(CURVE_METHODS)}.")
+    ] = None,
+    seed: Seeds = None,
+    steps: Annotated[
+        list[int] | None,
+        typer.Option("--steps", help=f"Training budgets; repeat; default: {list(CURVE_STEPS)}."),
+    ] = None,
+    preset: Preset = Path("presets/table.yaml"),
+    prefix: Annotated[
+        str, typer.Option(help="Experiment names are <prefix><steps>-<method>-s<seed>.")
+    ] = "curve",
+    out: Out = Path("docs/training-curve.md"),
+    table_only: Annotated[
+        bool, typer.Option("--table-only", help="Only tabulate the finished experiments based on --rev.")
+    ] = False,
+    rev: Rev = "HEAD",
+    jobs: Annotated[int, typer.Option(help="Queue workers (more than 1 needs an MLflow server).")] = 1,
+    poll: Annotated[float, typer.Option(help="Seconds between progress checks.")] = 30.0,
+) -> None:
+    """How the methods' scores and their difference to RecycleLoRA grow with training: queue every method x
+    seed at each budget (the preset with `train.iterations` = steps), run them, and write the curve."""
+    with user_errors():
+        if not table_only:
+            rev = head_commit()
+            budgets = [int(s) for s in steps or CURVE_STEPS]
+            for budget in budgets:
+                overrides = budget_overrides(preset, budget)
+                _queue(method or list(CURVE_METHODS), seed or list(SEEDS), overrides, f"{prefix}{budget}")
+            start = ["dvc", "queue", "start", "--jobs", str(jobs)]
+            subprocess.run(start, check=True, env=os.environ | {TABLE_ENV: prefix})
+            for budget in budgets:
+                wait_for(f"{prefix}{budget}", rev, poll)
+        _curve(prefix, rev, out, preset)
 
 
 if __name__ == "__main__":

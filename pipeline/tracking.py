@@ -295,9 +295,9 @@ def is_headline_metric(key: str) -> bool:
     return key in HEADLINE_METRICS or key.startswith("mIoU/")
 
 
-def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """Get or create the experiment, tagged as model development; a SQLite store keeps artifacts in
-    ``mlartifacts/`` beside its file."""
+def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created if missing, tagged as model development; a SQLite store keeps
+    artifacts in ``mlartifacts/`` beside its file."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = None
@@ -398,7 +398,7 @@ def stage_run(
     whole = read_yaml(workspace / PARAMS_FILE) or {}
     parent = _parent_run(
         client,
-        _experiment_id(client, experiment, uri),
+        get_or_create_experiment(client, experiment, uri),
         tags,
         run_name=readable_run_name(whole) or exp_name or f"pipeline-{key[:8]}",
         params_file=workspace / PARAMS_FILE,

@@ -163,12 +163,90 @@ def test_compare_writes_both_tables_and_the_chart_and_logs_them(tmp_path: Path) 
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    client.create_experiment(compare.MLFLOW_EXPERIMENT, artifact_location=(tmp_path / "artifacts").as_uri())
-    run_id = compare.log_comparison(uri, "cmp", "abc123", files)
+    run_id = compare.log_comparison(uri, "cmp", "abc123", files)  # creates the experiment as a stage would
+    experiment = client.get_experiment_by_name(compare.MLFLOW_EXPERIMENT)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
     run = client.get_run(run_id)
     assert run.info.run_name == "compare-cmp" and run.data.tags["recyclelora.table"] == "cmp"
     logged = {entry.path for entry in client.list_artifacts(run_id, "comparison")}
     assert logged == {"comparison/comparison.md", "comparison/comparison.png"}
+
+
+def fabricate_curve(root: Path) -> tuple[list[dict], compare.Reader]:
+    """Rows of two budgets, named alike: LoRA and RecycleLoRA at 200 steps, the frozen backbone and RecycleLoRA
+    at 60 (other counts), plus a failed experiment; ``seconds`` is half the steps."""
+    rows = []
+    for steps, methods in ((200, ("lora", "rrqr")), (60, ("frozen", "rrqr"))):
+        budget, _ = fabricate(root / str(steps), methods=methods)
+        rows += [
+            row | {"train.iterations": steps, "rev": f"{steps}/{row['rev']}", "seconds": steps / 2}
+            for row in budget
+        ]
+    rows.append(rows[0] | {"train.iterations": 600, "State": "Failed", "rev": "missing"})
+
+    def read(path: str, rev: str) -> bytes:
+        return (root / rev / path).read_bytes()
+
+    return rows, read
+
+
+def test_curve_groups_experiments_by_their_steps_param_and_compares_within_each_budget(
+    tmp_path: Path,
+) -> None:
+    rows, read = fabricate_curve(tmp_path)
+    points = compare.curve_points(rows, read)
+    assert list(points) == [60, 200]  # increasing; the failed 600-step experiment left out
+    for steps in points:
+        budget = [row for row in rows if row["train.iterations"] == steps]
+        assert points[steps].scores == compare.collect(budget)
+        assert points[steps].differences == compare.compare_to_reference(budget, read)
+    assert set(points[60].differences) == {"frozen"} and set(points[200].differences) == {"lora"}
+    assert points[200].scores["lora"]["seconds"] == [100.0] * 3
+    assert points[200].differences["lora"]["mean"].low > 0  # LoRA's counts are better on every image
+
+
+def test_curve_writes_one_row_per_budget_and_a_chart(tmp_path: Path) -> None:
+    rows, read = fabricate_curve(tmp_path / "exps")
+    points = compare.curve_points(rows, read)
+    out = tmp_path / "docs" / "training-curve.md"
+    assert compare.write_curve(points, "note", out) == [out, tmp_path / "docs" / "img" / "training-curve.png"]
+    assert (tmp_path / "docs" / "img" / "training-curve.png").read_bytes().startswith(b"\x89PNG")
+    lines = out.read_text().splitlines()
+    header = (
+        "| steps | seeds | Frozen backbone | LoRA | RecycleLoRA | Frozen backbone - RecycleLoRA | "
+        "LoRA - RecycleLoRA | training s / run |"
+    )
+    assert header in lines
+    frozen = compare.difference_cell(points[60].differences["frozen"]["mean"])
+    lora = compare.difference_cell(points[200].differences["lora"]["mean"])
+    assert f"| 60 | 3 | 30.0 ± 0.0 | - | 30.0 ± 0.0 | {frozen} | - | 30 |" in lines
+    assert f"| 200 | 3 | - | 30.0 ± 0.0 | 30.0 ± 0.0 | - | {lora} | 100 |" in lines
+    assert lines[-1].endswith("(img/training-curve.png)")
+
+
+def test_curve_queues_each_budget_as_the_preset_with_its_steps(tmp_path: Path) -> None:
+    preset = tmp_path / "table.yaml"
+    preset.write_text("train:\n  iterations: 60\n  val_every: 0\nmodel:\n  tuning: adapters\n")
+    assert compare.budget_overrides(preset) == [
+        "train.iterations=60",
+        "train.val_every=0",
+        "model.tuning=adapters",
+    ]
+    assert compare.budget_overrides(preset, 600) == [
+        "train.iterations=600",
+        "train.val_every=0",
+        "model.tuning=adapters",
+    ]  # replaced, not repeated: Hydra refuses two values for one key
+    assert compare.budget_overrides(None, 200) == ["train.iterations=200"]
+
+
+def test_curve_finds_experiments_by_prefix_and_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = ["curve60-lora-s0", "curve600-rrqr-s1", "curvex-lora-s0", "cmp-lora-s0", "curve60", None]
+    monkeypatch.setattr(compare.dvc.api, "exp_show", lambda revs: [{"Experiment": name} for name in names])
+    assert [row["Experiment"] for row in compare.curve_experiments("curve")] == names[:2]
+    assert [row["Experiment"] for row in compare.experiments("curve60")] == names[:1]
+    assert [row["Experiment"] for row in compare.experiments("cu.ve60")] == []  # the prefix is not a regex
 
 
 MAKE_TABLE = """\
