@@ -249,6 +249,24 @@ def test_curve_finds_experiments_by_prefix_and_budget(monkeypatch: pytest.Monkey
     assert [row["Experiment"] for row in compare.experiments("cu.ve60")] == []  # the prefix is not a regex
 
 
+def test_queue_workers_share_the_cores_and_need_a_server_side_by_side(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(compare.os, "cpu_count", lambda: 16)
+    assert compare.worker_env(1, "cmp", {"PATH": "/bin"}) == {"PATH": "/bin", "RECYCLELORA_TABLE": "cmp"}
+    server = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+    assert compare.worker_env(4, "cmp", server)["OMP_NUM_THREADS"] == "4"
+    assert compare.worker_env(32, "cmp", server)["OMP_NUM_THREADS"] == "1"
+    assert (
+        compare.worker_env(4, "cmp", server | {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "2"
+    )  # the user's
+    for store in ({}, {"MLFLOW_TRACKING_URI": "sqlite:////tmp/mlflow.db"}):
+        with pytest.raises(
+            ValueError, match=r"--jobs 2 runs experiments side by side, which needs an MLflow server"
+        ):
+            compare.worker_env(2, "cmp", store)
+
+
 MAKE_TABLE = """\
 import sys
 from pathlib import Path
