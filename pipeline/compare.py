@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 from urllib.parse import urlparse
@@ -508,12 +509,13 @@ def plot_curve(points: Mapping[int, CurvePoint], path: Path) -> Path:
     with the seeds' standard deviation, and each method's difference to RecycleLoRA with its 95 % interval."""
     figure = Figure(figsize=(10.0, 4.0), layout="constrained")
     scores_axes, difference_axes = figure.subplots(1, 2)
-    for method in _curve_methods(points):
+    for offset, method in enumerate(_curve_methods(points)):
         budgets = [s for s, point in points.items() if point.scores.get(method, {}).get("mean")]
         values = [points[s].scores[method]["mean"] for s in budgets]
         spread = [100 * statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
         means = [100 * statistics.fmean(v) for v in values]
-        scores_axes.errorbar(budgets, means, yerr=spread, marker="o", capsize=4, label=LABELS[method])
+        shifted = [s * 1.04**offset for s in budgets]  # side by side: methods often overlap
+        scores_axes.errorbar(shifted, means, yerr=spread, marker="o", capsize=4, label=LABELS[method])
         budgets = [s for s, point in points.items() if method in point.differences]
         if budgets:
             intervals = [points[s].differences[method]["mean"] for s in budgets]
@@ -550,8 +552,18 @@ def write_curve(points: Mapping[int, CurvePoint], note: str, out: Path) -> list[
     return [out, chart]
 
 
-def wait_for(prefix: str, rev: str, poll_seconds: float) -> list[dict[str, Any]]:
-    """Poll ``dvc exp show`` until no ``<prefix>-`` experiment is queued or running; return the rows."""
+def start_workers(jobs: int, env: Mapping[str, str]) -> None:
+    """``dvc queue start --jobs N`` with ``env``: it starts those of workers 1..N that are not running, so calling
+    it again restarts a worker that died (its file-based message queue can hand a worker a half-written message,
+    treeverse/dvc#10428; seen here with two workers)."""
+    subprocess.run(["dvc", "queue", "start", "--jobs", str(jobs)], check=True, env=dict(env))
+
+
+def wait_for(
+    prefix: str, rev: str, poll_seconds: float, restart: Callable[[], object] | None = None, jobs: int = 1
+) -> list[dict[str, Any]]:
+    """Poll ``dvc exp show`` until no ``<prefix>-`` experiment is queued or running; return the rows. While some
+    are queued and fewer than ``jobs`` run, call ``restart`` (e.g. :func:`start_workers`)."""
     while True:
         try:
             rows = experiments(prefix, rev)
@@ -562,6 +574,9 @@ def wait_for(prefix: str, rev: str, poll_seconds: float) -> list[dict[str, Any]]
         pending = [row["Experiment"] for row in rows if row.get("State") in PENDING_STATES]
         if not pending:
             return rows
+        states = [row.get("State") for row in rows]
+        if restart is not None and "Queued" in states and states.count("Running") < jobs:
+            restart()
         typer.echo(f"{len(pending)} experiment(s) queued or running ({', '.join(pending[:3])}...)")
         time.sleep(poll_seconds)
 
@@ -708,8 +723,9 @@ def run(
         env = worker_env(jobs, prefix)
         rev = head_commit()
         _queue(method or list(METHODS), seed or list(SEEDS), budget_overrides(preset), prefix)
-        subprocess.run(["dvc", "queue", "start", "--jobs", str(jobs)], check=True, env=env)
-        wait_for(prefix, rev, poll)
+        restart = partial(start_workers, jobs, env)
+        restart()
+        wait_for(prefix, rev, poll, restart, jobs)
         _table(prefix, rev, out, preset)
 
 
@@ -757,9 +773,10 @@ def curve(
             for budget in budgets:
                 overrides = budget_overrides(preset, budget)
                 _queue(method or list(CURVE_METHODS), seed or list(SEEDS), overrides, f"{prefix}{budget}")
-            subprocess.run(["dvc", "queue", "start", "--jobs", str(jobs)], check=True, env=env)
+            restart = partial(start_workers, jobs, env)
+            restart()
             for budget in budgets:
-                wait_for(f"{prefix}{budget}", rev, poll)
+                wait_for(f"{prefix}{budget}", rev, poll, restart, jobs)
         _curve(prefix, rev, out, preset)
 
 

@@ -267,6 +267,26 @@ def test_queue_workers_share_the_cores_and_need_a_server_side_by_side(
             compare.worker_env(2, "cmp", store)
 
 
+def test_waiting_restarts_the_workers_while_experiments_queue_with_too_few_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def rows(*states: str | None) -> list[dict]:
+        return [{"Experiment": f"cmp-lora-s{i}", "State": state} for i, state in enumerate(states)]
+
+    polls = iter([
+        rows("Running", "Running", "Queued"),  # both workers busy
+        rows("Success", "Running", "Queued"),  # one worker died (or is between tasks): start it again
+        rows("Success", "Running", "Running"),  # nothing waits
+        rows("Success", "Success", None),  # done; None: a finished experiment whose queue entry is gone
+    ])  # fmt: skip
+    monkeypatch.setattr(compare, "experiments", lambda prefix, rev: next(polls))
+    monkeypatch.setattr(compare.time, "sleep", lambda seconds: None)
+    restarts = []
+    done = compare.wait_for("cmp", "HEAD", 30.0, lambda: restarts.append(1), jobs=2)
+    assert [row["State"] for row in done] == ["Success", "Success", None]
+    assert restarts == [1]
+
+
 MAKE_TABLE = """\
 import sys
 from pathlib import Path
