@@ -61,12 +61,20 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run
 from mlflow.exceptions import MlflowException
+from mlflow.telemetry.client import set_telemetry_client
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from recyclelora.adapters.initialisers import INITIALISERS
 from recyclelora.config import read_yaml
 from recyclelora.errors import UserError
 from recyclelora.io import flatten, sha256_bytes, sha256_file
+
+# MLflow 3 starts a usage-telemetry client on import; when it cannot reach its server, a background thread
+# removes _MLFLOW_TELEMETRY_SESSION_ID from os.environ, racing any thread that iterates os.environ (a stage
+# failed here with KeyError: '_MLFLOW_TELEMETRY_SESSION_ID' in requests' proxy lookup). Turned off unless the
+# user sets MLFLOW_DISABLE_TELEMETRY; re-initialised now, so the variable goes in this thread, before any request.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+set_telemetry_client()
 
 DB_ENV = "RECYCLELORA_MLFLOW_DB"
 OFFLINE_ENV = "RECYCLELORA_MLFLOW_OFFLINE"

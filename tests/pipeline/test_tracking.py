@@ -517,3 +517,34 @@ def test_mlflow_ui_lists_runs_by_method_and_compares_their_mean_miou(
     assert all(run.info.run_name in compare for run in parents), compare[:2000]
     assert "mean_mIoU" in metrics, metrics[:2000]
     assert all(ui_metric(run.data.metrics["mean_mIoU"]) in metrics for run in parents), metrics[:2000]
+
+
+# MLflow's usage telemetry
+
+TELEMETRY_PROBE = """
+import os
+import pipeline.tracking
+from mlflow.telemetry.client import get_telemetry_client
+print(os.environ.get("MLFLOW_DISABLE_TELEMETRY"), "_MLFLOW_TELEMETRY_SESSION_ID" in os.environ, get_telemetry_client())
+"""
+#: Variables that make MLflow treat the process as CI or a test, with telemetry off whatever we do.
+CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "PYTEST_CURRENT_TEST", "GITLAB_CI", "BUILDKITE", "TF_BUILD")
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, "true False None"), ("false", "false")])
+def test_stages_turn_mlflow_telemetry_off_unless_the_user_set_it(setting: str | None, expected: str) -> None:
+    """Its client, started by ``import mlflow``, removes a variable from ``os.environ`` in a background thread
+    while a stage's requests iterate it; importing the tracking module stops it and removes the variable."""
+    env = {k: v for k, v in os.environ.items() if k not in CI_VARIABLES and k != "MLFLOW_DISABLE_TELEMETRY"}
+    if setting is not None:
+        env["MLFLOW_DISABLE_TELEMETRY"] = setting
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", TELEMETRY_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip().startswith(expected), done.stdout
