@@ -665,7 +665,8 @@ def _curve(prefix: str, rev: str, out: Path, preset: Path | None) -> None:
         f"Mean over the target domains of mIoU (%) after training for each number of steps (`{STEPS_KEY}`, the "
         "learning rate poly-decayed to 0 over each budget), mean ± sample standard deviation over seeds; each "
         f"method minus {LABELS[REFERENCE]} in percentage points with the 95 % paired bootstrap interval over "
-        "the target images and the seeds (as in the method table); the mean training time of one run. Params "
+        "the target images and the seeds (as in the method table; with one seed, over the images only); the mean "
+        "training time of one run. Params "
         f"of `params.yaml` with `{preset or 'no preset'}` and the steps (`python -m pipeline.compare curve`)."
         + (f" Failed, left out: {', '.join(failed)}." if failed else "")
     )
