@@ -306,18 +306,25 @@ def compare_to_reference(
     return differences
 
 
+def _interval_bars(
+    axes: Any, positions: Sequence[float], intervals: Sequence[BootstrapInterval], color: str
+) -> None:
+    """Error bars from each interval's low to its high bound, in percentage points (a percentile interval need
+    not be centred on the observed difference)."""
+    low, high = (np.array([100 * getattr(i, bound) for i in intervals]) for bound in ("low", "high"))
+    axes.errorbar(positions, (low + high) / 2, yerr=(high - low) / 2, fmt="none", color=color, capsize=4)
+
+
 def plot_differences(differences: Mapping[str, Mapping[str, BootstrapInterval]], path: Path) -> Path:
     """Bar chart (Agg canvas, PNG) of each method's mean-over-targets mIoU difference to RecycleLoRA in
     percentage points, with its 95 % bootstrap interval as the error bar."""
     methods = [m for m in METHODS if m in differences]
     means = [differences[m]["mean"] for m in methods]
-    low, high = (np.array([100 * getattr(i, bound) for i in means]) for bound in ("low", "high"))
     positions = np.arange(len(methods))
     figure = Figure(figsize=(max(6.0, 1.2 * len(methods)), 4.0), layout="constrained")
     axes = figure.add_subplot()
     axes.bar(positions, [100 * i.difference for i in means], color="tab:blue")
-    # the percentile interval need not be centred on the observed difference: draw it from low to high
-    axes.errorbar(positions, (low + high) / 2, yerr=(high - low) / 2, fmt="none", color="black", capsize=4)
+    _interval_bars(axes, positions, means, "black")
     axes.axhline(0, color="black", linewidth=0.8)
     axes.set_xticks(positions, [LABELS[m] for m in methods], rotation=30, ha="right")
     axes.set_ylabel("mIoU - RecycleLoRA's (pp), target mean")
@@ -519,18 +526,10 @@ def plot_curve(points: Mapping[int, CurvePoint], path: Path) -> Path:
         budgets = [s for s, point in points.items() if method in point.differences]
         if budgets:
             intervals = [points[s].differences[method]["mean"] for s in budgets]
-            low, high = (np.array([100 * getattr(i, bound) for i in intervals]) for bound in ("low", "high"))
             line = difference_axes.plot(
                 budgets, [100 * i.difference for i in intervals], marker="o", label=LABELS[method]
             )[0]
-            difference_axes.errorbar(
-                budgets,
-                (low + high) / 2,
-                yerr=(high - low) / 2,
-                fmt="none",
-                color=line.get_color(),
-                capsize=4,
-            )
+            _interval_bars(difference_axes, budgets, intervals, line.get_color())
     difference_axes.axhline(0, color="black", linewidth=0.8)
     for axes in (scores_axes, difference_axes):
         axes.set_xscale("log")
@@ -625,6 +624,14 @@ def worker_env(jobs: int, table: str, environ: Mapping[str, str] = os.environ) -
     return env
 
 
+def run_queue(prefixes: Sequence[str], rev: str, jobs: int, env: Mapping[str, str], poll: float) -> None:
+    """Start ``jobs`` workers with ``env`` and wait for the experiments of each prefix, restarting dead workers."""
+    restart = partial(start_workers, jobs, env)
+    restart()
+    for prefix in prefixes:
+        wait_for(prefix, rev, poll, restart, jobs)
+
+
 def head_commit() -> str:
     """The commit experiments queued now are based on (commits made while they run do not move it)."""
     return subprocess.run(
@@ -632,9 +639,21 @@ def head_commit() -> str:
     ).stdout.strip()
 
 
+def _left_out(rows: Sequence[Mapping[str, Any]]) -> str:
+    """`` Failed, left out: <names>.`` for the failed experiments of ``rows``, else ``""``."""
+    failed = [row["Experiment"] for row in rows if row.get("State") == "Failed"]
+    return f" Failed, left out: {', '.join(failed)}." if failed else ""
+
+
+def _publish(prefix: str, rev: str, out: Path, files: Sequence[Path]) -> None:
+    """Log ``files`` to MLflow (:func:`log_comparison`) and print the Markdown ``out`` and the run."""
+    run_id = log_comparison(tracking_uri(find_repo_root(Path.cwd())), prefix, rev, files)
+    typer.echo(out.read_text())
+    typer.echo(f"{', '.join(map(str, files))} logged to MLflow run {run_id}")
+
+
 def _table(prefix: str, rev: str, out: Path, preset: Path | None) -> None:
     rows = experiments(prefix, rev)
-    failed = [row["Experiment"] for row in rows if row.get("State") == "Failed"]
     scores = collect(rows)
     if not scores:
         raise ValueError(
@@ -643,18 +662,13 @@ def _table(prefix: str, rev: str, out: Path, preset: Path | None) -> None:
         )
     note = (
         f"mIoU (%) on each target domain, mean ± sample standard deviation over seeds; params of "
-        f"`params.yaml` with `{preset or 'no preset'}` (`python -m pipeline.compare run`)."
-        + (f" Failed, left out: {', '.join(failed)}." if failed else "")
+        f"`params.yaml` with `{preset or 'no preset'}` (`python -m pipeline.compare run`)." + _left_out(rows)
     )
-    files = write_comparison(scores, compare_to_reference(rows), note, out)
-    run_id = log_comparison(tracking_uri(find_repo_root(Path.cwd())), prefix, rev, files)
-    typer.echo(out.read_text())
-    typer.echo(f"{', '.join(map(str, files))} logged to MLflow run {run_id}")
+    _publish(prefix, rev, out, write_comparison(scores, compare_to_reference(rows), note, out))
 
 
 def _curve(prefix: str, rev: str, out: Path, preset: Path | None) -> None:
     rows = curve_experiments(prefix, rev)
-    failed = [row["Experiment"] for row in rows if row.get("State") == "Failed"]
     points = curve_points(rows)
     if not points:
         raise ValueError(
@@ -668,12 +682,9 @@ def _curve(prefix: str, rev: str, out: Path, preset: Path | None) -> None:
         "the target images and the seeds (as in the method table; with one seed, over the images only); the mean "
         "training time of one run. Params "
         f"of `params.yaml` with `{preset or 'no preset'}` and the steps (`python -m pipeline.compare curve`)."
-        + (f" Failed, left out: {', '.join(failed)}." if failed else "")
+        + _left_out(rows)
     )
-    files = write_curve(points, note, out)
-    run_id = log_comparison(tracking_uri(find_repo_root(Path.cwd())), prefix, rev, files)
-    typer.echo(out.read_text())
-    typer.echo(f"{', '.join(map(str, files))} logged to MLflow run {run_id}")
+    _publish(prefix, rev, out, write_curve(points, note, out))
 
 
 Methods = Annotated[
@@ -724,9 +735,7 @@ def run(
         env = worker_env(jobs, prefix)
         rev = head_commit()
         _queue(method or list(METHODS), seed or list(SEEDS), budget_overrides(preset), prefix)
-        restart = partial(start_workers, jobs, env)
-        restart()
-        wait_for(prefix, rev, poll, restart, jobs)
+        run_queue([prefix], rev, jobs, env, poll)
         _table(prefix, rev, out, preset)
 
 
@@ -774,10 +783,7 @@ def curve(
             for budget in budgets:
                 overrides = budget_overrides(preset, budget)
                 _queue(method or list(CURVE_METHODS), seed or list(SEEDS), overrides, f"{prefix}{budget}")
-            restart = partial(start_workers, jobs, env)
-            restart()
-            for budget in budgets:
-                wait_for(f"{prefix}{budget}", rev, poll, restart, jobs)
+            run_queue([f"{prefix}{budget}" for budget in budgets], rev, jobs, env, poll)
         _curve(prefix, rev, out, preset)
 
 
