@@ -34,7 +34,7 @@ import re
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
@@ -369,6 +369,12 @@ def difference_cell(interval: BootstrapInterval) -> str:
     return f"{100 * interval.difference:+.1f} [{100 * interval.low:+.1f}, {100 * interval.high:+.1f}]"
 
 
+def pipe_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A GitHub-flavoured Markdown table's lines: the header, its separator and one line per row."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def markdown_table(
     scores: Mapping[str, Mapping[str, Sequence[float]]],
     note: str,
@@ -380,41 +386,28 @@ def markdown_table(
     differences to RecycleLoRA and the ``chart`` image (a path relative to the table)."""
     targets = sorted({key for per in scores.values() for key in per if key not in NOT_TARGETS})
     columns = [*targets, "mean"]
-    lines = [
-        "# Method comparison on the embedded benchmark",
-        "",
-        f"{note} {ANALYSIS_NOTE}",
-        "",
-        "| method | seeds | trainable params | "
-        + " | ".join([*columns, "rank efficiency", "Grassmann distance"])
-        + " |",
-        "|---|---|---|" + "---|" * (len(columns) + 2),
-    ]
+    rows = []
     for method in (m for m in METHODS if m in scores):
         per = scores[method]
         seeds = max(len(values) for values in per.values())
         params = f"{max(per['params']) / 1e6:.2f} M" if per.get("params") else "-"
-        cells = [cell(per[c]) if per.get(c) else "-" for c in columns]
-        cells += [
-            analysis_cell(per, "efficiency_main", "efficiency_sub"),
-            analysis_cell(per, "grassmann_distance"),
-        ]
-        lines.append(f"| {LABELS[method]} | {seeds} | {params} | " + " | ".join(cells) + " |")
+        rows.append(
+            [LABELS[method], str(seeds), params]
+            + [cell(per[c]) if per.get(c) else "-" for c in columns]
+            + [
+                analysis_cell(per, "efficiency_main", "efficiency_sub"),
+                analysis_cell(per, "grassmann_distance"),
+            ]
+        )
+    header = ["method", "seeds", "trainable params", *columns, "rank efficiency", "Grassmann distance"]
+    lines = ["# Method comparison on the embedded benchmark", "", f"{note} {ANALYSIS_NOTE}", ""]
+    lines += pipe_table(header, rows)
     if differences:
         compared = sorted({key for per in differences.values() for key in per} - {"mean"})
         columns = [*compared, "mean"]
-        lines += [
-            "",
-            f"## Difference to {LABELS[REFERENCE]}",
-            "",
-            DIFFERENCE_NOTE,
-            "",
-            "| method | " + " | ".join(columns) + " |",
-            "|---|" + "---|" * len(columns),
-        ]
-        for method, per in differences.items():
-            cells = [difference_cell(per[c]) for c in columns]
-            lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+        lines += ["", f"## Difference to {LABELS[REFERENCE]}", "", DIFFERENCE_NOTE, ""]
+        rows = [[LABELS[m], *(difference_cell(per[c]) for c in columns)] for m, per in differences.items()]
+        lines += pipe_table(["method", *columns], rows)
         if chart:
             lines += ["", f"![mIoU difference to {LABELS[REFERENCE]}, mean over targets]({chart})"]
     return "\n".join(lines) + "\n"
@@ -487,14 +480,7 @@ def curve_markdown(points: Mapping[int, CurvePoint], note: str, chart: str | Non
         *(f"{LABELS[m]} - {LABELS[REFERENCE]}" for m in compared),
         "training s / run",
     ]
-    lines = [
-        "# Training budget on the embedded benchmark",
-        "",
-        note,
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
+    rows = []
     for steps, point in points.items():
         seeds = max(len(per.get("mean", [])) for per in point.scores.values())
         cells = [
@@ -505,7 +491,8 @@ def curve_markdown(points: Mapping[int, CurvePoint], note: str, chart: str | Non
         ]
         seconds = [value for per in point.scores.values() for value in per.get("seconds", [])]
         cells.append(f"{statistics.fmean(seconds):.0f}" if seconds else "-")
-        lines.append(f"| {steps} | {seeds} | " + " | ".join(cells) + " |")
+        rows.append([str(steps), str(seeds), *cells])
+    lines = ["# Training budget on the embedded benchmark", "", note, "", *pipe_table(columns, rows)]
     if chart:
         lines += ["", f"![mean mIoU and difference to {LABELS[REFERENCE]} by training steps]({chart})"]
     return "\n".join(lines) + "\n"
