@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from pipeline.compare import cell, pipe_table
 from pipeline.stages.evaluate import evaluate_targets
 from recyclelora.config import load_params
 from recyclelora.train.loop import MODEL_FILE, train
@@ -51,12 +51,10 @@ def score(params: dict, seed: int, work: Path) -> dict[str, float]:
     return {name: metrics.miou for name, metrics in result.metrics.items()} | {"mean": result.mean_miou}
 
 
-def cell(values: list[float]) -> str:
-    return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--key", required=True, help="dotted params key, e.g. model.backbone.pyramid")
     parser.add_argument("--values", nargs="+", required=True, help="values (YAML scalars) to compare")
@@ -74,12 +72,15 @@ def main() -> None:
             print(f"{args.key}={raw} seed {seed}: mean mIoU {100 * result['mean']:.2f} "
                   f"({time.perf_counter() - began:.0f} s)", flush=True)  # fmt: skip
     columns = [name for name in next(iter(scores.values()))[0] if name != "mean"] + ["mean"]
-    print(f"\n| {args.key} | " + " | ".join(columns) + " | per seed |")
-    print("|---|" + "---|" * (len(columns) + 1))
-    for raw, runs in scores.items():
-        cells = [cell([run[c] for run in runs]) for c in columns]
-        seeds = ", ".join(f"{100 * run['mean']:.1f}" for run in runs)
-        print(f"| {raw} | " + " | ".join(cells) + f" | {seeds} |")
+    rows = [
+        [
+            raw,
+            *(cell([run[c] for run in runs]) for c in columns),
+            ", ".join(f"{100 * run['mean']:.1f}" for run in runs),
+        ]
+        for raw, runs in scores.items()
+    ]
+    print("", *pipe_table([args.key, *columns, "per seed"], rows), sep="\n")
 
 
 if __name__ == "__main__":
