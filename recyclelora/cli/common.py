@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from recyclelora.errors import USER_ERRORS
+from recyclelora.signals import Interrupted
 
 console = Console()
 errors = Console(stderr=True)
@@ -78,7 +79,8 @@ def message(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Print a user error (:data:`recyclelora.errors.USER_ERRORS`) as ``error: <message>`` on stderr and exit with status 1, not a traceback.
+    """Print a user error (:data:`recyclelora.errors.USER_ERRORS`) as ``error: <message>`` on stderr and exit with status 1
+    (``128 + signum`` for :class:`~recyclelora.signals.Interrupted`), not a traceback.
 
     With :func:`debug_enabled` the error propagates unchanged, traceback included.
     """
@@ -88,4 +90,4 @@ def user_errors() -> Iterator[None]:
         if debug_enabled():
             raise
         errors.print(f"[red]error:[/red] {escape(message(error))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from error
+        raise typer.Exit(error.exit_code if isinstance(error, Interrupted) else 1) from error
