@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import types
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import timm
+import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from timm.models.vision_transformer import VisionTransformer
@@ -81,9 +83,10 @@ class BackboneConfig:
     embed_resample: EmbedResample = field(
         default="bicubic",
         metadata={
-            "help": "how a checkpoint's patch kernel and position grid are resized to patch_size/img_size: "
-            "'bicubic' (plain bicubic, no antialias: the published conversion) or 'pinv' (timm's "
-            "pseudo-inverse kernel resampling and antialiased position resize)"
+            "help": "how a checkpoint's patch kernel and position grid are resized to patch_size/img_size, and "
+            "the grid to each input at run time: 'bicubic' (plain bicubic, no antialias: the published "
+            "conversion; at run time the official DINOv2 rule) or 'pinv' (timm's pseudo-inverse kernel "
+            "resampling and antialiased position resize)"
         },
     )
     model_kwargs: dict[str, Any] = field(
@@ -163,6 +166,41 @@ def _rescale(channels: int, scale: float, pyramid: Pyramid) -> nn.Module:
     return nn.MaxPool2d(kernel_size=2, stride=2)
 
 
+#: The official DINOv2's ``interpolate_offset``: its run-time grid scale is ``(n + 0.1) / grid``.
+DINOV2_GRID_OFFSET = 0.1
+
+
+def resample_pos_grid_dinov2(pos_embed: Tensor, grid: tuple[int, int], size: tuple[int, int], prefix: int) -> Tensor:
+    """The official DINOv2's ``interpolate_pos_encoding``: the ``grid`` of position embeddings (after ``prefix``
+    class/register entries, kept as they are) resized to ``size`` (rows, columns) by bicubic interpolation in
+    fp32 without antialiasing, with scale factors ``(size + 0.1) / grid`` (not ``size / grid``: DINO's offset
+    against floating-point error, which moves every sample point slightly). ``size == grid`` returns it as is.
+    """
+    if tuple(size) == tuple(grid):
+        return pos_embed
+    head, body = pos_embed[:, :prefix], pos_embed[:, prefix:]
+    dim = body.shape[-1]
+    body = body.float().reshape(1, grid[0], grid[1], dim).permute(0, 3, 1, 2)
+    scale = tuple((n + DINOV2_GRID_OFFSET) / g for n, g in zip(size, grid))
+    body = F.interpolate(body, scale_factor=scale, mode="bicubic", align_corners=False, antialias=False)
+    if tuple(body.shape[-2:]) != tuple(size):  # floor(g * (n + 0.1) / g) is n in exact arithmetic
+        raise RuntimeError(f"DINOv2 grid resampling gave {tuple(body.shape[-2:])}, expected {tuple(size)}")
+    body = body.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    return torch.cat([head, body], dim=1)
+
+
+def _pos_embed_dinov2(vit: VisionTransformer, x: Tensor) -> Tensor:
+    """timm's ``VisionTransformer._pos_embed`` for ``(B, H, W, C)`` patch tokens, with the position grid
+    resampled by :func:`resample_pos_grid_dinov2` instead of timm's antialiased bicubic."""
+    batch, height, width, channels = x.shape
+    prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
+    pos = resample_pos_grid_dinov2(vit.pos_embed, vit.patch_embed.grid_size, (height, width), prefix)
+    tokens = [token.expand(batch, -1, -1) for token in (vit.cls_token, vit.reg_token) if token is not None]
+    x = x.reshape(batch, -1, channels)
+    x = torch.cat([*tokens, x + pos], dim=1) if vit.no_embed_class else torch.cat([*tokens, x], dim=1) + pos
+    return vit.pos_drop(x)
+
+
 class ViTBackbone(nn.Module):
     """``features = [neck_k(block_{i_k}(x)) for k in 0..3]``: a ViT's block outputs as a 4-level pyramid.
 
@@ -171,8 +209,9 @@ class ViTBackbone(nn.Module):
     rescaled x4, x2, x1, x0.5 by ``self.neck``, giving strides p/4, p/2, p, 2p: bilinear interpolation
     without parameters (``pyramid="interpolate"``, the published backbone) or a trainable neck (``learned``).
     The position grid is resampled to the input on the fly, so any ``H, W`` that are multiples of p (and at
-    least 2p) work; other sizes are refused rather than padded, since padding would shift the pyramid
-    against the image. Parameters that the pyramid does not depend on (final norm, classifier, blocks past
+    least 2p) work: as the official DINOv2 does (:func:`resample_pos_grid_dinov2`) with
+    ``embed_resample="bicubic"``, as timm does (antialiased) with ``"pinv"``. Other sizes are refused rather
+    than padded, since padding would shift the pyramid against the image. Parameters that the pyramid does not depend on (final norm, classifier, blocks past
     the last index) are frozen so that every trainable parameter receives a gradient (DDP requires it).
     """
 
@@ -192,6 +231,8 @@ class ViTBackbone(nn.Module):
         )
         if not isinstance(vit, VisionTransformer):
             raise TypeError(f"{config.name!r} builds a {type(vit).__name__}; ViTBackbone needs a timm ViT.")
+        if config.embed_resample == "bicubic" and vit.pos_embed is not None:
+            vit._pos_embed = types.MethodType(_pos_embed_dinov2, vit)  # timm's ViT has no hook for the rule
         self.vit = vit
         depth = len(vit.blocks)
         self.out_indices = config.out_indices or default_out_indices(depth)

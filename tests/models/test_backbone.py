@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from timm.layers import resample_abs_pos_embed
 
-from recyclelora.models.backbone import ViTBackbone, default_out_indices
+from recyclelora.models.backbone import ViTBackbone, default_out_indices, resample_pos_grid_dinov2
 from tests.models.conftest import TINY_KWARGS, random_vit, tiny_config
 
 
@@ -180,3 +182,63 @@ def test_bicubic_patch16_conversion_is_the_published_one(tmp_path) -> None:
     assert 1.2 < ratio.median().item() < 1.4
     pinv = ViTBackbone(tiny_config(weights=str(path), patch_size=16, img_size=512, embed_resample="pinv")).vit
     assert not torch.allclose(pinv.patch_embed.proj.weight, converted.patch_embed.proj.weight, atol=1e-3)
+
+
+def _cubic_resize_rows(grid: np.ndarray, out: int, scale: float) -> np.ndarray:
+    """Resize axis 0 of ``grid`` to ``out`` rows by cubic convolution (a = -0.75, PyTorch's bicubic kernel, border
+    samples clamped), sampling source row ``(i + 0.5) / scale - 0.5`` for output row ``i``: written from the
+    definition, independent of ``F.interpolate``."""
+
+    def weight(t: float) -> float:
+        a, t = -0.75, abs(t)
+        if t <= 1:
+            return (a + 2) * t**3 - (a + 3) * t**2 + 1
+        return a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a if t < 2 else 0.0
+
+    rows = []
+    for i in range(out):
+        source = (i + 0.5) / scale - 0.5
+        base = int(np.floor(source))
+        taps = [(min(max(k, 0), len(grid) - 1), weight(source - k)) for k in range(base - 1, base + 3)]
+        rows.append(sum(w * grid[k] for k, w in taps))
+    return np.stack(rows)
+
+
+def test_run_time_grid_follows_the_official_dinov2_rule() -> None:
+    """DINOv2 scales the grid by (n + 0.1) / grid, bicubic without antialias; the checkpoint's size is untouched."""
+    torch.manual_seed(0)
+    pos = torch.randn(1, 1 + 5 * 5, 8)
+    resized = resample_pos_grid_dinov2(pos, (5, 5), (3, 7), prefix=1)
+    grid = pos[0, 1:].reshape(5, 5, 8).double().numpy()
+    rows = _cubic_resize_rows(grid, 3, (3 + 0.1) / 5)
+    expected = _cubic_resize_rows(rows.transpose(1, 0, 2), 7, (7 + 0.1) / 5).transpose(1, 0, 2)
+    np.testing.assert_allclose(resized[0, 1:].reshape(3, 7, 8).numpy(), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(resized[:, :1], pos[:, :1])  # the class token's entry is kept
+    without_offset = F.interpolate(grid_as_image(pos, 5), size=(3, 7), mode="bicubic", align_corners=False)
+    assert not torch.allclose(grid_as_image(resized, 3), without_offset, atol=1e-3)  # the offset matters
+    assert resample_pos_grid_dinov2(pos, (5, 5), (5, 5), prefix=1) is pos
+
+
+def grid_as_image(pos: torch.Tensor, rows: int) -> torch.Tensor:
+    """(1, 1 + rows * cols, C) position embeddings -> (1, C, rows, cols), class entry dropped."""
+    body = pos[0, 1:]
+    return body.reshape(rows, -1, body.shape[-1]).permute(2, 0, 1)[None]
+
+
+@pytest.mark.parametrize("resample", ["bicubic", "pinv"])
+def test_backbone_resamples_its_grid_by_embed_resample(resample: str) -> None:
+    """'bicubic' (as published) adds the official DINOv2 grid to the patch tokens, 'pinv' timm's antialiased one."""
+    backbone = ViTBackbone(tiny_config(embed_resample=resample)).eval()
+    vit = backbone.vit
+    with torch.no_grad():
+        vit.pos_embed.normal_()
+        patches = vit.patch_embed(torch.randn(1, 3, 42, 98))  # (1, 3, 7, 32) against the 4 x 4 grid
+        tokens = vit._pos_embed(patches)
+        flat = torch.cat([vit.cls_token, patches.reshape(1, -1, 32)], dim=1)
+        dinov2 = flat + resample_pos_grid_dinov2(vit.pos_embed, (4, 4), (3, 7), prefix=1)
+        timm_rule = flat + resample_abs_pos_embed(vit.pos_embed, (3, 7), (4, 4), num_prefix_tokens=1)
+        torch.testing.assert_close(tokens, dinov2 if resample == "bicubic" else timm_rule)
+        assert not torch.allclose(dinov2, timm_rule, atol=1e-3)
+        same_grid = vit.patch_embed(torch.randn(1, 3, 56, 56))
+        expected = torch.cat([vit.cls_token, same_grid.reshape(1, -1, 32)], dim=1) + vit.pos_embed
+        torch.testing.assert_close(vit._pos_embed(same_grid), expected)
