@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -367,3 +368,60 @@ def test_mask2former_normalises_by_the_mask_count_averaged_over_processes(tmp_pa
     assert seen == [2.5, 2.5]
     alone = make_head("mask2former").criterion.get_num_masks([torch.arange(3), torch.arange(0)], "cpu")
     assert alone.item() == 3.0
+
+
+def _std_ok(weight: torch.Tensor, expected: float) -> bool:
+    return abs(weight.float().std().item() / expected - 1) < 0.05
+
+
+def _uniform_within(weight: torch.Tensor, bound: float) -> bool:
+    """Drawn from U(-bound, bound): nothing beyond it, and the spread reaches near it."""
+    top = weight.abs().max().item()
+    return top <= bound + 1e-7 and top > 0.95 * bound
+
+
+def _normal(weight: torch.Tensor, std: float) -> bool:
+    """Drawn from N(0, std): the right spread and tails past a uniform's sqrt(3) * std bound."""
+    return _std_ok(weight, std) and weight.abs().max().item() > 2.5 * std
+
+
+def test_mask2former_mmdet_init_follows_each_groups_published_rule() -> None:
+    """The published head's init (mmdet), group by group, at the paper's sizes on a ViT-L pyramid."""
+    torch.manual_seed(0)
+    head = Mask2FormerHead((1024,) * 4, HeadConfig(kind="mask2former", num_classes=19, channels=256))
+    pixel, module = head.model.pixel_decoder, head.model.transformer_module
+    xavier = lambda w: math.sqrt(2.0 / (w.shape[0] + w.shape[1]))  # noqa: E731  (linears and 1x1 convs)
+    for projection in pixel.input_projections:  # Xavier uniform: std sqrt(2 / fan), 0.0395 here
+        assert _uniform_within(projection[0].weight, math.sqrt(3) * xavier(projection[0].weight))
+        assert not projection[0].bias.any()
+    for conv in (pixel.adapter_1[0], pixel.layer_1[0], pixel.mask_projection):  # caffe2 Xavier: U(+-sqrt(3/fan_in))
+        assert _uniform_within(conv.weight, math.sqrt(3 / conv.weight[0].numel()))
+        assert conv.bias is None or not conv.bias.any()
+    assert _std_ok(pixel.mask_projection.weight, 0.0625) and _std_ok(pixel.adapter_1[0].weight, 1 / 32)
+    layer = pixel.encoder.layers[0]
+    assert _normal(layer.fc1.weight, xavier(layer.fc1.weight)) and _std_ok(layer.fc1.weight, 0.0395)
+    assert _uniform_within(layer.fc1.bias, 1 / math.sqrt(256))  # PyTorch's Linear default bias
+    attention = layer.self_attn
+    assert not attention.sampling_offsets.weight.any() and not attention.attention_weights.weight.any()
+    assert attention.sampling_offsets.bias.abs().max() == 4  # the grid: n_points rings around each query
+    assert _uniform_within(attention.value_proj.weight, math.sqrt(6 / 512)) and not attention.value_proj.bias.any()
+    decoder_layer = module.decoder.layers[0]
+    for projection in (decoder_layer.self_attn.q_proj, decoder_layer.self_attn.k_proj):  # one fused (768, 256)
+        assert _normal(projection.weight, math.sqrt(2 / (256 + 768)))
+    assert _normal(decoder_layer.cross_attn.in_proj_weight, 0.0442)
+    assert _normal(decoder_layer.fc1.weight, math.sqrt(2 / (2048 + 256)))
+    assert not decoder_layer.cross_attn.in_proj_bias.any()
+    predictor = head.model.class_predictor  # PyTorch's Linear default: std 1 / sqrt(3 * 256) = 0.036
+    assert _uniform_within(predictor.weight, 1 / 16) and _std_ok(predictor.weight, 1 / math.sqrt(3 * 256))
+    assert predictor.bias.abs().max() > 0
+    mask_mlp = module.decoder.mask_predictor.get_submodule("mask_embedder.0.0")
+    assert _uniform_within(mask_mlp.weight, 1 / 16)
+    assert _std_ok(module.queries_features.weight, 1.0) and _std_ok(pixel.level_embed, 1.0)
+
+
+def test_mask2former_transformers_init_stays_available() -> None:
+    torch.manual_seed(0)
+    head = Mask2FormerHead((1024,) * 4, HeadConfig(kind="mask2former", num_classes=19, channels=256,
+                                                   init="transformers"))  # fmt: skip
+    assert _std_ok(head.model.pixel_decoder.mask_projection.weight, 0.02)
+    assert _std_ok(head.model.class_predictor.weight, 0.02) and not head.model.class_predictor.bias.any()

@@ -41,6 +41,14 @@ class HeadConfig:
             "ge": 1,
         },
     )
+    init: str = field(
+        default="mmdet",
+        metadata={
+            "help": "Mask2Former weight initialisation: 'mmdet' (the published head's rules) or 'transformers' "
+            "(transformers' own _init_weights).",
+            "choices": ("mmdet", "transformers"),
+        },
+    )
     num_queries: int = field(default=100, metadata={"help": "Mask2Former object queries.", "ge": 1})
     hidden_dim: int = field(
         default=256, metadata={"help": "Width of the Mask2Former transformer decoder.", "ge": 1}

@@ -25,6 +25,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 
 from recyclelora.data.classes import IGNORE_INDEX
 from recyclelora.models.heads.base import HeadConfig, SegHead
+from recyclelora.models.heads.mask2former_init import init_as_mmdet
 
 #: Pyramid levels the pixel decoder needs: three for deformable attention (strides 8-32) and the stride-4 map.
 NUM_LEVELS = 4
@@ -113,19 +114,22 @@ def semantic_to_mask_labels(
 
 
 class _Mask2FormerModules(Mask2FormerPreTrainedModel):
-    """transformers' pixel decoder, masked-attention decoder and class predictor, with transformers' init.
+    """transformers' pixel decoder, masked-attention decoder and class predictor, initialised by ``init``:
+    transformers' rules, or mmdet's on top of them (:func:`~recyclelora.models.heads.mask2former_init.init_as_mmdet`).
 
     A ``Mask2FormerPreTrainedModel`` only so that its ``_init_weights`` (grid init of the deformable sampling
     offsets, Xavier decoder, normal level embeddings) applies; ``apply`` visits children before parents, the
     order that init relies on.
     """
 
-    def __init__(self, config: Mask2FormerConfig, feature_channels: Sequence[int]) -> None:
+    def __init__(self, config: Mask2FormerConfig, feature_channels: Sequence[int], init: str) -> None:
         super().__init__(config)
         self.pixel_decoder = Mask2FormerPixelDecoder(config, feature_channels=list(feature_channels))
         self.transformer_module = Mask2FormerTransformerModule(in_features=config.feature_size, config=config)
         self.class_predictor = nn.Linear(config.hidden_dim, config.num_labels + 1)
         self.apply(self._init_weights)
+        if init == "mmdet":
+            init_as_mmdet(self.pixel_decoder, self.transformer_module, self.class_predictor)
 
 
 class Mask2FormerHead(SegHead):
@@ -146,7 +150,7 @@ class Mask2FormerHead(SegHead):
         super().__init__(in_channels, config.num_classes)
         self.config = config
         hf_config = mask2former_config(config)
-        self.model = _Mask2FormerModules(hf_config, self.in_channels)
+        self.model = _Mask2FormerModules(hf_config, self.in_channels, config.init)
         weights = {"loss_cross_entropy": config.class_weight, "loss_mask": config.mask_weight,
                    "loss_dice": config.dice_weight}  # fmt: skip
         self.criterion = DistributedMask2FormerLoss(hf_config, weight_dict=weights)
