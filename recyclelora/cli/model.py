@@ -43,14 +43,29 @@ def export_onnx_command(
     width: Annotated[int, typer.Option(help="Input width.", min=1)] = 512,
     opset: Annotated[int, typer.Option(help="ONNX opset version.", min=7)] = 18,
     backbone_weights: WeightsOpt = None,
+    int8: Annotated[
+        str | None,
+        typer.Option(help="Also write an int8 copy beside --out (<name>.int8.onnx): 'static' (calibrated on "
+                     "--calibration) or 'dynamic'."),
+    ] = None,
+    calibration: Annotated[
+        list[Path] | None,
+        typer.Option(help="Source-domain manifest(s) whose images calibrate static int8 (repeatable)."),
+    ] = None,
+    calibration_windows: Annotated[int, typer.Option(help="Windows of the export size to calibrate on.", min=1)] = 64,
 ) -> None:
-    """Export a checkpoint (adapters merged in memory) to ONNX, dynamic batch; check it against torch."""
+    """Export a checkpoint (adapters merged in memory) to ONNX, dynamic batch; check it against torch. With --int8,
+    also an int8 copy by onnxruntime's quantization, and its argmax agreement with torch."""
     from recyclelora.adapters import adapter_layers, merge_adapters
-    from recyclelora.export import OnnxParityError, export_onnx, verify_onnx
+    from recyclelora.export import QUANT_MODES, OnnxParityError, export_onnx, verify_onnx
     from recyclelora.models import Segmentor
     from recyclelora.models.merge import parity_input
 
     with user_errors():
+        if int8 is not None and int8 not in QUANT_MODES:
+            raise ValueError(f"--int8 must be one of {', '.join(QUANT_MODES)}, got {int8!r}")
+        if int8 == "static" and not calibration:
+            raise ValueError("--int8 static needs --calibration MANIFEST: source-domain images to set the int8 ranges")
         model = Segmentor.from_checkpoint(checkpoint, backbone_weights=backbone_weights)
         adapted = len(list(adapter_layers(model)))
         merge_adapters(model)
@@ -67,6 +82,27 @@ def export_onnx_command(
         f"max |diff| {parity.max_abs_diff:.3g} "
         f"at logit scale {parity.logit_scale:.3g} (relative {parity.max_rel_diff:.3g}, allowed 1e-3), "
         f"argmax agreement {parity.argmax_agreement:.4%}"
+    )
+    if int8 is not None:
+        with user_errors():
+            _write_int8(model, out, int8, calibration or [], calibration_windows, (height, width))
+
+
+def _write_int8(model, out: Path, mode: str, calibration: list[Path], windows: int, size: tuple[int, int]) -> None:
+    """Quantize ``out`` into ``<name>.int8.onnx`` and report its agreement with the torch model."""
+    from recyclelora.data.transforms import EvalTransformConfig
+    from recyclelora.eval.predictors import OnnxPredictor, TorchPredictor
+    from recyclelora.export import calibration_windows, quantize_onnx
+    from recyclelora.models.merge import parity_input
+
+    target = out.with_name(out.stem + ".int8.onnx")
+    batches = calibration_windows(calibration, EvalTransformConfig(), size, windows) if mode == "static" else None
+    quantize_onnx(out, target, mode, batches)
+    images = parity_input(*size, batch=3, seed=1)
+    agreement = (OnnxPredictor(target)(images).argmax(1) == TorchPredictor(model)(images).argmax(1)).float().mean()
+    console.print(
+        f"int8 ({mode}) {target}: {target.stat().st_size / 2**20:.1f} MiB against {out.stat().st_size / 2**20:.1f} "
+        f"MiB, argmax agreement with torch {agreement.item():.2%} (not a gate: score it with `recyclelora-cli eval --backend onnxruntime`)"
     )
 
 

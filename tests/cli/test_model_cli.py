@@ -126,6 +126,19 @@ def test_export_onnx_with_dynamic_batch_matches_torch(checkpoint, tmp_path) -> N
     assert float((actual - expected).abs().max() / expected.abs().max()) <= 1e-3
 
 
+@pytest.mark.slow
+def test_export_onnx_writes_an_int8_copy_when_asked(checkpoint, tmp_path) -> None:
+    out = tmp_path / "model.onnx"
+    common = ("export", "onnx", "--checkpoint", checkpoint, "--out", out, "--height", SIZE, "--width", SIZE)
+    assert_user_error(invoke(*common, "--int8", "static"), "--calibration")
+    assert_user_error(invoke(*common, "--int8", "int4"), "static, dynamic")
+    result = invoke(*common, "--int8", "dynamic")
+    assert result.exit_code == 0, result.output
+    int8 = tmp_path / "model.int8.onnx"
+    assert "int8 (dynamic)" in result.stdout and int8.stat().st_size < out.stat().st_size
+    assert OnnxPredictor(int8)(images(batch=2)).shape == (2, 19, SIZE, SIZE)
+
+
 def test_export_missing_checkpoint(tmp_path) -> None:
     result = invoke(
         "export", "onnx", "--checkpoint", tmp_path / "nope.safetensors", "--out", tmp_path / "m.onnx"

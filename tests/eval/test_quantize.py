@@ -1,0 +1,56 @@
+"""int8 copies of an exported model: static (calibrated) and dynamic, smaller, close to fp32, refused without
+calibration; calibration windows cut as evaluation cuts them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from recyclelora.data.dataset import SegmentationDataset
+from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
+from recyclelora.eval.predictors import OnnxPredictor
+from recyclelora.export import calibration_windows, quantize_onnx
+from tests.cli import write_dataset
+from tests.eval.test_onnx import SIZE, exported, model  # noqa: F401  (module fixtures)
+
+pytestmark = pytest.mark.slow
+
+
+def _int8_initialisers(path: Path) -> int:
+    return sum(init.data_type == onnx.TensorProto.INT8 for init in onnx.load(str(path)).graph.initializer)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_int8_copy_is_smaller_and_agrees_with_fp32(mode, exported, tmp_path) -> None:  # noqa: F811
+    generator = torch.Generator().manual_seed(0)
+    calibration = [torch.randn(4, 3, SIZE, SIZE, generator=generator) for _ in range(4)]
+    out = quantize_onnx(exported, tmp_path / "int8.onnx", mode, calibration if mode == "static" else None)
+    assert _int8_initialisers(out) > 0  # the matrices are stored as int8
+    assert out.stat().st_size < 0.6 * Path(exported).stat().st_size
+    images = torch.randn(3, 3, SIZE, SIZE, generator=generator)
+    fp32, int8 = OnnxPredictor(exported, ["CPUExecutionProvider"])(images), OnnxPredictor(out)(images)
+    assert int8.shape == fp32.shape
+    agreement = (int8.argmax(1) == fp32.argmax(1)).float().mean().item()
+    assert agreement > 0.8, agreement
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_static_int8_needs_calibration_and_a_known_mode(exported, tmp_path) -> None:  # noqa: F811
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_onnx(exported, tmp_path / "int8.onnx", "static")
+    with pytest.raises(ValueError, match="static"):
+        quantize_onnx(exported, tmp_path / "int8.onnx", "int4")  # type: ignore[arg-type]
+    assert not (tmp_path / "int8.onnx").exists()
+
+
+def test_calibration_windows_tile_the_images_in_order(tmp_path) -> None:
+    manifest = write_dataset(tmp_path, "src", "train", ["a", "b"], seed=0, height=SIZE, width=2 * SIZE + 10)
+    transform = EvalTransformConfig()
+    batches = calibration_windows([manifest], transform, (SIZE, SIZE), count=5, batch_size=2)
+    assert [tuple(b.shape) for b in batches] == [(2, 3, SIZE, SIZE), (2, 3, SIZE, SIZE), (1, 3, SIZE, SIZE)]
+    first = SegmentationDataset(manifest, EvalTransform(transform))[0]["image"]
+    torch.testing.assert_close(batches[0][0], first[:, :SIZE, :SIZE])
+    torch.testing.assert_close(batches[0][1], first[:, :SIZE, SIZE : 2 * SIZE])
