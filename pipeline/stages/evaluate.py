@@ -27,6 +27,20 @@ from recyclelora.train.distributed import resolve_device
 SUMMARY_KEYS = ("mIoU", "aAcc", "mAcc", "num_images")
 
 
+def target_sets(config: EvalConfig, transform: EvalTransformConfig) -> dict[str, SegmentationDataset]:
+    """Each manifest of ``config.targets`` (named by file stem), resized by its own ``config.resize`` rule or
+    else by ``transform``'s."""
+    return {
+        Path(target).stem: SegmentationDataset(target, EvalTransform(config.target_transform(target, transform)))
+        for target in config.targets
+    }
+
+
+def sliding_config(config: EvalConfig) -> SlidingWindowConfig | None:
+    """The protocol's windows, or ``None`` for whole-image inference."""
+    return None if config.whole else SlidingWindowConfig((config.crop, config.crop), (config.stride, config.stride))
+
+
 def evaluate_targets(
     checkpoint: Path,
     config: EvalConfig,
@@ -35,23 +49,15 @@ def evaluate_targets(
     *,
     progress: bool = True,
 ) -> EvalResult:
-    """Evaluate ``checkpoint`` on each manifest of ``config.targets`` (named by file stem), each resized by
-    its own ``config.resize`` rule or else by ``transform``'s."""
+    """Evaluate ``checkpoint`` on each target of ``config`` (:func:`target_sets`, :func:`sliding_config`)."""
     model = Segmentor.from_checkpoint(checkpoint)
-    sets = {
-        Path(target).stem: SegmentationDataset(
-            target, EvalTransform(config.target_transform(target, transform))
-        )
-        for target in config.targets
-    }
-    sliding = (
-        None
-        if config.whole
-        else SlidingWindowConfig((config.crop, config.crop), (config.stride, config.stride))
-    )
     torch_device = resolve_device(device)
     return evaluate(
-        TorchPredictor(model, torch_device), sets, sliding=sliding, device=torch_device, progress=progress
+        TorchPredictor(model, torch_device),
+        target_sets(config, transform),
+        sliding=sliding_config(config),
+        device=torch_device,
+        progress=progress,
     )
 
 
