@@ -34,7 +34,7 @@ from typing import Any
 import psutil
 import yaml
 
-from pipeline.presets import apply_preset
+from pipeline.presets import apply_preset, read_preset
 from recyclelora.models.backbone import default_out_indices
 from tests.pipeline.raw_layouts import write_raw_datasets
 
@@ -93,8 +93,8 @@ def copy_workspace(dest: Path, source: Path = PROJECT) -> Path:
 
 
 def preset_settings(repo: Path, preset: str) -> dict[str, Any]:
-    """The preset file's contents (``presets/<preset>.yaml`` of ``repo``)."""
-    return yaml.safe_load((repo / "presets" / f"{preset}.yaml").read_text())
+    """The preset's keys (``presets/<preset>.yaml`` of ``repo``, its bases resolved)."""
+    return read_preset(repo / "presets" / f"{preset}.yaml")
 
 
 def smoke_overlay(preset: dict[str, Any], raw: dict[str, Path], depth: int | None) -> dict[str, Any]:

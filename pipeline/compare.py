@@ -53,7 +53,7 @@ from mlflow import MlflowClient
 from pipeline.tracking import TABLE_ENV, TABLE_TAG, find_repo_root, get_or_create_experiment, tracking_uri
 from recyclelora.adapters.initialisers import INITIALISERS
 from recyclelora.cli.common import user_errors
-from recyclelora.config import read_yaml
+from pipeline.presets import read_preset
 from recyclelora.eval.bootstrap import BootstrapInterval, paired_bootstrap, paired_bootstrap_mean
 from recyclelora.io import atomic_path, atomic_write_text
 
@@ -569,7 +569,7 @@ def wait_for(
 
 def budget_overrides(preset: Path | None, steps: int | None = None) -> list[str]:
     """The ``-S`` overrides of ``preset`` (none without one), with ``train.iterations=steps`` if given."""
-    values = dict(read_yaml(preset) or {}) if preset else {}
+    values = read_preset(preset) if preset else {}
     if steps is not None:
         values["train"] = {**values.get("train", {}), "iterations": steps}
     return preset_overrides(values)

@@ -4,6 +4,10 @@ A preset is a YAML file ``presets/<NAME>.yaml`` beside ``params.yaml`` holding s
 must already exist in ``params.yaml`` (a typo is an error, not a new key); mappings are merged key by key,
 except the free-form ones (:data:`FREE_FORM`), which a preset replaces whole like any other value. The result
 is validated as a whole before ``params.yaml`` is replaced (atomically), and its comments are kept.
+
+Presets are composed, as mmseg's configs are: ``_base_: NAME`` (or a list of names, merged in order) starts a
+preset from ``presets/_base/NAME.yaml`` (which may name bases of its own), and the preset's own keys are merged
+over it by the same rules (:func:`read_preset`). The four paper settings are one base and four small overlays.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from recyclelora.config import ParamsError, read_yaml
 from recyclelora.io import atomic_path
 
 PRESETS_DIR = "presets"
+#: The folder of base presets, inside :data:`PRESETS_DIR`, and the key that names them.
+BASES_DIR = "_base"
+BASE_KEY = "_base_"
 #: Mappings whose keys are data, not settings: a preset gives them whole.
 FREE_FORM: frozenset[str] = frozenset(
     {"datasets.real", "data.subset", "model.backbone.model_kwargs", "eval.resize"}
@@ -43,6 +50,37 @@ def preset_file(params_path: str | Path, name: str) -> Path:
             f"no preset {name!r}: choose one of {available_presets(params_path)} or give a .yaml file"
         )
     return path
+
+
+def _merge(base: Mapping[str, Any], overlay: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``overlay`` over ``base``: mappings merged key by key, free-form ones and every other value replaced."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        current = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping) and f"{prefix}{key}" not in FREE_FORM:
+            merged[key] = _merge(current, value, f"{prefix}{key}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_preset(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The keys of the preset file ``path`` with those of its bases (``_base_``) under them."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ParamsError(f"preset bases form a cycle: {' -> '.join(p.name for p in (*_seen, path))}")
+    preset = read_yaml(path) or {}
+    if not isinstance(preset, Mapping):
+        raise ParamsError(f"preset {path} must be a mapping of params.yaml sections")
+    bases = preset.get(BASE_KEY) or []
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        folder = path.parent if path.parent.name == BASES_DIR else path.parent / BASES_DIR
+        file = folder / f"{base}.yaml"
+        if not file.is_file():
+            raise FileNotFoundError(f"preset {path.name} names the base {base!r}, but {file} does not exist")
+        merged = _merge(merged, read_preset(file, (*_seen, path)))
+    return _merge(merged, {key: value for key, value in preset.items() if key != BASE_KEY})
 
 
 def _overlay(target: dict[str, Any], preset: Mapping[str, Any], prefix: str, changed: list[str]) -> None:
@@ -87,9 +125,7 @@ def apply_preset(params_path: str | Path, name: str) -> list[str]:
     Nothing is written when a preset key is unknown or the resulting params do not validate.
     """
     params_path = Path(params_path)
-    preset = read_yaml(preset_file(params_path, name)) or {}
-    if not isinstance(preset, Mapping):
-        raise ParamsError(f"preset {name!r} must be a mapping of params.yaml sections")
+    preset = read_preset(preset_file(params_path, name))
     rt = _round_trip()
     document = rt.load(params_path.read_text())
     changed: list[str] = []

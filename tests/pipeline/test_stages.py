@@ -27,7 +27,7 @@ import pipeline.stages.train as train_stage
 from pipeline import compare, stages
 from pipeline.cli import app
 from pipeline.params import BaseConfig, DatasetsConfig, ExportConfig, load_pipeline_params
-from pipeline.presets import FREE_FORM, apply_preset, available_presets
+from pipeline.presets import FREE_FORM, apply_preset, available_presets, read_preset
 from pipeline.stages._common import BACKBONE_FILE, with_backbone
 from pipeline.stages.data import check_manifests
 from pipeline.stages.evaluate import evaluate_targets
@@ -368,7 +368,7 @@ def test_presets_validate_and_keep_comments(tmp_path: Path, name: str) -> None:
     assert result.exit_code == 0, result.output
     text = (tmp_path / "params.yaml").read_text()
     assert "# optimiser steps" in text and "# scaling s = alpha / (rank_main + rank_sub)" in text
-    preset = yaml.safe_load((PROJECT / "presets" / f"{name}.yaml").read_text())
+    preset = read_preset(PROJECT / "presets" / f"{name}.yaml")
     written = yaml.safe_load(text)
     for section, values in preset.items():
         for key, value in values.items():
