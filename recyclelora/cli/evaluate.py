@@ -207,7 +207,9 @@ def eval_command(
         )
         datasets = {
             name: DataLoader(
-                SegmentationDataset(paths, transform, max_pixels=max_pixels), batch_size=None, num_workers=workers
+                SegmentationDataset(paths, transform, max_pixels=max_pixels),
+                batch_size=None,
+                num_workers=workers,
             )
             for name, paths in groups.items()
         }

@@ -128,7 +128,9 @@ def check_manifest(
         ThreadPoolExecutor(workers or default_workers()) as pool,
     ):
         task = bar.add_task(path.name, total=len(samples))
-        for row, (sample, problem) in enumerate(zip(samples, pool.map(functools.partial(check_sample, max_pixels=max_pixels), samples))):
+        for row, (sample, problem) in enumerate(
+            zip(samples, pool.map(functools.partial(check_sample, max_pixels=max_pixels), samples))
+        ):
             bar.advance(task)
             if problem is not None:
                 bad.append(BadSample(row, sample, problem))

@@ -69,7 +69,6 @@ _SCALED_GREY = {"1": 1, "L;1": 1, "L;2": 2, "L;4": 4}
 _WHITE = (255, 255, 255, 255)
 
 
-
 class ImageFileError(ValueError):
     """An image or label file that is missing, corrupt, too large or of a kind that cannot be read as it is
     meant; the message names the file and what to do."""
@@ -77,7 +76,11 @@ class ImageFileError(ValueError):
 
 def check_max_pixels(max_pixels: int, where: str = "max_pixels") -> int:
     """``max_pixels`` if it is an integer in 1..:data:`PILLOW_MAX_PIXELS`, else a ValueError naming ``where``."""
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or not 1 <= max_pixels <= PILLOW_MAX_PIXELS:
+    if (
+        isinstance(max_pixels, bool)
+        or not isinstance(max_pixels, int)
+        or not 1 <= max_pixels <= PILLOW_MAX_PIXELS
+    ):
         raise ValueError(
             f"{where}={max_pixels!r} must be a whole number of pixels from 1 to {PILLOW_MAX_PIXELS} "
             f"(Pillow's decompression-bomb limit); the default is {DEFAULT_MAX_PIXELS}"
@@ -148,7 +151,9 @@ def rgb_pixels(image: Image.Image, path: PathLike) -> np.ndarray:
         return np.asarray(Image.alpha_composite(background, image.convert("RGBA")).convert("RGB"))
     if mode in RGB_CONVERTIBLE_MODES:
         return np.asarray(image.convert("RGB"))
-    hint = "floating-point pixels have no fixed range" if mode == "F" else "no faithful conversion to 8-bit RGB"
+    hint = (
+        "floating-point pixels have no fixed range" if mode == "F" else "no faithful conversion to 8-bit RGB"
+    )
     raise ImageFileError(
         f"image {path} has PIL mode {mode!r} ({hint}): save it as an 8- or 16-bit RGB or grey image"
     )

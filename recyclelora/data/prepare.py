@@ -334,7 +334,9 @@ def _convert(job: _Job) -> BadFile | _Converted:
         image_format, options, _ = MAPILLARY_VAL_FORMATS[job.image_format]
         with atomic_path(job.image_out) as tmp:
             upright.resize(size, Image.Resampling.BICUBIC).save(tmp, format=image_format, **options)
-        train_ids = np.asarray(Image.fromarray(orient(train_ids, transpose)).resize(size, Image.Resampling.NEAREST))
+        train_ids = np.asarray(
+            Image.fromarray(orient(train_ids, transpose)).resize(size, Image.Resampling.NEAREST)
+        )
     info = None
     if unknown:
         info = PngInfo()
