@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageOps
 
+from recyclelora.cli.evaluate import DEFAULT_MAX_PIXELS as cli_default
 from recyclelora.data.images import (
     DEFAULT_MAX_PIXELS,
     EXIF_TRANSPOSE,
@@ -304,7 +305,7 @@ def test_a_file_over_pillows_own_limit_is_one_error(tmp_path: Path) -> None:
 
 
 def test_max_pixels_is_validated() -> None:
-    assert check_max_pixels(DEFAULT_MAX_PIXELS) == DEFAULT_MAX_PIXELS
+    assert check_max_pixels(DEFAULT_MAX_PIXELS) == DEFAULT_MAX_PIXELS == cli_default  # spelled out for --help
     for bad in (0, PILLOW_MAX_PIXELS + 1, 1.5, True):
         with pytest.raises(ValueError, match="must be a whole number of pixels from 1 to"):
             check_max_pixels(bad)
