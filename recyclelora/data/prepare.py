@@ -337,6 +337,7 @@ def _convert(job: _Job) -> BadFile | _Converted:
         train_ids = np.asarray(
             Image.fromarray(orient(train_ids, transpose)).resize(size, Image.Resampling.NEAREST)
         )
+        transpose = None  # the new pair is upright as written
     info = None
     if unknown:
         info = PngInfo()
@@ -344,9 +345,10 @@ def _convert(job: _Job) -> BadFile | _Converted:
     buffer = io.BytesIO()
     Image.fromarray(train_ids).save(buffer, format="PNG", pnginfo=info)
     atomic_write_bytes(job.label_out, buffer.getvalue())
+    height, width = orient(train_ids, transpose).shape  # upright, as readers return the pair
     row.update(
-        height=train_ids.shape[0],
-        width=train_ids.shape[1],
+        height=height,
+        width=width,
         class_pixels=np.bincount(train_ids.ravel(), minlength=256)[:NUM_CLASSES].tolist(),
         label_sha256=sha256_bytes(buffer.getvalue()),
     )

@@ -27,7 +27,7 @@ def exif_rotated_jpeg(path: Path, upright: np.ndarray) -> Path:
     return path
 
 
-def test_16_bit_and_exif_rotated_files_get_the_label_maps_of_their_8_bit_upright_versions(tmp_path: Path) -> None:
+def test_16_bit_and_exif_rotated_files_get_the_label_maps_of_their_8_bit_upright_ones(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     picture = rng.integers(0, 256, (SIZE, 84, 3), dtype=np.uint8)
     grey = picture[:, :, 1]
@@ -42,7 +42,9 @@ def test_16_bit_and_exif_rotated_files_get_the_label_maps_of_their_8_bit_upright
         assert opened.size == (SIZE, 84)
         ImageOps.exif_transpose(opened).save(files / "upright.png")
     model = save_tiny_checkpoint(tmp_path / "model.safetensors")
-    result = invoke("predict", files, "--model", model, "--out", tmp_path / "out", "--crop", SIZE, "--stride", 37)
+    result = invoke(
+        "predict", files, "--model", model, "--out", tmp_path / "out", "--crop", SIZE, "--stride", 37
+    )
     assert result.exit_code == 0, result.output
 
     def label_map(stem: str) -> np.ndarray:
