@@ -3,6 +3,10 @@ EXIF-rotated JPEG the label map of its upright version, through the real command
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -11,6 +15,7 @@ import pytest
 from PIL import ExifTags, Image, ImageOps
 
 from tests.cli import SIZE, invoke, save_tiny_checkpoint, single_thread
+from tests.data.test_images import write_huge_png
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,3 +60,37 @@ def test_16_bit_and_exif_rotated_files_get_the_label_maps_of_their_8_bit_upright
         assert label_map(sixteen).shape == (SIZE, 84)
         assert np.array_equal(label_map(sixteen), label_map(eight)), (sixteen, eight)
     assert len(np.unique(label_map("rgb8"))) > 1  # the maps say something about the pictures
+
+
+#: Runs ``recyclelora-cli`` in this process and prints its exit code and peak resident memory (KiB) as JSON.
+CLI_MEMORY = """
+import json, resource, sys
+from recyclelora.cli.main import app
+try:
+    app(sys.argv[1:], prog_name="recyclelora-cli")
+    code = 0
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+@pytest.mark.slow
+def test_predict_refuses_a_13000_pixel_square_png_without_allocating_it(tmp_path: Path) -> None:
+    """The whole command, model loaded: on the 165 KB PNG that once made ``predict`` allocate 2 GB and then
+    12.8 GB, its peak memory stays that of a run on a small image (the decoded image alone would be 169 MB)."""
+    model = save_tiny_checkpoint(tmp_path / "model.safetensors")
+    small = tmp_path / "small.png"
+    Image.fromarray(np.zeros((SIZE, 84, 3), np.uint8)).save(small)
+    huge = write_huge_png(tmp_path / "huge.png")
+    runs = {}
+    for image in (small, huge):
+        args = ["predict", image, "--model", model, "--out", tmp_path / image.stem, "--crop", SIZE]
+        command = [sys.executable, "-c", CLI_MEMORY, *map(str, args)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        run = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, env=env)
+        runs[image.stem] = json.loads(run.stdout.strip().splitlines()[-1]) | {"stderr": run.stderr}
+    assert runs["small"]["code"] == 0 and runs["huge"]["code"] == 1, runs
+    assert "huge.png is too large to read: 13000 x 13000" in runs["huge"]["stderr"]
+    assert runs["huge"]["maxrss"] < runs["small"]["maxrss"] + 64 * 1024, runs  # KiB
+    assert not (tmp_path / "huge").exists()
