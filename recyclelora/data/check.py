@@ -1,13 +1,12 @@
 """Check manifests up front: every image and label decodes fully, their sizes agree, label ids are trainIds.
 
 :func:`check_manifest` reads every sample of a manifest (a truncated JPEG or PNG fails, as in training: the
-check decodes with :func:`~recyclelora.data.dataset.load_pair`, so a 16-bit, rotated or oversized file is read or
-refused as training reads it) on a thread pool (Pillow decodes without the
-GIL) and reports all bad samples. :func:`ensure_checked` skips a manifest whose check already passed: a pass
-is recorded as ``<cache>/<key>.json``, the key being the SHA-256 of :data:`CHECK_VERSION`, the manifest's
-resolved path (its relative paths resolve against its folder) and its bytes. That hash does not cover the
-images and labels: the cache trusts that they are unchanged since the check passed, as DVC trusts its own
-hash of ``data/prepared``.
+check decodes with :func:`~recyclelora.data.dataset.load_pair`, so a 16-bit, rotated or oversized file is read
+or refused as training reads it) on a thread pool (Pillow decodes without the GIL) and reports all bad
+samples. :func:`ensure_checked` skips a manifest whose check already passed: a pass is recorded as
+``<cache>/<key>.json``, the key being the SHA-256 of :data:`CHECK_VERSION`, the manifest's resolved path (its
+relative paths resolve against its folder) and its bytes. That hash does not cover the images and labels: the
+cache trusts that they are unchanged since the check passed, as DVC trusts its own hash of ``data/prepared``.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from recyclelora.io import atomic_write_text, default_cache_dir, sha256_bytes, s
 
 PathLike = str | os.PathLike[str]
 
-#: Bump when the check finds more: earlier passes are then checked again (2: modes, EXIF orientation, size limit).
+#: Bump when the check finds more: earlier passes are then checked again (2: modes, orientation, size limit).
 CHECK_VERSION = 2
 #: Bad samples a summary lists; the rest are counted.
 MAX_LISTED = 20
@@ -173,10 +172,10 @@ def ensure_checked(
     progress: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[CheckReport, ...]:
-    """Check each manifest of ``paths`` (files up to ``max_pixels``) unless a pass of its current bytes is recorded in ``cache_dir``
-    (default :func:`default_check_cache`), record the new passes, and return the reports of the manifests
-    checked. Raises :class:`DataCheckError` naming the bad samples (:data:`MAX_LISTED` per manifest) once
-    all are checked."""
+    """Check each manifest of ``paths`` (files up to ``max_pixels``) unless a pass of its current bytes is
+    recorded in ``cache_dir`` (default :func:`default_check_cache`), record the new passes, and return the
+    reports of the manifests checked. Raises :class:`DataCheckError` naming the bad samples (:data:`MAX_LISTED`
+    per manifest) once all are checked."""
     cache = Path(cache_dir) if cache_dir is not None else default_check_cache()
     reports = []
     for path in dict.fromkeys(Path(p) for p in paths):

@@ -119,10 +119,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     Items are ``dict(image=FloatTensor (3, H, W), label=LongTensor (H, W), name=str, dataset=str)``.
     ``subset={stem: N}`` keeps N rows of the manifest of that stem (see the module docstring for the draw),
     in manifest order; manifests not named are kept whole. Images and labels above ``max_pixels`` are refused
-    when read (:func:`load_pair`). :attr:`kept` lists the kept samples in dataset
-    order (manifests in the order given) with their manifest and row, to be recorded with a run
-    (:func:`write_kept_samples`). Call :meth:`set_epoch` before each epoch to vary the augmentation
-    reproducibly.
+    when read (:func:`load_pair`). :attr:`kept` lists the kept samples in dataset order (manifests in the
+    order given) with their manifest and row, to be recorded with a run (:func:`write_kept_samples`). Call
+    :meth:`set_epoch` before each epoch to vary the augmentation reproducibly.
     """
 
     def __init__(

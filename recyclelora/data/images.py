@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -199,16 +199,12 @@ def read_label(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
 
 
 def read_pair(
-    image_path: PathLike,
-    label_path: PathLike,
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    label_reader: Callable[..., np.ndarray] = read_label,
+    image_path: PathLike, label_path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, np.ndarray]:
-    """An image (as :func:`read_image`) and its label (``label_reader(path, max_pixels=...)``), both given the
-    image's EXIF orientation, so they stay aligned. Sizes are not compared here."""
+    """An image (as :func:`read_image`) and its label (as :func:`read_label`), both given the image's EXIF
+    orientation, so they stay aligned. Sizes are not compared here."""
     with open_image(image_path, max_pixels) as image:
         transpose = exif_transpose_of(image)
         pixels = rgb_pixels(image, image_path)
-    values = label_reader(label_path, max_pixels=max_pixels)
+    values = read_label(label_path, max_pixels=max_pixels)
     return orient(pixels, transpose), orient(values, transpose)

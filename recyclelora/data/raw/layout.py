@@ -13,15 +13,15 @@ if TYPE_CHECKING:  # the readers import them: the dataset table stays light for 
 SPLIT = "{split}"
 
 
-def read_index_png(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
+def read_index_png(path: Path) -> np.ndarray:
     """Class values of a label image as stored: grey levels (mode L) or palette indices (mode P), exactly
-    (:func:`recyclelora.data.images.read_label`; ``max_pixels`` None: its default)."""
-    from recyclelora.data.images import DEFAULT_MAX_PIXELS, read_label
+    (:func:`recyclelora.data.images.read_label`)."""
+    from recyclelora.data.images import read_label
 
-    return read_label(path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    return read_label(path)
 
 
-def read_red_channel_png16(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
+def read_red_channel_png16(path: Path) -> np.ndarray:
     """First (red) channel of a 16-bit multi-channel PNG, as uint16 (SYNTHIA's class ids).
 
     Pillow reduces 16-bit colour PNGs to 8 bits, so OpenCV decodes it, after Pillow has checked its size
@@ -31,9 +31,9 @@ def read_red_channel_png16(path: Path, *, max_pixels: int | None = None) -> np.n
     import cv2
     import numpy as np
 
-    from recyclelora.data.images import DEFAULT_MAX_PIXELS, ImageFileError, open_image
+    from recyclelora.data.images import ImageFileError, open_image
 
-    with open_image(path, max_pixels or DEFAULT_MAX_PIXELS):
+    with open_image(path):
         pass
     values = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if values is None:
