@@ -11,6 +11,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from recyclelora.data.images import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
 from recyclelora.data.transforms import EvalTransformConfig, ResizeConfig
 from recyclelora.models.build import ModelConfig
 from recyclelora.train.config import DataConfig, TrainConfig
@@ -32,6 +33,10 @@ class EvalConfig:
     resize: dict[str, ResizeConfig] = field(
         default_factory=dict,
         metadata={"help": "per-target resize rule by manifest stem, replacing data.val_transform's for it"},
+    )
+    max_pixels: int = field(
+        default=DEFAULT_MAX_PIXELS,
+        metadata={"help": "largest image or label read (width x height)", "ge": 1, "le": PILLOW_MAX_PIXELS},
     )
 
     def __post_init__(self) -> None:

@@ -31,7 +31,9 @@ def target_sets(config: EvalConfig, transform: EvalTransformConfig) -> dict[str,
     """Each manifest of ``config.targets`` (named by file stem), resized by its own ``config.resize`` rule or
     else by ``transform``'s."""
     return {
-        Path(target).stem: SegmentationDataset(target, EvalTransform(config.target_transform(target, transform)))
+        Path(target).stem: SegmentationDataset(
+            target, EvalTransform(config.target_transform(target, transform)), max_pixels=config.max_pixels
+        )
         for target in config.targets
     }
 
@@ -78,7 +80,7 @@ def run_evaluate(
     """The ``evaluate`` stage: check the target data (cached), write the reports folder atomically and the
     metric file; log both to MLflow."""
     with open_stage("evaluate", params_path, final=True) as params:
-        ensure_checked(params.run.eval.targets, progress=progress)
+        ensure_checked(params.run.eval.targets, progress=progress, max_pixels=params.run.eval.max_pixels)
         result = evaluate_targets(
             checkpoint,
             params.run.eval,

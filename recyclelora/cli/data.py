@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from recyclelora.cli.common import console, user_errors
+from recyclelora.cli.evaluate import DEFAULT_MAX_PIXELS, MaxPixelsOpt
 from recyclelora.data.raw import GTA5_URL, RAW_DATASETS
 
 if TYPE_CHECKING:
@@ -100,15 +101,17 @@ def check(
             show_default=False,
         ),
     ] = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
 ) -> None:
-    """Decode every image and label of the manifests, check sizes and label ids; list the bad samples.
+    """Decode every image and label of the manifests as training reads them, check sizes and label ids; list
+    the bad samples.
 
     Each manifest that passes is recorded in the cache, so the pipeline's stages skip its check.
     """
     from recyclelora.data.check import check_manifest, default_check_cache, raise_if_bad, record_pass
 
     with user_errors():
-        reports = [check_manifest(path, workers=workers) for path in manifests]
+        reports = [check_manifest(path, workers=workers, max_pixels=max_pixels) for path in manifests]
         for report in reports:
             if report.ok:
                 record_pass(report, cache_dir or default_check_cache())

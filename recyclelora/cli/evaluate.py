@@ -54,6 +54,16 @@ WeightsOpt = Annotated[
     typer.Option(help="Pretrained backbone weights to rebuild an unmerged checkpoint from (file or source)."),
 ]
 OverlaysOpt = Annotated[bool, typer.Option("--overlays", help="Also write class colours over each image.")]
+#: recyclelora.data.images.DEFAULT_MAX_PIXELS, spelled out: importing it would load numpy and Pillow for --help.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+MaxPixelsOpt = Annotated[
+    int,
+    typer.Option(
+        help="Refuse an image or label of more pixels (width x height), from its header, before decoding it "
+        "(default: 64 megapixels).",
+        min=1,
+    ),
+]
 
 
 def parse_size(value: str, option: str) -> tuple[int, int]:
@@ -176,6 +186,7 @@ def eval_command(
     workers: Annotated[
         int, typer.Option(help="DataLoader processes reading images (0: in this one).", min=0)
     ] = 0,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Score a model on target datasets: one confusion matrix and mIoU per dataset, and their mean."""
     import torch
@@ -195,7 +206,11 @@ def eval_command(
             EvalTransformConfig(size=config.size, short_edge=config.short_edge, fit=config.fit)
         )
         datasets = {
-            name: DataLoader(SegmentationDataset(paths, transform), batch_size=None, num_workers=workers)
+            name: DataLoader(
+                SegmentationDataset(paths, transform, max_pixels=max_pixels),
+                batch_size=None,
+                num_workers=workers,
+            )
             for name, paths in groups.items()
         }
         result = evaluate(
@@ -235,6 +250,7 @@ def predict_command(
     fit: FitOpt = None,
     device: DeviceOpt = None,
     backbone_weights: WeightsOpt = None,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Segment your own images (no labels): a trainId PNG per image, with optional colour overlays."""
     import torch
@@ -246,5 +262,7 @@ def predict_command(
         target = torch_device(device) if backend is Backend.torch else torch.device("cpu")
         predictor = load_predictor(model, backend, target, backbone_weights, config)
         predict = InferencePredictor(predictor, config)
-        written = predict_images(predict, images, out, overlays=overlays, device=target)
+        written = predict_images(
+            predict, images, out, overlays=overlays, device=target, max_pixels=max_pixels
+        )
     console.print(f"wrote {len(written)} prediction(s) to {written[0].parent}")

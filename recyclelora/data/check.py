@@ -1,16 +1,17 @@
 """Check manifests up front: every image and label decodes fully, their sizes agree, label ids are trainIds.
 
 :func:`check_manifest` reads every sample of a manifest (a truncated JPEG or PNG fails, as in training: the
-check decodes with :func:`~recyclelora.data.dataset.load_pair`) on a thread pool (Pillow decodes without the
-GIL) and reports all bad samples. :func:`ensure_checked` skips a manifest whose check already passed: a pass
-is recorded as ``<cache>/<key>.json``, the key being the SHA-256 of :data:`CHECK_VERSION`, the manifest's
-resolved path (its relative paths resolve against its folder) and its bytes. That hash does not cover the
-images and labels: the cache trusts that they are unchanged since the check passed, as DVC trusts its own
-hash of ``data/prepared``.
+check decodes with :func:`~recyclelora.data.dataset.load_pair`, so a 16-bit, rotated or oversized file is read
+or refused as training reads it) on a thread pool (Pillow decodes without the GIL) and reports all bad
+samples. :func:`ensure_checked` skips a manifest whose check already passed: a pass is recorded as
+``<cache>/<key>.json``, the key being the SHA-256 of :data:`CHECK_VERSION`, the manifest's resolved path (its
+relative paths resolve against its folder) and its bytes. That hash does not cover the images and labels: the
+cache trusts that they are unchanged since the check passed, as DVC trusts its own hash of ``data/prepared``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable
@@ -23,14 +24,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from recyclelora.data.classes import IGNORE_INDEX, NUM_CLASSES
 from recyclelora.data.dataset import load_pair
+from recyclelora.data.images import DEFAULT_MAX_PIXELS, check_max_pixels
 from recyclelora.data.manifest import Sample, read_manifest
 from recyclelora.data.prepare import default_workers
 from recyclelora.io import atomic_write_text, default_cache_dir, sha256_bytes, sha256_file
 
 PathLike = str | os.PathLike[str]
 
-#: Bump when the check finds more: earlier passes are then checked again.
-CHECK_VERSION = 1
+#: Bump when the check finds more: earlier passes are then checked again (2: modes, orientation, size limit).
+CHECK_VERSION = 2
 #: Bad samples a summary lists; the rest are counted.
 MAX_LISTED = 20
 
@@ -80,11 +82,12 @@ def default_check_cache() -> Path:
     return default_cache_dir() / "data-check"
 
 
-def check_sample(sample: Sample) -> str | None:
-    """What is wrong with ``sample`` (None: nothing): a file that does not decode fully, image and label sizes
-    that differ, or label ids outside ``0..NUM_CLASSES-1`` and the ignore index."""
+def check_sample(sample: Sample, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """What is wrong with ``sample`` (None: nothing): a file that cannot be read (see
+    :func:`~recyclelora.data.dataset.load_pair`), image and label sizes that differ, or label ids outside
+    ``0..NUM_CLASSES-1`` and the ignore index."""
     try:
-        _, label = load_pair(sample)
+        _, label = load_pair(sample, max_pixels)
     except ValueError as error:
         return str(error)
     counts = np.bincount(label.ravel(), minlength=256)
@@ -97,14 +100,18 @@ def check_sample(sample: Sample) -> str | None:
     )
 
 
-def check_manifest(path: PathLike, *, workers: int | None = None, progress: bool = True) -> CheckReport:
-    """Check every sample of the manifest ``path`` on ``workers`` threads (default: all usable CPUs).
+def check_manifest(
+    path: PathLike, *, workers: int | None = None, progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> CheckReport:
+    """Check every sample of the manifest ``path`` on ``workers`` threads (default: all usable CPUs); a file
+    above ``max_pixels`` is a bad sample.
 
     Raises ``FileNotFoundError`` / ``ValueError`` for a missing or invalid manifest (see
     :func:`~recyclelora.data.manifest.read_manifest`); bad samples are reported, not raised.
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers={workers} must be at least 1 (or None for all CPUs)")
+    check_max_pixels(max_pixels)
     path = Path(path)
     digest = sha256_file(path) if path.is_file() else ""  # hashed first: the bytes then checked
     samples = read_manifest(path)  # explains a missing or invalid manifest
@@ -120,7 +127,9 @@ def check_manifest(path: PathLike, *, workers: int | None = None, progress: bool
         ThreadPoolExecutor(workers or default_workers()) as pool,
     ):
         task = bar.add_task(path.name, total=len(samples))
-        for row, (sample, problem) in enumerate(zip(samples, pool.map(check_sample, samples))):
+        for row, (sample, problem) in enumerate(
+            zip(samples, pool.map(functools.partial(check_sample, max_pixels=max_pixels), samples))
+        ):
             bar.advance(task)
             if problem is not None:
                 bad.append(BadSample(row, sample, problem))
@@ -161,17 +170,18 @@ def ensure_checked(
     *,
     workers: int | None = None,
     progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[CheckReport, ...]:
-    """Check each manifest of ``paths`` unless a pass of its current bytes is recorded in ``cache_dir``
-    (default :func:`default_check_cache`), record the new passes, and return the reports of the manifests
-    checked. Raises :class:`DataCheckError` naming the bad samples (:data:`MAX_LISTED` per manifest) once
-    all are checked."""
+    """Check each manifest of ``paths`` (files up to ``max_pixels``) unless a pass of its current bytes is
+    recorded in ``cache_dir`` (default :func:`default_check_cache`), record the new passes, and return the
+    reports of the manifests checked. Raises :class:`DataCheckError` naming the bad samples (:data:`MAX_LISTED`
+    per manifest) once all are checked."""
     cache = Path(cache_dir) if cache_dir is not None else default_check_cache()
     reports = []
     for path in dict.fromkeys(Path(p) for p in paths):
         if path.is_file() and cache_file(path, sha256_file(path), cache).is_file():
             continue
-        report = check_manifest(path, workers=workers, progress=progress)
+        report = check_manifest(path, workers=workers, progress=progress, max_pixels=max_pixels)
         if report.ok:
             record_pass(report, cache)
         reports.append(report)

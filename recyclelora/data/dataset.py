@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 
+from recyclelora.data.images import DEFAULT_MAX_PIXELS, ImageFileError, check_max_pixels, read_pair
 from recyclelora.data.manifest import Sample, read_manifest
 from recyclelora.data.transforms import SegmentationTransform
 from recyclelora.io import atomic_path
@@ -91,32 +91,24 @@ def write_kept_samples(path: PathLike, kept: Sequence[KeptSample]) -> Path:
     return Path(path)
 
 
-def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(sample: Sample, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
     """Read a sample's RGB image (H, W, 3) and trainId label (H, W) as uint8 arrays, checking their sizes.
 
-    A file that does not decode (missing, truncated, not an image) raises a ValueError naming it, its dataset
-    and the check to run, instead of the decoder's bare error.
+    Both are read by :func:`~recyclelora.data.images.read_pair`: upright by the image's EXIF orientation, the
+    image as a viewer shows it, the label's values exactly, neither above ``max_pixels``. A file that cannot be
+    read so (missing, truncated, too large, of a refused mode) raises an
+    :class:`~recyclelora.data.images.ImageFileError` naming it, its dataset and what to do.
     """
     try:
-        with Image.open(sample.image) as handle:
-            image = np.asarray(handle.convert("RGB"))
-        with Image.open(sample.label) as handle:
-            mode = handle.mode
-            label = np.asarray(handle)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ValueError(
-            f"cannot read a sample of dataset {sample.dataset!r} ({sample.image}, {sample.label}): {error}; "
-            "check or restore the file, or prepare the dataset again"
+        image, label = read_pair(sample.image, sample.label, max_pixels=max_pixels)
+    except ImageFileError as error:
+        raise ImageFileError(
+            f"cannot read a sample of dataset {sample.dataset!r} ({sample.image}, {sample.label}): {error}"
         ) from None
-    if mode not in ("L", "P"):
-        raise ValueError(
-            f"label {sample.label} has PIL mode {mode!r}; trainId labels are 8-bit single-channel "
-            "PNGs: prepare the dataset again"
-        )
     if label.shape != image.shape[:2]:
         raise ValueError(
             f"label {sample.label} is {label.shape[1]}x{label.shape[0]} but image {sample.image} is "
-            f"{image.shape[1]}x{image.shape[0]}: resize or drop this pair and prepare the dataset again"
+            f"{image.shape[1]}x{image.shape[0]} (upright): resize or drop this pair and prepare the dataset again"
         )
     return image, label
 
@@ -126,10 +118,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     Items are ``dict(image=FloatTensor (3, H, W), label=LongTensor (H, W), name=str, dataset=str)``.
     ``subset={stem: N}`` keeps N rows of the manifest of that stem (see the module docstring for the draw),
-    in manifest order; manifests not named are kept whole. :attr:`kept` lists the kept samples in dataset
-    order (manifests in the order given) with their manifest and row, to be recorded with a run
-    (:func:`write_kept_samples`). Call :meth:`set_epoch` before each epoch to vary the augmentation
-    reproducibly.
+    in manifest order; manifests not named are kept whole. Images and labels above ``max_pixels`` are refused
+    when read (:func:`load_pair`). :attr:`kept` lists the kept samples in dataset order (manifests in the
+    order given) with their manifest and row, to be recorded with a run (:func:`write_kept_samples`). Call
+    :meth:`set_epoch` before each epoch to vary the augmentation reproducibly.
     """
 
     def __init__(
@@ -139,12 +131,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         *,
         subset: Mapping[str, int] | None = None,
         seed: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         paths = [manifest_paths] if isinstance(manifest_paths, (str, os.PathLike)) else list(manifest_paths)
         if not paths:
             raise ValueError("no manifest given: pass at least one manifest path")
         if seed < 0:
             raise ValueError(f"seed={seed} must be a non-negative integer")
+        check_max_pixels(max_pixels)
         subset = {} if subset is None else subset
         check_subset(paths, subset, "subset")
         self.manifests: tuple[Path, ...] = tuple(Path(path) for path in paths)
@@ -165,6 +159,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.kept: tuple[KeptSample, ...] = tuple(kept)
         self.transform = transform
         self.seed = seed
+        self.max_pixels = max_pixels
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -180,7 +175,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(self.kept):
             raise IndexError(f"index {index} is out of range for a dataset of {len(self.kept)} samples")
         sample = self.kept[index].sample
-        image, label = load_pair(sample)
+        image, label = load_pair(sample, self.max_pixels)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image_out, label_out = self.transform(image, label, rng)
         return {"image": image_out, "label": label_out, "name": sample.image.stem, "dataset": sample.dataset}

@@ -14,16 +14,18 @@ and manifests (:func:`recyclelora.data.prepare.prepare_dataset`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from http.client import HTTPException, HTTPResponse
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 from unittest import mock
 from urllib.error import HTTPError, URLError
 from urllib.parse import urljoin
@@ -35,6 +37,7 @@ from recyclelora.data.prepare import PrepareResult, prepare_dataset
 from recyclelora.data.raw import GTA5_URL, RAW_DATASETS
 from recyclelora.errors import UserError, require_extra
 from recyclelora.io import atomic_path, atomic_write_text, sha256_file
+from recyclelora.validation import validate_fields
 
 if TYPE_CHECKING:
     import requests
@@ -189,19 +192,49 @@ def _verify(path: Path, dest: Path, sha256: str | None, listed_in: Path | None) 
         )
 
 
+@dataclass(frozen=True)
+class UnpackLimits:
+    """How far an archive may unpack, checked from its directory before anything is written and again while
+    each member streams out (:func:`extract_zip`).
+
+    The supported archives (GTAV's parts, Cityscapes' packages) hold PNG and JPEG images of a few MB each,
+    which do not compress (ratio about 1), plus small text and JSON files; the largest, Cityscapes'
+    leftImg8bit_trainvaltest.zip, is 11 GB. So a member may unpack to ``member_bytes`` and ``ratio`` times its
+    compressed size, the whole archive to ``total_bytes`` and ``total_ratio`` times the archive's size; sizes up
+    to ``ratio_floor`` are not held to the ratios (a small text file may compress well). A zip bomb (1 GB of
+    zeros in 1 MB, ratio 1000) fails both ratios.
+    """
+
+    member_bytes: int = field(default=1 << 30, metadata={"ge": 1})
+    total_bytes: int = field(default=64 << 30, metadata={"ge": 1})
+    ratio: float = field(default=100.0, metadata={"ge": 1})
+    total_ratio: float = field(default=20.0, metadata={"ge": 1})
+    ratio_floor: int = field(default=1 << 20, metadata={"ge": 0})
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
 def extract_zip(
-    archive: str | os.PathLike[str], dest: str | os.PathLike[str], *, into: str = ""
+    archive: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    into: str = "",
+    limits: UnpackLimits = UnpackLimits(),
 ) -> list[Path]:
     """Unpack ``archive`` below ``dest``, under the folder ``into`` unless a member already starts with it.
 
-    Every member is checked first (:func:`_member_parts`): one unsafe member and nothing is written. Members are
-    written atomically; one whose file already exists with the member's size is kept.
+    Every member is checked first (:func:`_member_parts`, :func:`_check_sizes`): one unsafe or oversized member
+    and nothing is written. Members are written atomically, each refused if it unpacks to more bytes than its
+    header declares; one whose file already exists with the member's size is kept. If a member fails while
+    unpacking, the files this call wrote are deleted again.
     """
     dest = Path(dest)
-    written = []
+    written: list[Path] = []
     try:
         with zipfile.ZipFile(archive) as zipped:
             members = [(info, _member_parts(archive, info)) for info in zipped.infolist()]
+            _check_sizes(archive, [info for info, _ in members], limits)
             for info, parts in members:
                 if info.is_dir():
                     continue
@@ -211,13 +244,80 @@ def extract_zip(
                 if target.is_file() and target.stat().st_size == info.file_size:
                     continue
                 with zipped.open(info) as source, atomic_path(target) as tmp, open(tmp, "wb") as sink:
-                    shutil.copyfileobj(source, sink, _CHUNK)
+                    _copy_declared(source, sink, info.file_size, f"{archive}: member {info.filename!r}")
                 written.append(target)
-    except zipfile.BadZipFile as error:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        DownloadError,
+    ) as error:  # an interruption resumes instead
+        _remove(written, dest)
+        if isinstance(error, DownloadError):
+            raise
         raise DownloadError(
             f"{archive} is not a valid zip ({error}): delete it and download again"
+            + (f"; the {len(written)} file(s) unpacked from it were removed" if written else "")
         ) from error
     return written
+
+
+def _check_sizes(
+    archive: str | os.PathLike[str], members: list[zipfile.ZipInfo], limits: UnpackLimits
+) -> None:
+    """Raise :class:`DownloadError` if a member or the whole archive would unpack beyond ``limits``."""
+    problem = None
+    for info in members:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > limits.member_bytes:
+            problem = (
+                f"member {info.filename!r} unpacks to {info.file_size} bytes, above {limits.member_bytes}"
+            )
+        elif info.file_size > limits.ratio_floor and ratio > limits.ratio:
+            problem = (
+                f"member {info.filename!r} unpacks to {info.file_size} bytes from {info.compress_size} "
+                f"({ratio:.0f} x, above {limits.ratio:.0f} x)"
+            )
+        if problem:
+            break
+    else:
+        total = sum(info.file_size for info in members)
+        ratio = total / max(os.path.getsize(archive), 1)
+        if total > limits.total_bytes:
+            problem = f"its members unpack to {total} bytes, above {limits.total_bytes}"
+        elif total > limits.ratio_floor and ratio > limits.total_ratio:
+            problem = f"its members unpack to {total} bytes, {ratio:.0f} x its size (above {limits.total_ratio:.0f} x)"
+    if problem:
+        raise DownloadError(
+            f"{archive}: {problem}; nothing was unpacked: the archive is damaged or a zip bomb, delete it and get "
+            "it from a source you trust"
+        )
+
+
+def _copy_declared(source: BinaryIO, sink: BinaryIO, declared: int, what: str) -> None:
+    """Copy ``source`` to ``sink``, refusing more than the ``declared`` bytes: a size header that lies (zipfile
+    itself stops there and fails the CRC check; this bound does not depend on it)."""
+    copied = 0
+    while chunk := source.read(_CHUNK):
+        copied += len(chunk)
+        if copied > declared:
+            raise DownloadError(
+                f"{what} unpacks to more than the {declared} bytes its header declares: the archive is damaged or "
+                "a zip bomb, delete it and get it from a source you trust"
+            )
+        sink.write(chunk)
+
+
+def _remove(files: list[Path], dest: Path) -> None:
+    """Delete ``files`` and then the folders below ``dest`` (and ``dest``) that this leaves empty."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    folders = {
+        parent for path in files for parent in path.parents if parent == dest or dest in parent.parents
+    }
+    for folder in sorted(folders, key=lambda folder: len(folder.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _member_parts(archive: str | os.PathLike[str], info: zipfile.ZipInfo) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recyclelora.data.classes import CLASS_NAMES, NUM_CLASSES
+from recyclelora.errors import first_sentence
 from recyclelora.io import atomic_path
 
 MANIFEST_VERSION = 1
@@ -57,19 +58,24 @@ def manifest_path(root: str | os.PathLike[str], dataset: str, split: str) -> Pat
     return Path(root) / f"{dataset}_{split}.parquet"
 
 
+class ManifestError(ValueError):
+    """A manifest file that does not decode (corrupt or truncated); the message says how to restore it."""
+
+
 def write_manifest(path: str | os.PathLike[str], rows: list[dict]) -> Path:
-    """Write ``rows`` (dicts with the schema's columns) as a Parquet manifest, atomically."""
+    """Write ``rows`` (dicts with the schema's columns) as a Parquet manifest with page checksums, atomically."""
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, write_page_checksum=True)
     return Path(path)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[Sample]:
     """Read a manifest and resolve its relative paths against the manifest's folder.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a table that is not a
-    manifest of this version or that has no rows.
+    Raises ``FileNotFoundError`` for a missing file, :class:`ManifestError` for one that does not decode (a
+    changed byte anywhere fails: pages carry CRC-32 checksums, verified here) and ``ValueError`` for a table that
+    is not a manifest of this version or that has no rows.
     """
     path = Path(path)
     if not path.is_file():
@@ -77,7 +83,14 @@ def read_manifest(path: str | os.PathLike[str]) -> list[Sample]:
             f"manifest {path} does not exist: create it with `recyclelora-cli data prepare` "
             "or `recyclelora-cli data synth`"
         )
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path, page_checksum_verification=True)
+        rows = table.to_pylist()
+    except (OSError, ValueError, pa.ArrowException) as error:  # ArrowInvalid, UnicodeDecodeError: ValueError
+        raise ManifestError(
+            f"manifest {path} is corrupt ({first_sentence(error)}): restore it with `dvc checkout {path}`, or write "
+            "it again (`dvc repro data`, `recyclelora-cli data prepare` or `recyclelora-cli data synth`)"
+        ) from None
     version = (table.schema.metadata or {}).get(b"recyclelora.manifest_version")
     missing = set(SCHEMA.names) - set(table.column_names)
     if version != str(MANIFEST_VERSION).encode() or missing:
@@ -99,7 +112,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[Sample]:
             class_pixels=tuple(row["class_pixels"]),
             label_sha256=row["label_sha256"],
         )
-        for row in table.to_pylist()
+        for row in rows
     ]
 
 

@@ -15,6 +15,9 @@ the published evaluation: size ``(width // 2, height // 2)``, Pillow bicubic for
 the label; the halved image goes to ``<out>/images/mapillary/val/<key>.jpg``, re-encoded with Pillow's default
 JPEG settings (quality 75, 4:2:0 chroma) as published, or losslessly to ``<key>.png``
 (``mapillary_val_format="png"``).
+Images and labels are read by :mod:`recyclelora.data.images` (16-bit and other modes, size limit). A label is
+written on its raw image's stored pixel grid, which readers turn upright with the image by its EXIF
+orientation; a halved image is written upright, and so is its label.
 A rerun reuses a pair when its label PNG still has the checksum the previous manifest recorded and is newer
 than both raw files (so an edited raw file is converted again).
 """
@@ -37,6 +40,7 @@ from PIL.PngImagePlugin import PngInfo
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from recyclelora.data.classes import NUM_CLASSES
+from recyclelora.data.images import exif_transpose_of, open_image, orient, rgb_pixels
 from recyclelora.data.labelmaps import LabelMap, load_label_map
 from recyclelora.data.manifest import Sample, manifest_path, read_manifest, write_manifest
 from recyclelora.data.raw import RAW_DATASETS, RawDataset
@@ -44,7 +48,7 @@ from recyclelora.data.report import BadDataLog, BadFile, IgnoredValues, Problem
 from recyclelora.io import atomic_path, atomic_write_bytes, sha256_bytes
 from recyclelora.validation import validate_fields
 
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_DECODE_ERRORS = (OSError, ValueError)  # ImageFileError is a ValueError; OpenCV raises OSError
 
 #: How the halved Mapillary validation image is stored: option value -> (Pillow format, save options, suffix).
 #: ``jpeg`` is the published preprocessing (Pillow's ``save`` defaults, spelled out); ``png`` is lossless.
@@ -306,16 +310,17 @@ def _convert(job: _Job) -> BadFile | _Converted:
         return BadFile(job.dataset, job.split, str(path), problem, detail)
 
     try:
-        with Image.open(job.image) as opened:
-            image = opened.convert("RGB")
+        with open_image(job.image) as opened:
+            transpose = exif_transpose_of(opened)
+            image = rgb_pixels(opened, job.image)
     except _DECODE_ERRORS as error:
         return bad(job.image, Problem.UNREADABLE, f"image: {type(error).__name__}: {error}")
     try:
         values = job.read_label(job.label)
     except _DECODE_ERRORS as error:
         return bad(job.label, Problem.UNREADABLE, f"label: {type(error).__name__}: {error}")
-    if values.shape != (image.height, image.width):
-        sizes = f"label {values.shape[1]}x{values.shape[0]}, image {image.width}x{image.height} ({job.image})"
+    if values.shape != image.shape[:2]:
+        sizes = f"label {values.shape[1]}x{values.shape[0]}, image {image.shape[1]}x{image.shape[0]} ({job.image})"
         return bad(job.label, Problem.SIZE_MISMATCH, sizes)
     unknown = job.label_map.unknown_counts(values)
     if unknown and not job.label_map.unknown_to_ignore:
@@ -323,12 +328,16 @@ def _convert(job: _Job) -> BadFile | _Converted:
         detail = f"values {_head(list(unknown))} ({count} pixels) are not {job.dataset} label values"
         return bad(job.label, Problem.UNKNOWN_VALUE, detail)
     train_ids = job.label_map(values)  # with unknown_to_ignore, the unknown values become 255 here
-    if job.image_out is not None and job.image_format is not None:
-        size = (max(1, image.width // 2), max(1, image.height // 2))
+    if job.image_out is not None and job.image_format is not None:  # a new image, upright: so is its label
+        upright = Image.fromarray(orient(image, transpose))
+        size = (max(1, upright.width // 2), max(1, upright.height // 2))
         image_format, options, _ = MAPILLARY_VAL_FORMATS[job.image_format]
         with atomic_path(job.image_out) as tmp:
-            image.resize(size, Image.Resampling.BICUBIC).save(tmp, format=image_format, **options)
-        train_ids = np.asarray(Image.fromarray(train_ids).resize(size, Image.Resampling.NEAREST))
+            upright.resize(size, Image.Resampling.BICUBIC).save(tmp, format=image_format, **options)
+        train_ids = np.asarray(
+            Image.fromarray(orient(train_ids, transpose)).resize(size, Image.Resampling.NEAREST)
+        )
+        transpose = None  # the new pair is upright as written
     info = None
     if unknown:
         info = PngInfo()
@@ -336,9 +345,10 @@ def _convert(job: _Job) -> BadFile | _Converted:
     buffer = io.BytesIO()
     Image.fromarray(train_ids).save(buffer, format="PNG", pnginfo=info)
     atomic_write_bytes(job.label_out, buffer.getvalue())
+    height, width = orient(train_ids, transpose).shape  # upright, as readers return the pair
     row.update(
-        height=train_ids.shape[0],
-        width=train_ids.shape[1],
+        height=height,
+        width=width,
         class_pixels=np.bincount(train_ids.ravel(), minlength=256)[:NUM_CLASSES].tolist(),
         label_sha256=sha256_bytes(buffer.getvalue()),
     )

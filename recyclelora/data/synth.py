@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from recyclelora.data.classes import CLASS_NAMES, NUM_CLASSES
+from recyclelora.data.images import read_pair
 from recyclelora.data.manifest import Sample, manifest_path, read_manifest, write_manifest
 from recyclelora.data.prepare import default_workers
 from recyclelora.data.synth_config import SynthConfig
@@ -230,10 +231,8 @@ def colour_stats(samples: list[Sample]) -> ColourStats:
     squares = np.zeros((NUM_CLASSES, 3))
     pixels = np.zeros(NUM_CLASSES)
     for sample in samples:
-        with Image.open(sample.image) as handle:
-            image = np.asarray(handle.convert("RGB"), dtype=np.float64).reshape(-1, 3)
-        with Image.open(sample.label) as handle:
-            label = np.asarray(handle).ravel()
+        rgb, values = read_pair(sample.image, sample.label)
+        image, label = rgb.reshape(-1, 3).astype(np.float64), values.ravel()
         keep = label < NUM_CLASSES
         for channel in range(3):
             sums[:, channel] += np.bincount(label[keep], image[keep, channel], NUM_CLASSES)

@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from recyclelora.data.classes import NUM_CLASSES
+from recyclelora.data.images import DEFAULT_MAX_PIXELS, check_max_pixels, open_image, read_image
 from recyclelora.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ResizeConfig, image_tensor, normalize
 from recyclelora.eval.evaluate import PROTOCOL_SLIDING, PredictionWriter
 from recyclelora.eval.sliding import Predict, SlidingWindowConfig, slide_inference, whole_inference
@@ -60,20 +59,6 @@ class InferencePredictor:
         return scores
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file as an (H, W, 3) uint8 RGB array; a missing or unreadable file raises a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as handle:
-            return np.asarray(handle.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for unknown or truncated files
-        raise ValueError(
-            f"image {path} is corrupt or not an image PIL can read ({error}): replace it"
-        ) from None
-
-
 #: File endings of the images a folder given to :func:`predict_images` contributes.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -103,14 +88,18 @@ def predict_images(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[Path]:
     """Write the argmax of ``predict`` for each image as ``out/pred/<stem>.png`` (8-bit trainIds at the
     image's size) and, with ``overlays``, the class colours over the image at ``out/pred_overlay/<stem>.png``.
 
     ``predict`` sees one normalised ``(1, 3, H, W)`` image at its original size (e.g. a
-    :class:`InferencePredictor`). A folder stands for the images directly inside it. Images with the same
-    stem are refused before any inference.
+    :class:`InferencePredictor`). Each image is read upright and as a viewer shows it, and refused above
+    ``max_pixels`` (:func:`~recyclelora.data.images.read_image`). A folder stands for the images directly inside
+    it. Images with the same stem, missing or unidentifiable files and images above ``max_pixels`` are refused
+    from their headers before any is decoded or predicted.
     """
+    check_max_pixels(max_pixels)
     paths = expand_images(images)
     if not paths:
         raise ValueError("no image to predict: pass at least one image file")
@@ -122,13 +111,16 @@ def predict_images(
                 "overwrite each other: predict them in separate runs"
             )
         stems[path.stem] = path
+        with open_image(path, max_pixels):
+            pass
     writer = PredictionWriter(out, overlays, mean, std)
     written = []
     columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress) as bar, torch.inference_mode():
         task = bar.add_task("predict", total=len(paths))
         for path in paths:
-            image = normalize(image_tensor(read_image(path)), tuple(mean), tuple(std)).to(device)
+            pixels = read_image(path, max_pixels=max_pixels)
+            image = normalize(image_tensor(pixels), tuple(mean), tuple(std)).to(device)
             pred = predict(image.unsqueeze(0)).argmax(1)[0]
             writer.write(PREDICTION_FOLDER, path.stem, pred, image)
             written.append(Path(out) / PREDICTION_FOLDER / f"{path.stem}.png")

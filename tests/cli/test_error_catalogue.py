@@ -7,11 +7,13 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import struct
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -27,6 +29,9 @@ from recyclelora.data.download import GTA5_PARTS
 from recyclelora.models import BackboneConfig, ModelConfig, build_segmentor, save_segmentor
 from recyclelora.train.state import STATE_FILE
 from tests.cli import TINY_VIT, runner, save_tiny_checkpoint, tiny_config, write_dataset
+from tests.data.test_download import zip_bomb, zip_of_zeros
+from tests.data.test_images import png_chunk, write_huge_png
+from tests.data.test_manifest import body_end as manifest_body_end
 from tests.local_server import serve_replies
 from tests.models.test_checkpoint_digest import flip_bytes, largest_tensor
 
@@ -240,6 +245,84 @@ def _(ctx: Ctx):
     out = ctx.tmp / "gta5"
     args = ["data", "download", "gta5", "--out", str(out), "--base-url", f"{url}/gta5/"]
     return args, lambda: not (out / "raw").exists() and not (ctx.tmp / "evil.png").exists() or pytest.fail("wrote")
+
+
+@case("predict: a 13000 x 13000 PNG of 165 KB, refused from its header before decoding",
+      "huge.png is too large to read: 13000 x 13000 = 169000000 pixels", "--max-pixels")  # fmt: skip
+def _(ctx: Ctx):
+    huge = write_huge_png(ctx.tmp / "huge.png")
+    out = ctx.tmp / "pred"
+    args = ["predict", str(huge), "--model", str(ctx.checkpoint()), "--out", str(out), "--crop", "56"]
+    return args, lambda: not out.exists() or pytest.fail("predict wrote output")
+
+
+@case("predict: a 30000 x 30000 PNG, over Pillow's own limit", "bomb.png is too large to read: over Pillow's own")
+def _(ctx: Ctx):
+    bomb = ctx.tmp / "bomb.png"
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IEND", b""))
+    out = ctx.tmp / "pred"
+    args = ["predict", str(bomb), "--model", str(ctx.checkpoint()), "--out", str(out), "--crop", "56"]
+    return args, lambda: not out.exists() or pytest.fail("predict wrote output")
+
+
+@case("eval: an image above --max-pixels", "cannot read a sample of dataset 'd'",
+      "s0.png is too large to read: 84 x 56 = 4704 pixels, above the limit of 4000")  # fmt: skip
+def _(ctx: Ctx):
+    manifest = ctx.dataset()
+    return ["eval", "--model", str(ctx.checkpoint()), "--data", str(manifest), "--crop", "56",
+            "--max-pixels", "4000"], None  # fmt: skip
+
+
+@case("eval: a colour (RGB) label", "s1_label.png has PIL mode 'RGB', not one class value per pixel")
+def _(ctx: Ctx):
+    manifest = ctx.dataset()
+    label = ctx.tmp / "d" / "val" / "s1_label.png"
+    with Image.open(label) as opened:
+        opened.convert("RGB").save(label)
+    return ["eval", "--model", str(ctx.checkpoint()), "--data", str(manifest), "--crop", "56"], None
+
+
+@case("data check: a floating-point image", "data check: 1 of 2 samples", "s1.png has PIL mode 'F'")
+def _(ctx: Ctx):
+    manifest = ctx.dataset()
+    image = ctx.tmp / "d" / "val" / "s1.png"
+    with Image.open(image) as opened:
+        pixels = np.asarray(opened.convert("L"), dtype=np.float32) / 255
+    Image.fromarray(pixels).save(image, format="TIFF")
+    return ["data", "check", str(manifest), "--cache-dir", str(ctx.tmp / "cache")], None
+
+
+def corrupt_manifest(ctx: Ctx) -> Path:
+    """The tiny dataset's manifest with 16 bytes inverted in the middle of its column data, footer intact."""
+    manifest = ctx.dataset()
+    data = bytearray(manifest.read_bytes())
+    middle = manifest_body_end(bytes(data)) // 2
+    data[middle : middle + 16] = bytes(255 - byte for byte in data[middle : middle + 16])
+    manifest.write_bytes(data)
+    return manifest
+
+
+@case("eval: a manifest corrupted in the middle", "d_val.parquet is corrupt", "dvc checkout", "dvc repro data")
+def _(ctx: Ctx):
+    return ["eval", "--model", str(ctx.checkpoint()), "--data", str(corrupt_manifest(ctx)), "--crop", "56"], None
+
+
+@case("data check: a manifest corrupted in the middle", "d_val.parquet is corrupt", "dvc checkout")
+def _(ctx: Ctx):
+    manifest = corrupt_manifest(ctx)
+    return ["data", "check", str(manifest), "--cache-dir", str(ctx.tmp / "cache")], None
+
+
+@case("data download: a 1 MB zip holding a 1 GiB member", "01_images.zip: member '00001.png' unpacks to 1073741824",
+      "zip bomb", "nothing was unpacked")  # fmt: skip
+def _(ctx: Ctx):
+    zips = {f"/gta5/{part}": (200, "application/zip", zip_of_zeros("00001.png", 1 << 20)) for part in GTA5_PARTS}
+    zips["/gta5/01_images.zip"] = (200, "application/zip", zip_bomb())
+    url = SERVERS.enter(serve_replies(zips))
+    out = ctx.tmp / "gta5"
+    args = ["data", "download", "gta5", "--out", str(out), "--base-url", f"{url}/gta5/"]
+    return args, lambda: not (out / "raw").exists() or pytest.fail(f"unpacked {files_of(out / 'raw')}")
 
 
 @case("stage: MLFLOW_TRACKING_URI answered by a web page", "is not an MLflow tracking server", "HTTP 404")

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import re
 import stat
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +27,8 @@ from recyclelora.cli.main import app
 from recyclelora.data.download import (
     GTA5_PARTS,
     DownloadError,
+    UnpackLimits,
+    _copy_declared,
     cityscapes_login,
     download_file,
     extract_zip,
@@ -413,3 +418,120 @@ def test_cityscapes_login_uses_the_given_credentials_and_stores_none(
         with pytest.raises(DownloadError, match="login failed .*Bad credentials.*CITYSCAPES_USERNAME"):
             cityscapes_login("alice", "wrong")
         assert stored.is_file()
+
+
+def files_below(folder: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()
+    }
+
+
+def deflated_zeros(size: int) -> tuple[bytes, int]:
+    """Raw deflate data of ``size`` zero bytes (whole MiB) and their CRC-32, made in well under a second: one
+    MiB compressed with a full flush (self-contained, byte-aligned blocks) repeated, then an empty final block."""
+    chunk = bytes(1 << 20)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(size >> 20):
+        crc = zlib.crc32(chunk, crc)
+    return block * (size >> 20) + b"\x03\x00", crc
+
+
+def zip_of_zeros(name: str, size: int, declared: int | None = None, before: bytes = b"") -> bytes:
+    """A zip (written by hand: zipfile cannot store ready-compressed data) whose member ``name`` inflates to
+    ``size`` zero bytes while its headers declare ``declared`` (default: the truth); with ``before``, a stored
+    member ``first.png`` holding those bytes comes first."""
+    data, crc = deflated_zeros(size)
+    members = [(b"first.png", 0, before, zlib.crc32(before), len(before))] if before else []
+    members.append((name.encode(), 8, data, crc, size if declared is None else declared))
+    local, central = b"", b""
+    for filename, method, payload, checksum, length in members:
+        fields = struct.pack("<HHHHHIII", 20, 0, method, 0, 0x21, checksum, len(payload), length)
+        central += struct.pack("<IH", 0x02014B50, 20) + fields
+        central += struct.pack("<HHHHHII", len(filename), 0, 0, 0, 0, 0, len(local)) + filename
+        local += (
+            struct.pack("<I", 0x04034B50) + fields + struct.pack("<HH", len(filename), 0) + filename + payload
+        )
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(local), 0)
+    return local + central + end
+
+
+@functools.cache
+def zip_bomb() -> bytes:
+    """A 1 MB zip whose one member, 00001.png, inflates to 1 GiB of zeros."""
+    return zip_of_zeros("00001.png", 1 << 30)
+
+
+def test_the_zip_bomb_is_what_it_claims(tmp_path: Path) -> None:
+    """Its member really inflates to 1 GiB (read through, not written): the refusal below is of a real bomb."""
+    archive = tmp_path / "bomb.zip"
+    archive.write_bytes(zip_of_zeros("zeros", 8 << 20))
+    with zipfile.ZipFile(archive) as zipped, zipped.open("zeros") as member:
+        assert sum(len(chunk) for chunk in iter(lambda: member.read(1 << 20), b"")) == 8 << 20
+    assert len(zip_bomb()) < 1_100_000
+    with zipfile.ZipFile(io.BytesIO(zip_bomb())) as zipped:
+        assert zipped.getinfo("00001.png").file_size == 1 << 30
+
+
+def test_extract_zip_refuses_a_zip_bomb_before_unpacking(tmp_path: Path) -> None:
+    archive = tmp_path / "01_images.zip"
+    archive.write_bytes(zip_bomb())
+    with pytest.raises(DownloadError) as caught:
+        extract_zip(archive, tmp_path / "raw", into="images")
+    message = str(caught.value)
+    assert message.startswith(f"{archive}: member '00001.png' unpacks to 1073741824 bytes from ")
+    assert "(1011 x, above 100 x); nothing was unpacked" in message and "zip bomb" in message
+    assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize(
+    ("limits", "problem"),
+    [
+        (UnpackLimits(member_bytes=3000), "member 'b.png' unpacks to 4000 bytes, above 3000"),
+        (UnpackLimits(total_bytes=5000), "its members unpack to 6000 bytes, above 5000"),
+        (
+            UnpackLimits(total_ratio=2, ratio=1000, ratio_floor=100),
+            "its members unpack to 6000 bytes, 3 x its size (above 2 x)",
+        ),
+        (
+            UnpackLimits(ratio=50, ratio_floor=100),
+            "member 'b.png' unpacks to 4000 bytes from",  # about 20 compressed bytes, ratio about 200
+        ),
+    ],
+)
+def test_extract_zip_holds_members_and_the_whole_archive_to_its_limits(
+    limits: UnpackLimits, problem: str, tmp_path: Path
+) -> None:
+    archive = tmp_path / "parts.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        zipped.writestr("a.png", np.random.default_rng(0).bytes(2000))  # does not compress
+        zipped.writestr("b.png", bytes(4000))
+    assert len(extract_zip(archive, tmp_path / "fine")) == 2  # within the default limits
+    with pytest.raises(DownloadError) as caught:
+        extract_zip(archive, tmp_path / "raw", limits=limits)
+    assert str(caught.value).startswith(f"{archive}: {problem}") and "; nothing was unpacked" in str(caught.value)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_member_larger_than_its_header_says_is_refused_and_the_unpacked_files_removed(
+    tmp_path: Path,
+) -> None:
+    archive = tmp_path / "parts.zip"
+    archive.write_bytes(zip_of_zeros("images/liar.png", 8 << 20, declared=1000, before=b"a good frame"))
+    (tmp_path / "raw" / "images").mkdir(parents=True)
+    (tmp_path / "raw" / "images" / "kept.png").write_bytes(b"unpacked before")
+    with pytest.raises(
+        DownloadError, match=rf"{archive} is not a valid zip \(Bad CRC-32 .*; the 1 file\(s\)"
+    ):
+        extract_zip(archive, tmp_path / "raw", into="images")
+    assert files_below(tmp_path / "raw") == {"images/kept.png": b"unpacked before"}
+
+
+def test_unpacking_stops_at_the_declared_size_whatever_the_reader_gives() -> None:
+    sink = io.BytesIO()
+    with pytest.raises(
+        DownloadError, match="x.zip: member 'a' unpacks to more than the 1000 bytes its header"
+    ):
+        _copy_declared(io.BytesIO(bytes(5000)), sink, 1000, "x.zip: member 'a'")
+    assert len(sink.getvalue()) <= 1000

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 from typer.testing import CliRunner
 
 from recyclelora.cli.main import app
+from recyclelora.data.dataset import load_pair
 from recyclelora.data.manifest import manifest_path, read_manifest
 from recyclelora.data.prepare import prepare_dataset
 from recyclelora.data.raw import RAW_DATASETS
@@ -225,3 +226,27 @@ def test_cli_prepare(gta5: RawFixture, tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "leftImg8bit" in missing.output
     bad_split = runner.invoke(app, [*args, "--split", "val"])
     assert bad_split.exit_code == 1 and "split='val'" in bad_split.output
+
+
+def test_exif_rotated_raw_images_come_out_upright_with_their_labels(tmp_path: Path) -> None:
+    """Raw images stored sideways with EXIF orientation 6, their labels sideways on the same stored grid: the
+    prepared pairs read upright and aligned, as the upright originals do (halved validation pairs included)."""
+    fx = build("mapillary", tmp_path / "raw")
+    upright = prepare_dataset("mapillary", fx.raw, tmp_path / "upright", workers=1)
+    expected = [[load_pair(sample) for sample in read_manifest(split.manifest)] for split in upright.splits]
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    for path in sorted(fx.raw.glob("*/images/*.jpg")) + sorted(fx.raw.glob("*/v1.2/labels/*.png")):
+        with Image.open(path) as opened:
+            stored = opened.transpose(Image.Transpose.ROTATE_90)
+        if path.suffix == ".jpg":
+            stored.save(path, quality=100, exif=exif)
+        else:
+            stored.save(path)
+    rotated = prepare_dataset("mapillary", fx.raw, tmp_path / "rotated", workers=1)
+    for pairs, split in zip(expected, rotated.splits, strict=True):
+        for (want_image, want_label), sample in zip(pairs, read_manifest(split.manifest), strict=True):
+            image, label = load_pair(sample)
+            assert (sample.height, sample.width) == label.shape == want_label.shape == image.shape[:2]
+            assert np.array_equal(label, want_label)
+            assert np.abs(image.astype(int) - want_image).mean() < 12  # JPEG re-encoding only

@@ -14,31 +14,34 @@ SPLIT = "{split}"
 
 
 def read_index_png(path: Path) -> np.ndarray:
-    """Class values of an 8-bit single-channel PNG: grey levels (mode L) or palette indices (mode P)."""
-    import numpy as np
-    from PIL import Image
+    """Class values of a label image as stored: grey levels (mode L) or palette indices (mode P), exactly
+    (:func:`recyclelora.data.images.read_label`)."""
+    from recyclelora.data.images import read_label
 
-    with Image.open(path) as image:
-        if image.mode not in ("L", "P"):
-            raise ValueError(f"mode {image.mode}, expected an 8-bit single-channel (L or palette) label PNG")
-        return np.asarray(image)
+    return read_label(path)
 
 
 def read_red_channel_png16(path: Path) -> np.ndarray:
     """First (red) channel of a 16-bit multi-channel PNG, as uint16 (SYNTHIA's class ids).
 
-    Pillow reduces 16-bit colour PNGs to 8 bits, so OpenCV decodes it; OpenCV orders channels BGR(A),
-    so red is channel 2.
+    Pillow reduces 16-bit colour PNGs to 8 bits, so OpenCV decodes it, after Pillow has checked its size
+    from the header (:func:`recyclelora.data.images.open_image`); OpenCV orders channels BGR(A), so red is
+    channel 2. Like every label, it is read as stored, without an orientation of its own.
     """
     import cv2
     import numpy as np
 
+    from recyclelora.data.images import ImageFileError, open_image
+
+    with open_image(path):
+        pass
     values = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if values is None:
-        raise OSError("cannot be decoded as PNG")
+        raise ImageFileError(f"label {path} cannot be decoded as PNG: restore or replace it")
     if values.dtype != np.uint16 or values.ndim != 3 or values.shape[2] < 3:
-        raise ValueError(
-            f"{values.dtype} array of shape {values.shape}, expected a 16-bit PNG with 3 or 4 channels"
+        raise ImageFileError(
+            f"label {path} is a {values.dtype} array of shape {values.shape}, expected a 16-bit PNG with 3 or 4 "
+            "channels (SYNTHIA's GT/LABELS)"
         )
     return values[:, :, 2]
 
