@@ -5,7 +5,7 @@
 Writes ``--frames`` GTAV-shaped frames (1914 x 1052) in GTAV's distributed layout (``images/00001.png`` RGB,
 ``labels/00001.png`` palette PNGs of Cityscapes label ids) into a scratch folder: scenes of the embedded
 benchmark's source domain (``recyclelora.data.synth``: large flat regions) with Gaussian sensor noise of
-``--noise`` grey levels, which gives PNG sizes of real game frames (about 2.3 MB at the default). Then prints
+``--noise`` grey levels, so that the PNGs take megabytes as rendered frames do (about 2.3 MB at the default). Then prints
 
 - frames per second of ``prepare_dataset("gta5")`` on them (each run into a fresh folder) and of
   ``check_manifest`` on the prepared manifest, with one worker and with every usable core;
