@@ -1,11 +1,12 @@
 """The training data path at the paper's resolution, side by side with mmseg's, and the data stage's speed.
 
-    python -m benchmarks.bench_datapath [--frames 12] [--rounds 8] [--mmseg-python /work/venv-mmseg/bin/python]
+    python -m benchmarks.bench_datapath [--frames 12] [--rounds 10] [--mmseg-python PYTHON]
 
 Writes ``--frames`` GTAV-shaped frames (1914 x 1052) in GTAV's distributed layout (``images/00001.png`` RGB,
 ``labels/00001.png`` palette PNGs of Cityscapes label ids) into a scratch folder: scenes of the embedded
 benchmark's source domain (``recyclelora.data.synth``: large flat regions) with Gaussian sensor noise of
-``--noise`` grey levels, so that the PNGs take megabytes as rendered frames do (about 2.3 MB at the default). Then prints
+``--noise`` grey levels, so that the PNGs take megabytes as rendered frames do (2.3 MB at the default).
+Then prints
 
 - frames per second of ``prepare_dataset("gta5")`` on them (each run into a fresh folder) and of
   ``check_manifest`` on the prepared manifest, with one worker and with every usable core;
@@ -16,8 +17,8 @@ benchmark's source domain (``recyclelora.data.synth``: large flat regions) with 
   every frame each, interleaved round by round; the goal is ours <= 1.0 x mmseg's seconds, i.e. at least its
   samples per second per worker. mmseg's side ends at ``PackSegInputs`` (uint8; it normalises on the GPU in
   ``SegDataPreProcessor``); ours ends normalised (float32), as our workers ship it;
-- the image file's decode alone by Pillow (as ``load_pair`` reads it, and without its ``convert("RGB")``) and by
-  OpenCV (as mmseg's ``LoadImageFromFile``, and straight to RGB), interleaved;
+- the image file's decode alone by Pillow (as ``load_pair`` reads it, and without its ``convert("RGB")``)
+  and by OpenCV (as mmseg's ``LoadImageFromFile``, and straight to RGB), interleaved;
 - the data workers one GPU needs at the preset's batch for each ``--step-seconds`` (assumed GPU step times).
 
 Every process uses ``--threads`` torch and OpenCV threads (1: the cost per worker).
@@ -77,7 +78,7 @@ def write_gtav_frames(raw: Path, frames: int, noise: float) -> None:
 
 
 def pillow(path: str, convert: bool) -> np.ndarray:
-    """An RGB PNG decoded by Pillow, with ``convert("RGB")`` as ``load_pair`` does or without (the same pixels)."""
+    """An RGB PNG decoded by Pillow, with ``convert("RGB")`` as ``load_pair`` does or without (same pixels)."""
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB") if convert else image)
 
@@ -140,7 +141,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--frames", type=int, default=12)
-    parser.add_argument("--rounds", type=int, default=8, help="interleaved passes over the frames per side")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved passes over the frames per side")
     parser.add_argument("--noise", type=float, default=1.0, help="sensor noise (grey levels) on the frames")
     parser.add_argument("--preset", default="paper-g2cbm")
     parser.add_argument("--mmseg-python", default="/work/venv-mmseg/bin/python")

@@ -1,5 +1,5 @@
-"""benchmarks/bench_datapath.py's frames are GTAV's layout and format, of a real frame's size class, and prepare
-back to the scene they were drawn from (the mmseg comparison itself needs mmseg's own environment)."""
+"""benchmarks/bench_datapath.py's frames are GTAV's layout and format, PNGs of megabytes, and prepare back
+to the scene they were drawn from (the mmseg comparison itself needs mmseg's own environment)."""
 
 from __future__ import annotations
 

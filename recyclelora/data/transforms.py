@@ -327,7 +327,7 @@ def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> 
 
 def convert(image: np.ndarray, alpha: float, beta: float = 0.0) -> np.ndarray:
     """``clip(float32(image) * alpha + beta, 0, 255)`` truncated to uint8 (PhotoMetricDistortion.convert) of a
-    uint8 image: the formula is computed for the 256 :data:`LEVELS` and looked up per pixel (the same values)."""
+    uint8 image: the formula is computed for the 256 :data:`LEVELS`, then looked up per pixel (same values)."""
     table = np.clip(LEVELS.astype(np.float32) * float(alpha) + float(beta), 0, 255).astype(np.uint8)
     return cv2.LUT(image, table)
 
