@@ -36,6 +36,8 @@ from recyclelora.validation import validate_fields
 IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 SCALE_RATIOS: tuple[float, ...] = tuple(round(0.1 * step, 1) for step in range(5, 21))
+#: The 256 values of a uint8 pixel: the per-pixel maps below are computed on these once, then looked up.
+LEVELS = np.arange(256, dtype=np.uint8)
 #: Where the training pad to the crop size happens (see the module docstring).
 PadAt = Literal["before_flip", "after_normalize"]
 
@@ -155,26 +157,42 @@ def _as_tensor(array: ImageLike) -> torch.Tensor:
     return torch.as_tensor(array)
 
 
+def _check_image(shape: tuple[int, ...], is_uint8: bool, dtype: object) -> None:
+    if not is_uint8 or len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"expected an RGB image of shape (H, W, 3) and dtype uint8, got {shape} {dtype}")
+
+
+def _check_label(shape: tuple[int, ...], is_uint8: bool, dtype: object, size: tuple[int, ...]) -> None:
+    if not is_uint8 or shape != size:
+        raise ValueError(f"expected a uint8 label of shape {size} (the image's), got {shape} {dtype}")
+
+
 def image_tensor(image: ImageLike) -> torch.Tensor:
     """(H, W, 3) uint8 array or tensor -> (3, H, W) uint8 tensor."""
     tensor = _as_tensor(image)
-    if tensor.dtype != torch.uint8 or tensor.ndim != 3 or tensor.shape[2] != 3:
-        raise ValueError(
-            f"expected an RGB image of shape (H, W, 3) and dtype uint8, "
-            f"got {tuple(tensor.shape)} {tensor.dtype}"
-        )
+    _check_image(tuple(tensor.shape), tensor.dtype == torch.uint8, tensor.dtype)
     return tensor.permute(2, 0, 1).contiguous()
 
 
 def label_tensor(label: ImageLike, image: torch.Tensor) -> torch.Tensor:
     """(H, W) uint8 trainId array or tensor -> (1, H, W) uint8 tensor, checked against the image size."""
     tensor = _as_tensor(label)
-    if tensor.dtype != torch.uint8 or tuple(tensor.shape) != tuple(image.shape[1:]):
-        raise ValueError(
-            f"expected a uint8 label of shape {tuple(image.shape[1:])} (the image's), "
-            f"got {tuple(tensor.shape)} {tensor.dtype}"
-        )
+    _check_label(tuple(tensor.shape), tensor.dtype == torch.uint8, tensor.dtype, tuple(image.shape[1:]))
     return tensor[None]
+
+
+def _as_array(array: ImageLike) -> np.ndarray:
+    """A numpy view of ``array`` (a CPU tensor's memory, or a read-only array as it is): nothing copied."""
+    return array.numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+
+
+def image_label_arrays(image: ImageLike, label: ImageLike) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 image and (H, W) uint8 label as numpy views, checked as :func:`image_tensor` and
+    :func:`label_tensor` check them, without the copies a channel-first tensor costs."""
+    img, lbl = _as_array(image), _as_array(label)
+    _check_image(img.shape, img.dtype == np.uint8, img.dtype)
+    _check_label(lbl.shape, lbl.dtype == np.uint8, lbl.dtype, img.shape[:2])
+    return img, lbl
 
 
 def normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -189,15 +207,16 @@ class TrainTransform:
         self.config = config
         self.short_edges = tuple(int(config.base_size * ratio) for ratio in config.scale_ratios)
         """Candidate short edges ``int(base_size * ratio)``, RandomChoiceResize's ``scales``."""
+        levels = torch.from_numpy(LEVELS).expand(3, 1, len(LEVELS))
+        self.normalized_levels = normalize(levels, config.mean, config.std)[:, 0].numpy()
+        """``normalized_levels[c, v]``: :func:`normalize`'s value for ``v`` in channel ``c`` (3 x 256)."""
 
     def __call__(
         self, image: ImageLike, label: ImageLike, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The module docstring's steps: (3, crop_h, crop_w) float32 image, (crop_h, crop_w) int64 label."""
         cfg = self.config
-        img_t = image_tensor(image)
-        img = np.ascontiguousarray(img_t.permute(1, 2, 0).numpy())
-        lbl = np.ascontiguousarray(label_tensor(label, img_t)[0].numpy())
+        img, lbl = image_label_arrays(image, label)
         edge = self.short_edges[int(rng.integers(len(self.short_edges)))]
         img, lbl = resize_pair(img, lbl, self.resized_size(*lbl.shape, edge))
         top, left = self.crop_origin(lbl, rng)
@@ -205,7 +224,7 @@ class TrainTransform:
         window = (slice(top, top + crop_h), slice(left, left + crop_w))
         img, lbl = img[window], lbl[window]
         pad = (0, crop_w - img.shape[1], 0, crop_h - img.shape[0])  # left, right, top, bottom
-        if cfg.pad_at == "before_flip":
+        if cfg.pad_at == "before_flip" and (pad[1] or pad[3]):
             img = np.pad(img, ((0, pad[3]), (0, pad[1]), (0, 0)), constant_values=0)
             lbl = np.pad(lbl, ((0, pad[3]), (0, pad[1])), constant_values=IGNORE_INDEX)
         if rng.random() < cfg.flip_prob:
@@ -213,11 +232,19 @@ class TrainTransform:
         img = np.ascontiguousarray(img)
         if cfg.photometric:
             img = self.photometric(img, rng)
-        out = normalize(torch.from_numpy(img).permute(2, 0, 1), cfg.mean, cfg.std)
+        out = self.normalize(img)
         lbl_t = torch.from_numpy(np.ascontiguousarray(lbl)).long()
         if cfg.pad_at == "after_normalize":
             out, lbl_t = F.pad(out, pad, value=0.0), F.pad(lbl_t, pad, value=IGNORE_INDEX)
         return out, lbl_t
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        """:func:`normalize` of an (H, W, 3) uint8 image as a (3, H, W) float32 tensor: the same values,
+        looked up per channel in :attr:`normalized_levels` instead of computed per pixel."""
+        out = np.empty((3, *image.shape[:2]), np.float32)
+        for channel, plane in enumerate(cv2.split(image)):
+            out[channel] = cv2.LUT(plane, self.normalized_levels[channel])
+        return torch.from_numpy(out)
 
     def resized_size(self, height: int, width: int, short_edge: int) -> tuple[int, int]:
         """(height, width) of mmseg's ResizeShortestEdge followed by mmcv's keep-ratio ``imrescale``.
@@ -299,8 +326,10 @@ def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> 
 
 
 def convert(image: np.ndarray, alpha: float, beta: float = 0.0) -> np.ndarray:
-    """``clip(float32(image) * alpha + beta, 0, 255)`` truncated to uint8 (PhotoMetricDistortion.convert)."""
-    return np.clip(image.astype(np.float32) * float(alpha) + float(beta), 0, 255).astype(np.uint8)
+    """``clip(float32(image) * alpha + beta, 0, 255)`` truncated to uint8 (PhotoMetricDistortion.convert) of a
+    uint8 image: the formula is computed for the 256 :data:`LEVELS`, then looked up per pixel (same values)."""
+    table = np.clip(LEVELS.astype(np.float32) * float(alpha) + float(beta), 0, 255).astype(np.uint8)
+    return cv2.LUT(image, table)
 
 
 def scale_saturation(image: np.ndarray, factor: float) -> np.ndarray:
