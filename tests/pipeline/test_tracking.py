@@ -94,11 +94,11 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real ``mlflow server`` (SQLite backend) for the module; its process group is stopped after."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    uri = f"http://127.0.0.1:{closed_port()}"
+@contextlib.contextmanager
+def running_mlflow_server(root: Path, port: int) -> Iterator[str]:
+    """A real ``mlflow server`` on ``port`` with its SQLite store and artifacts in ``root`` (kept after it
+    stops, for a restart); its process group is stopped after the block."""
+    uri = f"http://127.0.0.1:{port}"
     command = [
         sys.executable,
         "-m",
@@ -111,12 +111,12 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--host",
         "127.0.0.1",
         "--port",
-        uri.rsplit(":", 1)[1],
+        str(port),
         "--workers",
         "1",
     ]
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(root / "server.log", "wb") as log:
+    with open(root / "server.log", "ab") as log:
         server = subprocess.Popen(
             command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
@@ -135,6 +135,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real ``mlflow server`` (SQLite backend) for the module."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server"), closed_port()) as uri:
+        yield uri
 
 
 def make_repo(path: Path) -> Path:
@@ -548,3 +555,136 @@ def test_stages_turn_mlflow_telemetry_off_unless_the_user_set_it(setting: str | 
         check=True,
     )
     assert done.stdout.strip().startswith(expected), done.stdout
+
+
+# A lost server, stop signals, a resumed child (real servers, real signals, real processes).
+
+# A stage process logging one metric per step through ``log_numbers``: argv = stage, experiment, first step,
+# end step, and the step at which it writes ``ready`` and waits for ``go`` (-1: none); ``ended`` gets the time its
+# runs were ended. RESUME=1 continues the unfinished child; FINAL=1 ends the parent. Errors exit as the CLI's (one
+# line, 128 + signum when stopped).
+STEPS = """
+import os, sys, time
+from pathlib import Path
+import typer, yaml
+from pipeline.stages._common import log_numbers
+from pipeline.tracking import stage_run
+from recyclelora.cli.common import user_errors
+
+stage, experiment, first, end, pause = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+params = yaml.safe_load(Path("params.yaml").read_text())
+final, resume = os.environ.get("FINAL") == "1", os.environ.get("RESUME") == "1"
+try:
+    with user_errors(), stage_run(
+        stage, params, repo_root=Path.cwd(), experiment=experiment, final=final, resume_child=resume
+    ):
+        for step in range(first, end):
+            if step == pause:
+                Path("ready").touch()
+                while not Path("go").exists():
+                    time.sleep(0.05)
+            log_numbers({"loss": 1.0 / (step + 1), "skipped": None}, step)
+            time.sleep(0.05)
+    Path("ended").write_text(str(time.time()))
+except typer.Exit as stop:
+    sys.exit(stop.exit_code)
+"""
+
+
+def start_steps(
+    repo: Path, uri: str, experiment: str, first: int, end: int, pause: int = -1, **env: str
+) -> subprocess.Popen[str]:
+    """Start a :data:`STEPS` stage process in ``repo`` against ``uri``."""
+    child_env = {k: v for k, v in os.environ.items() if k not in ENV_OWNED}
+    child_env |= {"PYTHONPATH": str(PROJECT_ROOT), "MLFLOW_TRACKING_URI": uri} | env
+    args = ["train", experiment, str(first), str(end), str(pause)]
+    command = [sys.executable, "-c", STEPS, *args]
+    return subprocess.Popen(
+        command, cwd=repo, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def losses(client: MlflowClient, run_id: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss"))
+
+
+def sync(repo: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m pipeline sync`` for the workspace ``repo``."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV_OWNED} | {"PYTHONPATH": str(PROJECT_ROOT)}
+    command = [sys.executable, "-m", "pipeline", "sync", "--params", str(repo / "params.yaml")]
+    return subprocess.run(
+        command, check=False, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.slow
+def test_a_server_lost_mid_stage_costs_seconds_and_sync_sends_what_was_kept(tmp_path: Path) -> None:
+    repo, store = make_repo(tmp_path / "repo"), tmp_path / "server"
+    store.mkdir()
+    port = closed_port()
+    with running_mlflow_server(store, port) as uri:
+        stage = start_steps(repo, uri, "lost", 0, 40, pause=10, FINAL="1")
+        wait_for(repo / "ready", stage)
+    # the server is gone (its process group stopped); the stage logs 30 more steps (1.5 s of sleep, about 3 s
+    # here with the server up) and ends its runs: MLflow's own retries would take 4 minutes a call
+    start = time.time()
+    (repo / "go").touch()
+    _, err = stage.communicate(timeout=300)
+    assert stage.returncode == 0, err
+    assert float((repo / "ended").read_text()) - start < 10
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and f"{uri} stopped answering" in warnings[0], err
+    assert "python -m pipeline sync" in warnings[1] and "Traceback" not in err, err
+    spool = repo / "mlflow-spool" / "records.jsonl"
+    assert spool.stat().st_size > 0
+
+    not_yet = sync(repo)  # the server is still down: one line, nothing lost
+    assert not_yet.returncode == 1 and not_yet.stderr.count("\n") == 1 and uri in not_yet.stderr, (
+        not_yet.stderr
+    )
+    with running_mlflow_server(store, port):
+        done = sync(repo)
+        assert done.returncode == 0, done.stderr
+        assert spool.read_text() == ""
+        client = MlflowClient(uri)
+        (parent,), (child,) = pipeline_runs(client, "lost")
+        assert losses(client, child.info.run_id) == [(step, 1.0 / (step + 1)) for step in range(40)]
+        assert child.info.status == "FINISHED" and parent.info.status == "FINISHED"
+        assert "skipped" not in child.data.metrics
+
+
+@pytest.mark.slow
+def test_sigterm_ends_child_and_parent_killed_and_a_resumed_child_continues(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path)
+    stage = start_steps(repo, mlflow_server, "killed", 0, 10, pause=4)
+    wait_for(repo / "ready", stage)
+    stage.send_signal(signal.SIGTERM)
+    _, err = stage.communicate(timeout=60)
+    assert stage.returncode == 128 + signal.SIGTERM == 143, err
+    assert err.splitlines()[-1] == "error: stopped by SIGTERM" and "Traceback" not in err, err
+    client = MlflowClient(mlflow_server)
+    (parent,), (child,) = pipeline_runs(client, "killed")
+    assert child.info.status == "KILLED" and parent.info.status == "KILLED"
+
+    (repo / "ready").unlink()
+    resumed = start_steps(repo, mlflow_server, "killed", 4, 8, RESUME="1", FINAL="1")
+    _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    (parent,), children = pipeline_runs(client, "killed")
+    assert [c.info.run_id for c in children] == [child.info.run_id]
+    assert children[0].info.status == "FINISHED" and parent.info.status == "FINISHED"
+    assert losses(client, child.info.run_id) == [(step, 1.0 / (step + 1)) for step in range(8)]
+
+    fresh = start_steps(repo, mlflow_server, "killed", 0, 2, RESUME="1")  # the child finished: a new one
+    assert fresh.wait(timeout=120) == 0
+    assert len(pipeline_runs(client, "killed")[1]) == 2
