@@ -14,9 +14,34 @@ Store (:func:`tracking_uri`)
     ``MLFLOW_TRACKING_URI`` at it.
 
 Unreachable server
-    :class:`TrackingServerUnreachable` is raised before any work. ``RECYCLELORA_MLFLOW_OFFLINE=1``
-    records into the local SQLite store instead, with a warning that names it. A server that answers but
-    not as MLflow's REST API (a web page, another service) raises :class:`NotAnMlflowServer`.
+    At a stage's start :class:`TrackingServerUnreachable` is raised before any work (a run's id comes from
+    the server, so a run cannot be opened without it). ``RECYCLELORA_MLFLOW_OFFLINE=1`` records into the
+    local SQLite store instead, with a warning that names it. A server that answers but not as MLflow's REST
+    API (a web page, another service) raises :class:`NotAnMlflowServer`.
+
+Lost server: tracking never costs training
+    The stages bound MLflow's HTTP retries (:data:`HTTP_RETRY_DEFAULTS`, unless the user set them): a dead
+    server costs a call about 2 s, not MLflow's 4 minutes. A server that stops answering inside a stage
+    (:class:`_SpoolingStore`) is reported in one warning line; what the stage logs from then on (metrics,
+    params, tags, run status, small artifacts) is appended to the :class:`Spool`, ``mlflow-spool/`` at the
+    main repository root (Git and DVC ignore it), without touching the network. A thread asks the server every
+    ``RECYCLELORA_MLFLOW_RETRY_SECONDS`` (30) whether it answers again; the next write then sends the spool
+    (one line says so). A stage that ends with records kept says so in one line; ``python -m pipeline sync``
+    sends them, and every stage's start tries too.
+
+Every run a stage opens is ended
+    :func:`stage_run` turns stop signals (SIGINT, SIGTERM, SIGUSR1/2) into
+    :class:`~recyclelora.signals.Interrupted` (exit ``128 + signum``): ``Interrupted`` or
+    ``KeyboardInterrupt`` ends child and parent KILLED, any other error FAILED. Opening and ending the runs
+    (headline metrics, statuses) hold signals until they are done, so a second Ctrl-C cannot leave a run
+    RUNNING.
+
+Resumed training: one run
+    ``stage_run(..., resume_child=True)`` (the train stage) continues the latest child run of the same stage
+    under the same parent that did not finish (FAILED, KILLED, or RUNNING after a crash): a training resumed
+    from its checkpoint adds its steps to the same loss curve. The parent is the same when the commit, the
+    DVC experiment and params.yaml are (the pipeline key), which is also when the train stage resumes its
+    checkpoint; a child that finished is never continued.
 
 Parent run (:func:`stage_run`)
     The stages of one ``dvc repro`` / ``dvc exp run`` are separate processes. They meet through the
@@ -24,8 +49,8 @@ Parent run (:func:`stage_run`)
     the oldest parent carrying the key is reused, also when a stage is rerun after a failure;
     ``RECYCLELORA_PARENT_RUN_ID`` names a parent explicitly. Children attach with ``parent_run_id``
     (``nested=True`` only sees runs of its own process, mlflow #2194). The parent is RUNNING while
-    stages run, FAILED after a stage fails and FINISHED when a stage opened with ``final=True``
-    succeeds; a pipeline without a final stage leaves its parent RUNNING. Uncommitted code edits do
+    stages run, FAILED after a stage fails, KILLED after one is stopped and FINISHED when a stage opened
+    with ``final=True`` succeeds; a pipeline without a final stage leaves its parent RUNNING. Uncommitted code edits do
     not change the key, so such a rerun adds children to the same parent.
 
 What the MLflow UI shows
@@ -38,8 +63,9 @@ What the MLflow UI shows
     ``RECYCLELORA_TABLE=<name>`` tags parent and children ``recyclelora.table=<name>``
     (``python -m pipeline.compare run`` sets it for its experiments), to filter one comparison's runs.
 
-Inside a stage log with MLflow's own API (``mlflow.log_metrics(values, step=step)``, ``mlflow.log_figure``);
-:func:`log_small_artifacts` keeps multi-GB files (mlflow #7564) in DVC only.
+Inside a stage log metrics, params and tags with MLflow's own API (``mlflow.log_metrics(values, step=step)``)
+and artifacts with :func:`log_small_artifacts`, which keeps multi-GB files (mlflow #7564) in DVC only: both
+are spooled while the server is lost; MLflow's own artifact calls (``mlflow.log_figure``) are not.
 """
 
 from __future__ import annotations
@@ -280,6 +306,8 @@ def _unreachable(error: BaseException) -> str | None:
     while seen is not None:
         if isinstance(seen, TrackingServerLost):
             return str(seen)
+        if isinstance(seen, requests.exceptions.HTTPError):  # an answer: 4xx, or 5xx MLflow does not retry
+            return None
         if isinstance(seen, requests.exceptions.RequestException):
             cause = re.search(r"\[Errno -?\d+\] [^'\"()]+", str(seen))
             return type(seen).__name__ + (f": {cause[0]}" if cause else "")
@@ -353,13 +381,16 @@ class Spool:
                 records.append(json.loads(line))
         return records
 
-    def send(self, stores: Callable[[str], RestStore | None]) -> tuple[int, int]:
-        """Replay the records to ``stores(uri)`` (``None``: keep that server's records), in order; returns
-        (sent, kept). A server that stops answering keeps the rest of its records; a record the server refuses
-        is dropped with a warning."""
-        sent, kept = 0, []
+    def send(self, stores: Callable[[str], RestStore | None]) -> tuple[int, set[str]]:
+        """Replay the records to ``stores(uri)`` (``None``: keep that server's records), in order; returns how
+        many were sent and the servers that stopped answering (they keep the rest of their records). A record
+        a server refuses is dropped with a warning."""
+        sent: int = 0
+        kept: list[dict] = []
+        lost: set[str] = set()
+        if not self.file.is_file():
+            return sent, lost
         with self._locked():
-            lost: set[str] = set()
             for group in self._groups(self.records()):
                 uri = group[0]["uri"]
                 store = None if uri in lost else stores(uri)
@@ -369,19 +400,19 @@ class Spool:
                 try:
                     _replay(store, uri, group, self.folder)
                     sent += len(group)
-                except MlflowException as error:
+                except (MlflowException, OSError) as error:  # OSError: an artifact's copy is gone
                     if _unreachable(error):
                         lost.add(uri)
                         kept += group
                     else:
                         _warn(
                             f"MLflow server {uri} refused {len(group)} spooled record(s) of run "
-                            f"{group[0]['run_id']}, dropped: {error.message}"
+                            f"{group[0]['run_id']}, dropped: {getattr(error, 'message', error)}"
                         )
                         self._forget(group)
             with atomic_path(self.file) as tmp:
                 tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
-        return sent, len(kept)
+        return sent, lost
 
     @staticmethod
     def _groups(records: list[dict]) -> list[list[dict]]:
@@ -600,8 +631,8 @@ class _SpoolingStore(RestStore):
 
     def _reconnect(self) -> None:
         with _uninterrupted():
-            sent, kept = self.spool.send(self._for_me)
-        if kept:  # lost again while sending
+            sent, lost = self.spool.send(self._for_me)
+        if lost:  # lost again while sending
             self._answers.clear()
             threading.Thread(target=self._watch, name="mlflow-server-watch", daemon=True).start()
             return
@@ -657,12 +688,13 @@ def sync_spool(workspace: str | os.PathLike[str]) -> int:
     uris = {record["uri"] for record in spool.records()}
     answering = {uri for uri in uris if mlflow_server_answers(uri, PROBE_TIMEOUT)}
     stores = {uri: RestStore(functools.partial(get_default_host_creds, uri)) for uri in answering}
-    sent, kept = spool.send(stores.get)
+    sent, _ = spool.send(stores.get)
+    kept = spool.records()
     if kept:
-        silent = sorted({record["uri"] for record in spool.records()})
+        silent = sorted({record["uri"] for record in kept})
         raise TrackingServerUnreachable(
-            f"{kept} MLflow record(s) stay in {spool.file}: {', '.join(silent)} did not answer; start the "
-            "server and run `python -m pipeline sync` again"
+            f"{len(kept)} MLflow record(s) stay in {spool.file}: {', '.join(silent)} did not answer; start "
+            "the server and run `python -m pipeline sync` again"
         )
     return sent
 
@@ -996,16 +1028,17 @@ def log_small_artifacts(
     if max_bytes <= 0:
         raise ValueError(f"max_bytes must be positive, got {max_bytes}")
     store = tracking_utils._get_store()
-    log = store.log_artifact if isinstance(store, _SpoolingStore) else MlflowClient().log_artifact
     skipped: list[Path] = []
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: log artifacts after the stage has written them")
         for file, destination in _files_to_log(path, artifact_path):
-            if file.stat().st_size <= max_bytes:
-                log(run.info.run_id, file, destination)
-            else:
+            if file.stat().st_size > max_bytes:
                 skipped.append(file)
+            elif isinstance(store, _SpoolingStore):
+                store.log_artifact(run.info.run_id, file, destination)
+            else:
+                mlflow.log_artifact(str(file), destination)
     if skipped:
         previous = mlflow.get_run(run.info.run_id).data.tags.get(KEPT_IN_DVC_TAG)
         lines = ([previous] if previous else []) + [
