@@ -38,10 +38,10 @@ Every run a stage opens is ended
 
 Resumed training: one run
     ``stage_run(..., resume_child=True)`` (the train stage) continues the latest child run of the same stage
-    under the same parent that did not finish (FAILED, KILLED, or RUNNING after a crash): a training resumed
-    from its checkpoint adds its steps to the same loss curve. The parent is the same when the commit, the
-    DVC experiment and params.yaml are (the pipeline key), which is also when the train stage resumes its
-    checkpoint; a child that finished is never continued.
+    under the same parent that did not finish (FAILED, KILLED, or RUNNING after a crash), so a training
+    resumed from its checkpoint adds its steps to the same loss curve. The parent is the same while the
+    commit, the DVC experiment and params.yaml are (the pipeline key); a child that finished is never
+    continued.
 
 Parent run (:func:`stage_run`)
     The stages of one ``dvc repro`` / ``dvc exp run`` are separate processes. They meet through the

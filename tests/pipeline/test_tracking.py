@@ -571,8 +571,9 @@ def test_stages_turn_mlflow_telemetry_off_unless_the_user_set_it(setting: str | 
 
 # A stage process logging one metric per step through ``log_numbers``: argv = stage, experiment, first step,
 # end step, and the steps (comma-separated) at which it writes ``ready-<step>`` and waits for ``go-<step>``;
-# ``ended`` gets the time its runs were ended. RESUME=1 continues the unfinished child; FINAL=1 ends the parent. Errors exit as the CLI's (one
-# line, 128 + signum when stopped).
+# ``ended`` gets the time its runs were ended. RESUME=1 continues the unfinished child; FINAL=1 ends the parent;
+# CTRL_C_AT_END=1 sends it two SIGINTs as it copies the headline metrics. Errors exit as the CLI's (one line,
+# 128 + signum when stopped).
 STEPS = """
 import os, sys, time
 from pathlib import Path
@@ -585,6 +586,18 @@ stage, experiment, first, end = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(
 pauses = {int(step) for step in sys.argv[5].split(",") if step}
 params = yaml.safe_load(Path("params.yaml").read_text())
 final, resume = os.environ.get("FINAL") == "1", os.environ.get("RESUME") == "1"
+if os.environ.get("CTRL_C_AT_END") == "1":  # two Ctrl-C as the runs are being ended
+    import signal
+    import pipeline.tracking as tracking
+
+    copy = tracking._copy_headline_metrics
+
+    def interrupted_copy(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        copy(*args)
+
+    tracking._copy_headline_metrics = interrupted_copy
 try:
     with user_errors(), stage_run(
         stage, params, repo_root=Path.cwd(), experiment=experiment, final=final, resume_child=resume
@@ -636,11 +649,15 @@ def sync(repo: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def repo_and_server_store(tmp_path: Path) -> tuple[Path, Path, int]:
+    """A repository, a folder for a server's store and a free port: for a server stopped and started again."""
+    (tmp_path / "server").mkdir()
+    return make_repo(tmp_path / "repo"), tmp_path / "server", closed_port()
+
+
 @pytest.mark.slow
 def test_a_server_lost_mid_stage_costs_seconds_and_sync_sends_what_was_kept(tmp_path: Path) -> None:
-    repo, store = make_repo(tmp_path / "repo"), tmp_path / "server"
-    store.mkdir()
-    port = closed_port()
+    repo, store, port = repo_and_server_store(tmp_path)
     with running_mlflow_server(store, port) as uri:
         stage = start_steps(repo, uri, "lost", 0, 40, (10,), FINAL="1")
         wait_for(repo / "ready-10", stage)
@@ -702,9 +719,7 @@ def test_sigterm_ends_child_and_parent_killed_and_a_resumed_child_continues(
 
 @pytest.mark.slow
 def test_a_server_back_mid_stage_gets_what_was_kept_at_once(tmp_path: Path) -> None:
-    repo, store = make_repo(tmp_path / "repo"), tmp_path / "server"
-    store.mkdir()
-    port = closed_port()
+    repo, store, port = repo_and_server_store(tmp_path)
     with running_mlflow_server(store, port) as uri:
         stage = start_steps(repo, uri, "back", 0, 30, (5, 15), RECYCLELORA_MLFLOW_RETRY_SECONDS="0.2")
         wait_for(repo / "ready-5", stage)
@@ -771,3 +786,18 @@ def test_spool_reads_whole_lines_and_groups_consecutive_batches_of_a_run(tmp_pat
     assert [len(group) for group in Spool._groups(records)] == [2, 1, 1]
     sent, lost = spool.send(lambda uri: None)  # no server asked: everything kept
     assert (sent, lost) == (0, set()) and len(spool.records()) == 4
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_runs_are_ended_does_not_cut_the_ending(mlflow_server: str, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    stage = start_steps(repo, mlflow_server, "ctrl-c", 0, 3, CTRL_C_AT_END="1", FINAL="1")
+    _, err = stage.communicate(timeout=120)
+    assert stage.returncode == 128 + signal.SIGINT, err
+    assert err.splitlines()[-1].startswith(
+        "error: stopped by SIGINT while the stage ended its MLflow runs"
+    ), err
+    client = MlflowClient(mlflow_server)
+    (parent,), (child,) = pipeline_runs(client, "ctrl-c")
+    assert child.info.status == "KILLED" and parent.info.status == "KILLED"
+    assert losses(client, child.info.run_id) == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
