@@ -148,6 +148,16 @@ def analyze(
     console.print(f"{means['layers']} adapter layers -> {metrics}")
 
 
+@app.command("sync")
+def sync(params: Params = Path("params.yaml")) -> None:
+    """Send to the MLflow server what stages kept while it did not answer (each stage's start tries too)."""
+    with stage_errors():
+        from pipeline.tracking import spool_path, sync_spool
+
+        sent = sync_spool(params.resolve().parent)
+    console.print(f"{sent} MLflow record(s) sent; {spool_path(params.resolve().parent)} holds none")
+
+
 @app.command("preset")
 def preset(
     name: Annotated[str, typer.Argument(help="Preset name (presets/<NAME>.yaml) or a YAML file.")],

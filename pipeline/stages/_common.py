@@ -23,16 +23,21 @@ BACKBONE_FILE = "backbone.safetensors"
 
 
 @contextlib.contextmanager
-def open_stage(stage: str, params_path: str | Path, *, final: bool = False) -> Iterator[PipelineParams]:
-    """Validate all of ``params_path`` (nothing runs on invalid params), then run as MLflow child ``stage``.
+def open_stage(
+    stage: str, params_path: str | Path, *, final: bool = False, resume_child: bool = False
+) -> Iterator[PipelineParams]:
+    """Validate all of ``params_path`` (nothing runs on invalid params), then run as MLflow child ``stage``
+    (:func:`~pipeline.tracking.stage_run`: stop signals raise ``Interrupted``, a lost server costs nothing).
 
     The child run records the params the stage reads: its ``params:`` in the workspace's dvc.yaml. The DVC
-    workspace is the folder of ``params_path``.
+    workspace is the folder of ``params_path``. ``resume_child`` continues the stage's unfinished child run of
+    the same pipeline (a resumed training: one loss curve).
     """
     params_path = Path(params_path)
     params = load_pipeline_params(params_path)
     read = params.sections(*stage_params(stage, params_path))
-    with stage_run(stage, read, repo_root=params_path.resolve().parent, final=final):
+    root = params_path.resolve().parent
+    with stage_run(stage, read, repo_root=root, final=final, resume_child=resume_child):
         yield params
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
 import json
 import os
@@ -18,7 +19,10 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import Metric, Run
+from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.rest_store import RestStore
+from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from pipeline import stages
@@ -27,18 +31,24 @@ from pipeline.tracking import (
     DB_ENV,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
+    HTTP_RETRY_DEFAULTS,
     KEPT_IN_DVC_TAG,
     OFFLINE_ENV,
     PIPELINE_KEY_TAG,
+    RETRY_ENV,
     TABLE_ENV,
     TABLE_TAG,
     NotAnMlflowServer,
+    Spool,
     TrackingServerUnreachable,
+    _unreachable,
     backbone_label,
+    bound_http_retries,
     flatten_params,
     mlflow_server_answers,
     pipeline_key,
     readable_run_name,
+    retry_seconds,
     tracking_uri,
 )
 from recyclelora.config import read_yaml
@@ -94,11 +104,11 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real ``mlflow server`` (SQLite backend) for the module; its process group is stopped after."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    uri = f"http://127.0.0.1:{closed_port()}"
+@contextlib.contextmanager
+def running_mlflow_server(root: Path, port: int) -> Iterator[str]:
+    """A real ``mlflow server`` on ``port`` with its SQLite store and artifacts in ``root`` (kept after it
+    stops, for a restart); its process group is stopped after the block."""
+    uri = f"http://127.0.0.1:{port}"
     command = [
         sys.executable,
         "-m",
@@ -111,12 +121,12 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--host",
         "127.0.0.1",
         "--port",
-        uri.rsplit(":", 1)[1],
+        str(port),
         "--workers",
         "1",
     ]
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(root / "server.log", "wb") as log:
+    with open(root / "server.log", "ab") as log:
         server = subprocess.Popen(
             command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
@@ -135,6 +145,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real ``mlflow server`` (SQLite backend) for the module."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server"), closed_port()) as uri:
+        yield uri
 
 
 def make_repo(path: Path) -> Path:
@@ -548,3 +565,239 @@ def test_stages_turn_mlflow_telemetry_off_unless_the_user_set_it(setting: str | 
         check=True,
     )
     assert done.stdout.strip().startswith(expected), done.stdout
+
+
+# A lost server, stop signals, a resumed child (real servers, real signals, real processes).
+
+# A stage process logging one metric per step through ``log_numbers``: argv = stage, experiment, first step,
+# end step, and the steps (comma-separated) at which it writes ``ready-<step>`` and waits for ``go-<step>``;
+# ``ended`` gets the time its runs were ended. RESUME=1 continues the unfinished child; FINAL=1 ends the parent;
+# CTRL_C_AT_END=1 sends it two SIGINTs as it copies the headline metrics. Errors exit as the CLI's (one line,
+# 128 + signum when stopped).
+STEPS = """
+import os, sys, time
+from pathlib import Path
+import typer, yaml
+from pipeline.stages._common import log_numbers
+from pipeline.tracking import stage_run
+from recyclelora.cli.common import user_errors
+
+stage, experiment, first, end = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+pauses = {int(step) for step in sys.argv[5].split(",") if step}
+params = yaml.safe_load(Path("params.yaml").read_text())
+final, resume = os.environ.get("FINAL") == "1", os.environ.get("RESUME") == "1"
+if os.environ.get("CTRL_C_AT_END") == "1":  # two Ctrl-C as the runs are being ended
+    import signal
+    import pipeline.tracking as tracking
+
+    copy = tracking._copy_headline_metrics
+
+    def interrupted_copy(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        copy(*args)
+
+    tracking._copy_headline_metrics = interrupted_copy
+try:
+    with user_errors(), stage_run(
+        stage, params, repo_root=Path.cwd(), experiment=experiment, final=final, resume_child=resume
+    ):
+        for step in range(first, end):
+            if step in pauses:
+                Path(f"ready-{step}").touch()
+                while not Path(f"go-{step}").exists():
+                    time.sleep(0.05)
+            log_numbers({"loss": 1.0 / (step + 1), "skipped": None}, step)
+            time.sleep(0.05)
+    Path("ended").write_text(str(time.time()))
+except typer.Exit as stop:
+    sys.exit(stop.exit_code)
+"""
+
+
+def start_steps(
+    repo: Path, uri: str, experiment: str, first: int, end: int, pauses: tuple[int, ...] = (), **env: str
+) -> subprocess.Popen[str]:
+    """Start a :data:`STEPS` stage process in ``repo`` against ``uri``."""
+    child_env = {k: v for k, v in os.environ.items() if k not in ENV_OWNED}
+    child_env |= {"PYTHONPATH": str(PROJECT_ROOT), "MLFLOW_TRACKING_URI": uri} | env
+    args = ["train", experiment, str(first), str(end), ",".join(map(str, pauses))]
+    command = [sys.executable, "-c", STEPS, *args]
+    return subprocess.Popen(
+        command, cwd=repo, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_for(path: Path, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def losses(client: MlflowClient, run_id: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss"))
+
+
+def sync(repo: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m pipeline sync`` for the workspace ``repo``."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV_OWNED} | {"PYTHONPATH": str(PROJECT_ROOT)}
+    command = [sys.executable, "-m", "pipeline", "sync", "--params", str(repo / "params.yaml")]
+    return subprocess.run(
+        command, check=False, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def repo_and_server_store(tmp_path: Path) -> tuple[Path, Path, int]:
+    """A repository, a folder for a server's store and a free port: for a server stopped and started again."""
+    (tmp_path / "server").mkdir()
+    return make_repo(tmp_path / "repo"), tmp_path / "server", closed_port()
+
+
+@pytest.mark.slow
+def test_a_server_lost_mid_stage_costs_seconds_and_sync_sends_what_was_kept(tmp_path: Path) -> None:
+    repo, store, port = repo_and_server_store(tmp_path)
+    with running_mlflow_server(store, port) as uri:
+        stage = start_steps(repo, uri, "lost", 0, 40, (10,), FINAL="1")
+        wait_for(repo / "ready-10", stage)
+    # the server is gone (its process group stopped); the stage logs 30 more steps (1.5 s of sleep, about 3 s
+    # here with the server up) and ends its runs: MLflow's own retries would take 4 minutes a call
+    start = time.time()
+    (repo / "go-10").touch()
+    _, err = stage.communicate(timeout=300)
+    assert stage.returncode == 0, err
+    assert float((repo / "ended").read_text()) - start < 10
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and f"{uri} stopped answering" in warnings[0], err
+    assert "python -m pipeline sync" in warnings[1] and "Traceback" not in err, err
+    spool = repo / "mlflow-spool" / "records.jsonl"
+    assert spool.stat().st_size > 0
+
+    not_yet = sync(repo)  # the server is still down: one line, nothing lost
+    assert not_yet.returncode == 1 and not_yet.stderr.count("\n") == 1 and uri in not_yet.stderr, (
+        not_yet.stderr
+    )
+    with running_mlflow_server(store, port):
+        done = sync(repo)
+        assert done.returncode == 0, done.stderr
+        assert spool.read_text() == ""
+        client = MlflowClient(uri)
+        (parent,), (child,) = pipeline_runs(client, "lost")
+        assert losses(client, child.info.run_id) == [(step, 1.0 / (step + 1)) for step in range(40)]
+        assert child.info.status == "FINISHED" and parent.info.status == "FINISHED"
+        assert "skipped" not in child.data.metrics
+
+
+@pytest.mark.slow
+def test_sigterm_ends_child_and_parent_killed_and_a_resumed_child_continues(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path)
+    stage = start_steps(repo, mlflow_server, "killed", 0, 10, (4,))
+    wait_for(repo / "ready-4", stage)
+    stage.send_signal(signal.SIGTERM)
+    _, err = stage.communicate(timeout=60)
+    assert stage.returncode == 128 + signal.SIGTERM == 143, err
+    assert err.splitlines()[-1] == "error: stopped by SIGTERM" and "Traceback" not in err, err
+    client = MlflowClient(mlflow_server)
+    (parent,), (child,) = pipeline_runs(client, "killed")
+    assert child.info.status == "KILLED" and parent.info.status == "KILLED"
+
+    resumed = start_steps(repo, mlflow_server, "killed", 4, 8, RESUME="1", FINAL="1")
+    _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    (parent,), children = pipeline_runs(client, "killed")
+    assert [c.info.run_id for c in children] == [child.info.run_id]
+    assert children[0].info.status == "FINISHED" and parent.info.status == "FINISHED"
+    assert losses(client, child.info.run_id) == [(step, 1.0 / (step + 1)) for step in range(8)]
+
+    fresh = start_steps(repo, mlflow_server, "killed", 0, 2, RESUME="1")  # the child finished: a new one
+    assert fresh.wait(timeout=120) == 0
+    assert len(pipeline_runs(client, "killed")[1]) == 2
+
+
+@pytest.mark.slow
+def test_a_server_back_mid_stage_gets_what_was_kept_at_once(tmp_path: Path) -> None:
+    repo, store, port = repo_and_server_store(tmp_path)
+    with running_mlflow_server(store, port) as uri:
+        stage = start_steps(repo, uri, "back", 0, 30, (5, 15), RECYCLELORA_MLFLOW_RETRY_SECONDS="0.2")
+        wait_for(repo / "ready-5", stage)
+    (repo / "go-5").touch()
+    wait_for(repo / "ready-15", stage)  # steps 5 to 14 went to the spool
+    with running_mlflow_server(store, port):
+        (repo / "go-15").touch()
+        _, err = stage.communicate(timeout=300)
+        assert stage.returncode == 0, err
+        warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+        assert len(warnings) == 2 and f"{uri} answers again" in warnings[1], err
+        assert (repo / "mlflow-spool" / "records.jsonl").read_text() == ""
+        client = MlflowClient(uri)
+        (parent,), (child,) = pipeline_runs(client, "back")
+        assert losses(client, child.info.run_id) == [(step, 1.0 / (step + 1)) for step in range(30)]
+        assert child.info.status == "FINISHED" and parent.info.status == "RUNNING"  # not a final stage
+
+
+def test_stages_bound_mlflow_retries_to_seconds_and_tell_a_silent_server_from_a_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in HTTP_RETRY_DEFAULTS:  # set, then removed: restored to absent after the test
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    bound_http_retries()
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"  # the user's
+    assert (
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        == HTTP_RETRY_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    )
+
+    def log_to(uri: str) -> MlflowException:
+        store = RestStore(functools.partial(get_default_host_creds, uri))
+        with pytest.raises(MlflowException) as error:
+            store.log_batch("0" * 32, [Metric("loss", 1.0, 0, 0)], [], [])
+        return error.value
+
+    start = time.monotonic()
+    silent = log_to(f"http://127.0.0.1:{closed_port()}")
+    assert time.monotonic() - start < 6  # MLflow's defaults: about 4 minutes
+    assert _unreachable(silent) == "ConnectionError: [Errno 111] Connection refused"
+    with serve_replies({}) as uri:  # answers every POST with 501
+        assert _unreachable(log_to(uri)) is None
+
+    assert retry_seconds() == 30
+    for bad in ("0", "-1", "soon", "inf"):
+        monkeypatch.setenv(RETRY_ENV, bad)
+        with pytest.raises(ValueError, match=RETRY_ENV):
+            retry_seconds()
+
+
+def test_spool_reads_whole_lines_and_groups_consecutive_batches_of_a_run(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    batch = {"uri": "http://a", "op": "batch", "params": [], "tags": []}
+    spool.append(batch | {"run_id": "r1", "metrics": [["loss", 1.0, 5, 0]]})
+    spool.append(batch | {"run_id": "r1", "metrics": [["loss", 0.5, 6, 1]]})
+    spool.append({"uri": "http://a", "op": "update", "run_id": "r1", "status": "FINISHED"})
+    spool.append(batch | {"run_id": "r2", "metrics": []})
+    with spool.file.open("a") as cut:  # a crash in the middle of a line
+        cut.write('{"uri": "http://a", "op": "ba')
+    records = spool.records()
+    assert [record["run_id"] for record in records] == ["r1", "r1", "r1", "r2"]
+    assert [len(group) for group in Spool._groups(records)] == [2, 1, 1]
+    sent, lost = spool.send(lambda uri: None)  # no server asked: everything kept
+    assert (sent, lost) == (0, set()) and len(spool.records()) == 4
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_runs_are_ended_does_not_cut_the_ending(mlflow_server: str, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    stage = start_steps(repo, mlflow_server, "ctrl-c", 0, 3, CTRL_C_AT_END="1", FINAL="1")
+    _, err = stage.communicate(timeout=120)
+    assert stage.returncode == 128 + signal.SIGINT, err
+    assert err.splitlines()[-1].startswith(
+        "error: stopped by SIGINT while the stage ended its MLflow runs"
+    ), err
+    client = MlflowClient(mlflow_server)
+    (parent,), (child,) = pipeline_runs(client, "ctrl-c")
+    assert child.info.status == "KILLED" and parent.info.status == "KILLED"
+    assert losses(client, child.info.run_id) == [(0, 1.0), (1, 0.5), (2, 1.0 / 3)]
