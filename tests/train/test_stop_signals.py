@@ -1,0 +1,144 @@
+"""A stop signal mid-training (Ctrl-C, ``kill``, a scheduler's preemption notice): the real ``recyclelora train``
+command in a subprocess, signalled from here once its first checkpoint is on disk. It finishes the step it is in,
+checkpoints it, says so in one line and exits with ``128 + signum``; ``--resume`` then ends with the tensors of an
+uninterrupted run. A signal to the whole process group (what a terminal and torchrun send) also reaches the
+DataLoader's worker, which must not fail the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from recyclelora.config import load_params
+from recyclelora.train.loop import train
+from tests.helpers import tiny_model_config, tiny_train_config
+
+ROOT = Path(__file__).resolve().parents[2]
+ITERATIONS = 40
+CHECKPOINT_EVERY = 4
+START_S = 240.0  # importing torch and the CLI on 2 busy cores
+
+
+def write_params(folder: Path, manifest: Path, **train_overrides: object) -> Path:
+    """params.yaml of the tiny model on the CPU (:data:`ITERATIONS` steps, a checkpoint every
+    :data:`CHECKPOINT_EVERY`) in ``folder``."""
+    transform = {"crop_size": [42, 42], "base_size": 48, "scale_ratios": [1.0]}
+    config = tiny_train_config(iterations=ITERATIONS, checkpoint_every=CHECKPOINT_EVERY, device="cpu")
+    run = {
+        "data": {"train": [str(manifest)], "transform": transform},
+        "model": tiny_model_config().to_dict(),
+        "train": dataclasses.replace(config, **train_overrides).to_dict(),
+    }
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(run))
+    return path
+
+
+def start_when_checkpointed(command: list[str], run_dir: Path, cwd: Path = ROOT) -> subprocess.Popen:
+    """Start ``command`` in a session of its own (output to files beside ``run_dir``); return once the first
+    checkpoint of ``run_dir`` is on disk, the process still training."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with open(run_dir.with_name("stdout"), "w") as out, open(run_dir.with_name("stderr"), "w") as err:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True)
+    deadline = time.monotonic() + START_S
+    while not (run_dir / "checkpoints" / "latest").is_file():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no checkpoint:\n{run_dir.with_name('stderr').read_text()[-3000:]}")
+        time.sleep(0.01)
+    return process
+
+
+def stopped_step(process: subprocess.Popen, run_dir: Path, signum: int) -> int:
+    """Wait for the signalled process; check its exit code, its one stderr line and its checkpoint; the step."""
+    try:
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    stderr = run_dir.with_name("stderr").read_text()
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    name = signal.Signals(signum).name
+    match = re.fullmatch(
+        rf"error: training stopped by {name} at step (\d+) of {ITERATIONS}: checkpoint saved in (\S+); continue "
+        r"with --resume \(the DVC stage resumes by itself on `dvc repro`\)\n",
+        stderr,
+    )
+    assert match, stderr[-3000:]
+    step = int(match[1])
+    assert CHECKPOINT_EVERY <= step < ITERATIONS
+    assert Path(match[2]) == run_dir / "checkpoints" / f"step_{step:07d}"
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{step:07d}"
+    assert (Path(match[2]) / "model.safetensors").is_file() and (Path(match[2]) / "trainer_state.pt").is_file()
+    assert not list(run_dir.rglob("*.partial")) and not (run_dir / "model.safetensors").exists()
+    return step
+
+
+def assert_same_training(run: Path, reference: Path) -> None:
+    """``run`` logged the losses and saved the tensors of ``reference``, within the resume tests' tolerance."""
+
+    def losses(folder: Path) -> list[float]:
+        with open(folder / "train_log.csv") as handle:
+            return [float(row["loss"]) for row in csv.DictReader(handle)]
+
+    assert losses(run) == pytest.approx(losses(reference), rel=1e-6, abs=1e-6)
+    assert len(losses(run)) == ITERATIONS
+    tensors, expected = load_file(run / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert tensors.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(tensors[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stop_signals")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(folder: Path, tiny_benchmark: dict[str, dict[str, Path]]) -> Path:
+    """The run folder of the same training, uninterrupted, in this process."""
+    run = load_params(write_params(folder, tiny_benchmark["synth_src"]["train"]), sections=("data", "model", "train"))
+    out = folder / "uninterrupted"
+    train(run.model, run.train, run.data, out, cache_dir=folder / "init_cache", progress=False)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "num_workers", "to_group"),
+    [(signal.SIGTERM, 0, False), (signal.SIGTERM, 1, True), (signal.SIGINT, 1, True), (signal.SIGUSR2, 0, False)],
+    ids=["SIGTERM", "SIGTERM-to-group-1-worker", "SIGINT-to-group-1-worker", "SIGUSR2"],
+)
+def test_a_signal_checkpoints_the_step_says_so_and_resume_is_exact(
+    signum: signal.Signals,
+    num_workers: int,
+    to_group: bool,
+    uninterrupted: Path,
+    tiny_benchmark: dict[str, dict[str, Path]],
+    tmp_path: Path,
+) -> None:
+    params = write_params(tmp_path, tiny_benchmark["synth_src"]["train"], num_workers=num_workers)
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "recyclelora", "train", "--params", str(params), "--out", str(run_dir),
+               "--cache-dir", str(uninterrupted.parent / "init_cache"), "--no-progress"]  # fmt: skip
+    process = start_when_checkpointed(command, run_dir)
+    (os.killpg if to_group else os.kill)(process.pid, signum)
+    step = stopped_step(process, run_dir, signum)
+
+    resumed = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=START_S,
+                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert yaml.safe_load((run_dir / "train_summary.json").read_text())["resumed_from"] == step
+    assert_same_training(run_dir, uninterrupted)
