@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -143,3 +144,68 @@ def test_a_signal_checkpoints_the_step_says_so_and_resume_is_exact(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert yaml.safe_load((run_dir / "train_summary.json").read_text())["resumed_from"] == step
     assert_same_training(run_dir, uninterrupted)
+
+
+DDP_ITERATIONS = 16
+
+
+@pytest.fixture(scope="module")
+def ddp_params(folder: Path, tiny_benchmark: dict[str, dict[str, Path]]) -> Path:
+    """Global batch 4 (2 images per process), a DataLoader worker per process, a checkpoint every 4 steps."""
+    ddp = folder / "ddp"
+    ddp.mkdir()
+    manifest = tiny_benchmark["synth_src"]["train"]
+    return write_params(ddp, manifest, iterations=DDP_ITERATIONS, batch_size=4, num_workers=1)
+
+
+@pytest.fixture(scope="module")
+def ddp_uninterrupted(ddp_params: Path, folder: Path) -> Path:
+    """What 2 processes of 2 images train, trained here as 1 process of 2 micro-batches (test_ddp.py)."""
+    run = load_params(ddp_params, sections=("data", "model", "train"))
+    out = ddp_params.parent / "uninterrupted"
+    train(run.model, dataclasses.replace(run.train, grad_accum=2), run.data, out, cache_dir=folder / "init_cache",
+          progress=False)  # fmt: skip
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to_rank_1", [False, True], ids=["SIGTERM-to-torchrun", "SIGUSR2-to-rank-1-only"])
+def test_under_torchrun_every_process_stops_at_the_same_step_and_rank_0_says_so(
+    to_rank_1: bool, ddp_params: Path, ddp_uninterrupted: Path, folder: Path, tmp_path: Path
+) -> None:
+    """torchrun forwards SIGTERM to its workers' process groups (DataLoader workers included), then kills them
+    after its grace period (30 s); a scheduler may signal one worker only. Either way the processes agree on the
+    stop at a step's end, rank 0 checkpoints it and says so in the run's one ``error:`` line, both exit with
+    ``128 + signum``, and ``--resume`` under torchrun ends with the uninterrupted run's tensors."""
+    from tests.train.test_elastic import _command, _launched
+
+    signum = signal.SIGUSR2 if to_rank_1 else signal.SIGTERM
+    run_dir, cache = tmp_path / "run", folder / "init_cache"
+    command = [*_command(ddp_params, run_dir, "--standalone", "--nproc_per_node=2"), "--cache-dir", str(cache)]
+    with _launched([command], tmp_path) as (launcher,):
+        deadline = time.monotonic() + START_S
+        while not (run_dir / "checkpoints" / "latest").is_file():
+            assert launcher.process.poll() is None, launcher.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint"
+            time.sleep(0.01)
+        workers = psutil.Process(launcher.process.pid).children()
+        target = next(w for w in workers if w.environ().get("RANK") == "1") if to_rank_1 else launcher.process
+        signalled = time.monotonic()
+        target.send_signal(signum)
+        psutil.wait_procs(workers, timeout=START_S)
+        stopped = time.monotonic() - signalled
+        output = launcher.finish()
+    assert stopped < 30, output[-3000:]  # torchrun's grace period before it kills its workers
+    if to_rank_1:  # torchrun's summary gives the exit code of the first to end (rank 1 goes on, so both end)
+        assert launcher.process.returncode == 1 and f"exitcode  : {128 + signum} (pid:" in output, output[-3000:]
+    lines = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, output[-3000:]
+    match = re.fullmatch(rf"error: training stopped by {signum.name} at step (\d+) of {DDP_ITERATIONS}: checkpoint "
+                         rf"saved in {re.escape(str(run_dir))}/checkpoints/(step_\d+); .*", lines[0])  # fmt: skip
+    assert match and (run_dir / "checkpoints" / "latest").read_text() == match[2] == f"step_{int(match[1]):07d}"
+
+    with _launched([command], tmp_path) as (launcher,):
+        output = launcher.finish()
+    assert launcher.process.returncode == 0, output[-3000:]
+    assert yaml.safe_load((run_dir / "train_summary.json").read_text())["resumed_from"] == int(match[1])
+    assert_same_training(run_dir, ddp_uninterrupted, iterations=DDP_ITERATIONS)
