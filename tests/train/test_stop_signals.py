@@ -48,45 +48,48 @@ def write_params(folder: Path, manifest: Path, **train_overrides: object) -> Pat
     return path
 
 
-def start_when_checkpointed(command: list[str], run_dir: Path, cwd: Path = ROOT) -> subprocess.Popen:
-    """Start ``command`` in a session of its own (output to files beside ``run_dir``); return once the first
-    checkpoint of ``run_dir`` is on disk, the process still training."""
+def start_when_checkpointed(command: list[str], run_dir: Path, logs: Path, cwd: Path = ROOT) -> subprocess.Popen:
+    """Start ``command`` in ``cwd`` in a session of its own (``logs/stdout``, ``logs/stderr``); return once the
+    first checkpoint of ``run_dir`` is on disk, the process still training."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    with open(run_dir.with_name("stdout"), "w") as out, open(run_dir.with_name("stderr"), "w") as err:
+    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True)
     deadline = time.monotonic() + START_S
     while not (run_dir / "checkpoints" / "latest").is_file():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"no checkpoint:\n{run_dir.with_name('stderr').read_text()[-3000:]}")
+            pytest.fail(f"no checkpoint:\n{(logs / 'stderr').read_text()[-3000:]}")
         time.sleep(0.01)
     return process
 
 
-def stopped_step(process: subprocess.Popen, run_dir: Path, signum: int) -> int:
-    """Wait for the signalled process; check its exit code, its one stderr line and its checkpoint; the step."""
+def stopped_step(
+    process: subprocess.Popen, run_dir: Path, logs: Path, signum: int, iterations: int = ITERATIONS, cwd: Path = ROOT
+) -> int:
+    """Wait for the signalled process (started in ``cwd``); check its exit code, its last stderr line
+    (``logs/stderr``: the one ``error:`` line) and its checkpoint in ``run_dir``; the step it stopped at."""
     try:
         process.wait(timeout=120)
     finally:
         process.kill()
-    stderr = run_dir.with_name("stderr").read_text()
+    stderr = (logs / "stderr").read_text()
     assert process.returncode == 128 + signum, stderr[-3000:]
+    assert len(re.findall(r"^error:", stderr, flags=re.MULTILINE)) == 1, stderr[-3000:]
     name = signal.Signals(signum).name
-    match = re.fullmatch(
-        rf"error: training stopped by {name} at step (\d+) of {ITERATIONS}: checkpoint saved in (\S+); continue "
-        r"with --resume \(the DVC stage resumes by itself on `dvc repro`\)\n",
+    match = re.search(
+        rf"^error: training stopped by {name} at step (\d+) of {iterations}: checkpoint saved in (\S+); continue "
+        r"with --resume \(the DVC stage resumes by itself on `dvc repro`\)\n\Z",
         stderr,
+        flags=re.MULTILINE,
     )
     assert match, stderr[-3000:]
-    step = int(match[1])
-    assert CHECKPOINT_EVERY <= step < ITERATIONS
-    assert Path(match[2]) == run_dir / "checkpoints" / f"step_{step:07d}"
-    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{step:07d}"
-    assert (Path(match[2]) / "model.safetensors").is_file() and (Path(match[2]) / "trainer_state.pt").is_file()
+    step, folder = int(match[1]), cwd / match[2]
+    assert 1 <= step < iterations
+    assert folder.resolve() == (run_dir / "checkpoints" / f"step_{step:07d}").resolve()
+    assert (run_dir / "checkpoints" / "latest").read_text() == folder.name
+    assert (folder / "model.safetensors").is_file() and (folder / "trainer_state.pt").is_file()
     assert not list(run_dir.rglob("*.partial")) and not (run_dir / "model.safetensors").exists()
     return step
-
-
 def assert_same_training(run: Path, reference: Path, iterations: int = ITERATIONS) -> None:
     """``run`` logged the ``iterations`` losses and saved the tensors of ``reference``, within the resume tests'
     tolerance."""
@@ -135,9 +138,10 @@ def test_a_signal_checkpoints_the_step_says_so_and_resume_is_exact(
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "recyclelora", "train", "--params", str(params), "--out", str(run_dir),
                "--cache-dir", str(uninterrupted.parent / "init_cache"), "--no-progress"]  # fmt: skip
-    process = start_when_checkpointed(command, run_dir)
+    process = start_when_checkpointed(command, run_dir, tmp_path)
     (os.killpg if to_group else os.kill)(process.pid, signum)
-    step = stopped_step(process, run_dir, signum)
+    step = stopped_step(process, run_dir, tmp_path, signum)
+    assert len((tmp_path / "stderr").read_text().splitlines()) == 1  # nothing but that line
 
     resumed = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=START_S,
                              env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})  # fmt: skip
