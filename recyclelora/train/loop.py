@@ -18,8 +18,10 @@ import io
 import json
 import logging
 import math
+import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -116,11 +118,16 @@ def _batches(
             num_workers=num_workers,
             generator=torch.Generator().manual_seed(order.seed + epoch),  # leaves the global generator alone
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_exit_on_sigterm_from_parent if _SHIELD_WORKERS else None,
         )
-        with _stop_signals_blocked():
+        with _stop_signals_blocked() if _SHIELD_WORKERS else nullcontext():
             iterator = iter(loader)  # starts the workers
         yield from iterator
         epoch, offset = epoch + 1, 0
+
+
+#: DataLoader workers ignore stop signals but their parent's SIGTERM (where the platform says who sent a signal).
+_SHIELD_WORKERS = hasattr(signal, "sigwaitinfo")
 
 
 @contextmanager
@@ -136,6 +143,20 @@ def _stop_signals_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _exit_on_sigterm_from_parent(worker_id: int) -> None:
+    """In a DataLoader worker (stop signals blocked): a thread takes each SIGTERM and ends the worker when the
+    training process sent it (multiprocessing's ``terminate()`` of workers left at exit, which would otherwise
+    wait for them forever); anyone else's is dropped."""
+
+    def wait() -> None:
+        parent = os.getppid()
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=wait, name="sigterm-from-parent", daemon=True).start()
 
 
 def _checkpoint_dir(out_dir: Path, step: int) -> Path:

@@ -150,6 +150,36 @@ def test_a_signal_checkpoints_the_step_says_so_and_resume_is_exact(
     assert_same_training(run_dir, uninterrupted)
 
 
+
+_FAIL_AT_STEP_2 = """
+import sys
+from recyclelora.config import load_params
+from recyclelora.train.loop import train
+run = load_params(sys.argv[1], sections=("data", "model", "train"))
+def fail(row):
+    if row["step"] == 2:
+        raise RuntimeError("boom")
+try:
+    train(run.model, run.train, run.data, sys.argv[2], cache_dir=sys.argv[3], progress=False, on_log=fail)
+except RuntimeError as error:
+    kept = error  # its traceback keeps the DataLoader iterator alive to the end, as pytest's report does
+"""
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_with_its_dataloader_worker_alive_still_exits(
+    uninterrupted: Path, tiny_benchmark: dict[str, dict[str, Path]], tmp_path: Path
+) -> None:
+    """Workers ignore stop signals, but not their parent's SIGTERM: multiprocessing ends the workers left at exit
+    with it, and waits for them."""
+    params = write_params(tmp_path, tiny_benchmark["synth_src"]["train"], num_workers=1)
+    command = [sys.executable, "-c", _FAIL_AT_STEP_2, str(params), str(tmp_path / "run"),
+               str(uninterrupted.parent / "init_cache")]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=START_S,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 DDP_ITERATIONS = 16
 
 
