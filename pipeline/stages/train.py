@@ -69,7 +69,7 @@ def run_train(
     ``out`` (resuming a matching partial run), write ``metrics`` (the run's summary and last validation),
     record the samples trained on, and log curves, summary, that record and the model (when small) to
     MLflow."""
-    with open_stage("train", params_path) as params:
+    with open_stage("train", params_path, resume_child=True) as params:
         resolve_device(params.run.train.device)  # before the run folder is made: no GPU, no partial folder
         ensure_checked((*params.run.data.train, *params.run.data.val), progress=progress)
         model = with_backbone(params.run.model, weights)
