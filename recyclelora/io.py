@@ -43,9 +43,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
-    tmp_path.chmod(0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
     with _replacing(target, tmp_path):
         yield tmp_path
+        # mkstemp creates 0600, and some writers (safetensors) replace the file with a 0600 one of their own:
+        # give the final file the permissions open() would
+        tmp_path.chmod(0o666 & ~umask)
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
 

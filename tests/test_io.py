@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from recyclelora.io import PARTIAL_SUFFIX, atomic_dir, atomic_path, flatten, save_safetensors, sha256_file
+from recyclelora.io import (
+    PARTIAL_SUFFIX,
+    atomic_dir,
+    atomic_path,
+    atomic_write_text,
+    flatten,
+    save_safetensors,
+    sha256_file,
+)
 
 METADATA = {f"key{i}": f"value {i} é" for i in range(8)}
 
@@ -105,3 +115,14 @@ def test_flatten_dots_nested_keys_and_keeps_empty_mappings_unless_told() -> None
     tree = {"train": {"lr": 1e-4, "sizes": [512, 512]}, "subset": {}, "seed": 0}
     assert flatten(tree) == {"train.lr": 1e-4, "train.sizes": [512, 512], "subset": {}, "seed": 0}
     assert flatten(tree, keep_empty=False) == {"train.lr": 1e-4, "train.sizes": [512, 512], "seed": 0}
+
+
+def test_atomic_files_get_the_permissions_open_would_give_even_from_safetensors(tmp_path) -> None:
+    umask = os.umask(0o022)
+    try:
+        save_safetensors({"a": torch.zeros(2)}, tmp_path / "w.safetensors", {"k": "v"})  # safetensors writes 0600
+        atomic_write_text(tmp_path / "t.txt", "x")
+    finally:
+        os.umask(umask)
+    for name in ("w.safetensors", "t.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
