@@ -32,7 +32,8 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
 fi
 
 mkdir -p "$dir/spool" "$dir/state" "$dir/log"
-# RealMemory below the machine's, so the node is not drained for having less than it claims.
+# RealMemory below the machine's, so the node is not drained for having less than it claims; a job that asks
+# for no memory gets its CPUs' share (SLURM's default, all of it, would run one job at a time).
 memory_mib=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
 cat >"$conf.tmp" <<EOF
 ClusterName=local
@@ -53,6 +54,7 @@ StateSaveLocation=$dir/state
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
 KillWait=30
+DefMemPerCPU=$(( memory_mib / $(nproc) ))
 NodeName=$node CPUs=$(nproc) RealMemory=$memory_mib State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
 EOF

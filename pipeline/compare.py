@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
-from urllib.parse import urlparse
 
 import dvc.api
 import mlflow
@@ -50,6 +49,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
+from pipeline.sweep import require_mlflow_server
 from pipeline.tracking import TABLE_ENV, TABLE_TAG, find_repo_root, get_or_create_experiment, tracking_uri
 from recyclelora.adapters.initialisers import INITIALISERS
 from recyclelora.cli.common import user_errors
@@ -601,12 +601,7 @@ def worker_env(jobs: int, table: str, environ: Mapping[str, str] = os.environ) -
     workers need an MLflow server: SQLite locks up under concurrent writers."""
     env = {**environ, TABLE_ENV: table}
     if jobs > 1:
-        if urlparse(env.get("MLFLOW_TRACKING_URI", "")).scheme not in ("http", "https"):
-            raise ValueError(
-                f"--jobs {jobs} runs experiments side by side, which needs an MLflow server: start `mlflow "
-                "server --backend-store-uri sqlite:///$PWD/mlflow.db --port 5000` and export "
-                "MLFLOW_TRACKING_URI=http://127.0.0.1:5000"
-            )
+        require_mlflow_server(f"--jobs {jobs}", env)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     return env
 

@@ -370,6 +370,11 @@ def _copy_headline_metrics(client: MlflowClient, child_id: str, parent_id: str) 
         client.log_batch(parent_id, metrics=headline)
 
 
+def slurm_tags(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """``slurm.job_id`` and ``slurm.node`` of a stage that runs in a SLURM job (``None`` outside one)."""
+    return {"slurm.job_id": environ.get("SLURM_JOB_ID"), "slurm.node": environ.get("SLURMD_NODENAME")}
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -401,6 +406,7 @@ def stage_run(
         "dvc_exp": exp_name,
         PIPELINE_KEY_TAG: key,
         TABLE_TAG: os.environ.get(TABLE_ENV),
+        **slurm_tags(os.environ),
     }
     tags = {name: value for name, value in tags.items() if value}
     whole = read_yaml(workspace / PARAMS_FILE) or {}
