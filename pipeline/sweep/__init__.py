@@ -13,6 +13,7 @@ this machine. ``--executor slurm`` submits one SLURM job per point through submi
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -96,22 +97,21 @@ def run_slurm(
     options: Any,
     wait: bool,
     poll: float,
-    environ: Mapping[str, str],
+    environ: Mapping[str, str] = os.environ,
     retry_failed: bool = False,
-    repo: Path = Path(),
 ) -> None:
-    """Submit the sweep ``prefix`` (or, with ``retry_failed``, its failed jobs) to SLURM and, with ``wait``,
-    watch it."""
+    """Submit the SLURM sweep ``prefix`` of the repository in the working directory (or, with
+    ``retry_failed``, its failed jobs) and, with ``wait``, watch it."""
     from pipeline.sweep import slurm
 
-    folder = (repo / SWEEPS_DIR / prefix).resolve()
+    repo = Path.cwd()
+    folder = repo / SWEEPS_DIR / prefix
     if retry_failed:
-        sweep = slurm.retry_failed(options, repo.resolve(), folder, environ)
+        sweep = slurm.retry_failed(options, repo, folder, environ)
     else:
-        sweep = slurm.submit(experiments, targets, options, repo.resolve(), folder, environ)
+        sweep = slurm.submit(experiments, targets, options, repo, folder, environ)
     jobs = ", ".join(f"{name} {sweep.record['jobs'][name]}" for name in sweep.names())
     progress.console.print(f"submitted to SLURM ({folder}): {jobs}", highlight=False, soft_wrap=True)
     if wait:
-        progress.watch(
-            sweep.rows, poll, f"fix them, then `python -m pipeline sweep --retry-failed --prefix {prefix}`"
-        )
+        retry = f"fix them, then `python -m pipeline sweep --executor slurm --retry-failed --prefix {prefix}`"
+        progress.watch(sweep.rows, poll, retry)

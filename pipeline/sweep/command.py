@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -62,4 +61,4 @@ def sweep(
             partition, account, qos, time, cpus_per_node, gpus_per_node, mem_gb, nodes, signal_delay_s,
             max_requeues, sbatch,
         )  # fmt: skip
-        run_slurm(experiments, target or [], prefix, slurm, wait, poll, os.environ, retry_failed, Path())
+        run_slurm(experiments, target or [], prefix, slurm, wait, poll, os.environ, retry_failed)

@@ -23,6 +23,7 @@ from pipeline.sweep import progress, require_mlflow_server
 from pipeline.sweep.grid import Experiment, shared_stages, uncached_outs
 from pipeline.sweep.job import DONE, FAILED, RUNNING, Job, Task, read_status
 from pipeline.sweep.progress import Row
+from recyclelora.cli.common import errors
 from recyclelora.errors import UserError, require_extra
 from recyclelora.io import atomic_write_text
 from recyclelora.validation import validate_fields
@@ -238,6 +239,13 @@ def submit(
         "carry": ["dvc.lock", *uncached_outs(repo / "dvc.yaml", shared)] if shared else [],
         "experiments": [{"name": e.name, "overrides": list(e.overrides)} for e in experiments],
     }
+    if _git(repo, "status", "--porcelain", "--untracked-files=no"):
+        errors.print(
+            f"warning: uncommitted changes are not part of the sweep: its jobs run commit {record['rev'][:8]}; "
+            "commit them first to include them",
+            highlight=False,
+            soft_wrap=True,
+        )
     sweep = Sweep.create(folder, record)
     sweep.submit(sweep.names(), options, repo)
     return sweep
