@@ -12,6 +12,7 @@ job keeps its workspace.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -19,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +136,15 @@ def job_env(task: Task, environ: Mapping[str, str] = os.environ) -> dict[str, st
     return env
 
 
+def _alive(group: int) -> bool:
+    """Whether process group ``group`` still has a process (a zombie of ours counts until reaped)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class Job:
     """The callable submitit pickles for a job; on SLURM's signal before the end (preemption, time limit) it is
     requeued with the same task, and the rerun carries on in the same workspace."""
@@ -147,7 +158,13 @@ class Job:
         write_status(task, RUNNING)
         try:
             prepare(task)
-            self.process = subprocess.Popen(task.command(), cwd=task.workspace, env=job_env(task), text=True)
+            self.process = subprocess.Popen(
+                task.command(),
+                cwd=task.workspace,
+                env=job_env(task),
+                text=True,
+                process_group=0,  # with its stages: checkpoint() signals and awaits them all
+            )
             if self.process.wait():
                 raise RuntimeError(f"`{' '.join(task.command())}` exited {self.process.returncode}")
             if task.shared:
@@ -162,12 +179,17 @@ class Job:
         return task.name
 
     def checkpoint(self) -> Any:
-        """Let the running stage checkpoint (SLURM signals the whole job; a stage that missed it gets SIGUSR2)
-        and stop, then hand submitit this job again to requeue."""
+        """Send SIGUSR2 to dvc and its stages (SLURM's notice reaches them too, not a ``scancel --signal`` to
+        the batch shell): dvc and the other stages stop, the train stage checkpoints its step and exits. Wait for
+        all of them, then hand submitit this job again to requeue; the rerun resumes in the same workspace."""
         from submitit.helpers import DelayedSubmission
 
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGUSR2)
+        if self.process is not None:
+            group = self.process.pid
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGUSR2)
             self.process.wait()
+            while _alive(group):  # the stages may outlive dvc by a checkpoint
+                time.sleep(0.5)
         write_status(self.task, REQUEUED)
         return DelayedSubmission(Job(self.task))
