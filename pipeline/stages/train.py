@@ -3,8 +3,9 @@
 The run folder (model, checkpoints, ``train_log.csv``, ``train_summary.json``, and ``train_samples.parquet``:
 the manifest, row, name and image of every sample trained on) is built in ``<out>.partial`` and renamed to
 ``out`` when training ends. A crashed run leaves the partial folder with its checkpoints and a run key
-(SHA-256 of the params read, the backbone file and the training manifests); a rerun with the same key resumes
-from the latest checkpoint, any other rerun starts afresh. Every logged row goes to MLflow at its step; the
+(SHA-256 of the params read, the backbone file and the training manifests), and so does a stopped one (a stop
+signal checkpoints the step in progress, a full disk keeps the checkpoint before); a rerun with the same key
+resumes from the latest checkpoint, any other rerun starts afresh. Every logged row goes to MLflow at its step; the
 summary, plus the last validation, is the DVC metric file.
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,7 @@ import typer
 
 from recyclelora.cli.adapters import default_init_cache
 from recyclelora.cli.common import console, user_errors
+from recyclelora.signals import Interrupted
 
 
 def train_command(
@@ -26,15 +28,20 @@ def train_command(
 
     with user_errors():
         run = load_params(params, sections=("data", "model", "train"))
-        result = train(
-            run.model,
-            run.train,
-            run.data,
-            out,
-            resume=resume,
-            cache_dir=cache_dir or default_init_cache(),
-            progress=progress,
-        )
+        try:
+            result = train(
+                run.model,
+                run.train,
+                run.data,
+                out,
+                resume=resume,
+                cache_dir=cache_dir or default_init_cache(),
+                progress=progress,
+            )
+        except Interrupted as stop:
+            if os.environ.get("RANK", "0") != "0":  # under torchrun every process stops; rank 0 says where
+                raise typer.Exit(stop.exit_code) from stop
+            raise
     console.print(
         f"{len(result.history) and result.history[-1]['step']} steps, {result.iterations_per_second:.2f} it/s, "
         f"peak memory {result.peak_memory_mb:.0f} MiB -> {result.model_path}"

@@ -152,3 +152,13 @@ def mean_across(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()
+
+
+def agree_on_stop(signum: int | None, info: DistInfo) -> int:
+    """The stop signal any process has received, 0 if none (the largest number when several differ): one
+    all-reduce of one number, so every process stops at the same step (alone: ``signum`` itself)."""
+    if info.world_size == 1:
+        return signum or 0
+    flag = torch.tensor([signum or 0], device=info.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())

@@ -3,19 +3,26 @@
 Every source of randomness is seeded and restored on resume: the data order (:class:`BatchOrder`), the
 augmentation (seed, epoch, index), torch's generator (drop path, Mask2Former's point sampling). A run resumed
 from a checkpoint therefore reproduces the losses of an uninterrupted run.
+
+A stop signal (:data:`~recyclelora.signals.STOP_SIGNALS`: Ctrl-C, ``kill``, a scheduler's preemption notice)
+lets the current step finish, checkpoints it and raises :class:`~recyclelora.signals.Interrupted`; a full disk
+while checkpointing raises :class:`DiskFullError`. Either way the latest checkpoint is whole, and ``resume``
+continues from it exactly.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import logging
 import math
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +40,7 @@ from recyclelora.io import atomic_dir, atomic_path, atomic_write_text, flatten
 from recyclelora.models.build import ModelConfig, build_segmentor
 from recyclelora.models.checkpoint import read_checkpoint_info, read_tensors, save_segmentor
 from recyclelora.models.segmentor import Segmentor
+from recyclelora.signals import STOP_SIGNALS, Interrupted, deferred_stop_signals
 from recyclelora.train import distributed
 from recyclelora.train.config import DataConfig, TrainConfig
 from recyclelora.train.optim import apply_schedules, build_optimizer
@@ -51,6 +59,26 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(UserError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left in place."""
+
+
+class DiskFullError(UserError):
+    """The disk (or the user's quota) filled up while a checkpoint was written; the one before it is intact."""
+
+
+#: errno values of a full disk and of an exhausted quota.
+_FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _out_of_space(error: BaseException | None) -> bool:
+    """Whether ``error``, or one it was raised from or while handling, is a full disk or quota. torch's writer
+    raises a RuntimeError while handling the OSError of its file; safetensors' only says so in its text."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in _FULL_DISK:
+            return True
+        if any(f"(os error {code})" in str(error) for code in _FULL_DISK):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 @dataclass
@@ -89,18 +117,40 @@ def _batches(
             generator=torch.Generator().manual_seed(order.seed + epoch),  # leaves the global generator alone
             pin_memory=torch.cuda.is_available(),
         )
-        yield from loader
+        with _stop_signals_blocked():
+            iterator = iter(loader)  # starts the workers
+        yield from iterator
         epoch, offset = epoch + 1, 0
+
+
+@contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block :data:`STOP_SIGNALS` in this thread inside the block; one that arrives meanwhile is delivered after.
+
+    DataLoader workers forked inside inherit the mask and keep it: a signal to the whole process group (Ctrl-C,
+    torchrun's forwarded one, a scheduler's) then reaches the training process alone, which stops at a whole step,
+    instead of killing a worker (whose death would fail the run mid-step).
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _checkpoint_dir(out_dir: Path, step: int) -> Path:
     return out_dir / "checkpoints" / f"step_{step:07d}"
 
 
+def _step(folder: Path) -> int:
+    """The step number of a checkpoint folder's name."""
+    return int(folder.name.removeprefix("step_"))
+
+
 def _checkpoint_dirs(root: Path) -> list[Path]:
     """The checkpoint folders under ``root`` (not partial ones), ordered by step number."""
     folders = [p for p in root.glob("step_*") if p.is_dir() and p.name.removeprefix("step_").isdigit()]
-    return sorted(folders, key=lambda p: int(p.name.removeprefix("step_")))
+    return sorted(folders, key=_step)
 
 
 #: Training settings that do not change what is optimised: a resumed run may change them.
@@ -254,7 +304,7 @@ class _Trainer:
         bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                        TimeRemainingColumn(), disable=not (progress and info.is_main))  # fmt: skip
         began = time.perf_counter()
-        with bar:
+        with bar, deferred_stop_signals() as stop:
             task = bar.add_task("train", total=config.iterations, completed=self.start, status="")
             for step in range(self.start, config.iterations):
                 losses = self.train_step(forward, batches, step)
@@ -265,10 +315,20 @@ class _Trainer:
                         on_log(row)
                     bar.update(task, status=f"loss {row['loss']:.4f}")
                 bar.update(task, completed=done)
-                if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.iterations:
+                if done == config.iterations:
+                    break  # finish() saves the last step, signal or not
+                signum = distributed.agree_on_stop(stop.signum, info)  # every process stops at the same step
+                if signum or (config.checkpoint_every and done % config.checkpoint_every == 0):
                     if info.is_main:
                         self.save(done)
                     distributed.barrier(info)
+                if signum:
+                    raise Interrupted(
+                        f"training stopped by {signal.Signals(signum).name} at step {done} of {config.iterations}: "
+                        f"checkpoint saved in {_checkpoint_dir(self.out_dir, done)}; continue with --resume (the DVC "
+                        "stage resumes by itself on `dvc repro`)",
+                        signum,
+                    )
         return time.perf_counter() - began
 
     def train_step(self, forward: nn.Module, batches: Iterator[dict[str, torch.Tensor]], step: int) -> dict[str, float]:
@@ -324,16 +384,33 @@ class _Trainer:
         """Checkpoint ``step`` (main process): its folder written whole, then ``latest`` pointed at it; keep the
         last :data:`KEEP_CHECKPOINTS` and rewrite the loss log."""
         folder = _checkpoint_dir(self.out_dir, step)
-        with atomic_dir(folder) as partial:
-            built = self.built
-            save_segmentor(partial / MODEL_FILE, self.model, self.model_config, backbone_sha256=built.backbone_sha256,
-                           init_factors=built.init_factors, metadata={"step": str(step)})  # fmt: skip
-            extra = {"history": json.dumps(self.history), "settings": json.dumps(self.settings)}
-            save_trainer_state(partial, step=step, optimizer=self.optimizer, extra=extra)
-        atomic_write_text(folder.parent / "latest", folder.name)
-        for old in _checkpoint_dirs(folder.parent)[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old)
-        _write_log(self.out_dir / LOG_FILE, self.history)
+        with self.disk_full_is_one_line(f"the checkpoint of step {step}"):
+            with atomic_dir(folder) as partial:
+                built = self.built
+                save_segmentor(partial / MODEL_FILE, self.model, self.model_config, init_factors=built.init_factors,
+                               backbone_sha256=built.backbone_sha256, metadata={"step": str(step)})  # fmt: skip
+                extra = {"history": json.dumps(self.history), "settings": json.dumps(self.settings)}
+                save_trainer_state(partial, step=step, optimizer=self.optimizer, extra=extra)
+            atomic_write_text(folder.parent / "latest", folder.name)
+            for old in _checkpoint_dirs(folder.parent)[:-KEEP_CHECKPOINTS]:
+                shutil.rmtree(old)
+            _write_log(self.out_dir / LOG_FILE, self.history)
+
+    @contextmanager
+    def disk_full_is_one_line(self, what: str) -> Iterator[None]:
+        """Turn a full disk or quota inside the block (the atomic writers leave nothing half-written) into
+        :class:`DiskFullError`, naming ``what`` was being written and the checkpoint that is intact."""
+        try:
+            yield
+        except Exception as error:
+            if not _out_of_space(error):
+                raise
+            latest = _latest_checkpoint(self.out_dir)
+            kept = f"the checkpoint of step {_step(latest)} is intact" if latest else "no checkpoint was written yet"
+            raise DiskFullError(
+                f"no space left on device while writing {what} in {self.out_dir}: {kept}; free space and "
+                "continue with --resume"
+            ) from error
 
     def finish(self, seconds: float) -> TrainResult:
         """Save the last checkpoint, copy its model to ``out_dir/model.safetensors``, write the summary."""
@@ -341,14 +418,15 @@ class _Trainer:
         final = self.out_dir / MODEL_FILE
         if info.is_main:
             self.save(config.iterations)
-            with atomic_path(final) as tmp:  # the final checkpoint's model file, serialised once
-                shutil.copyfile(_checkpoint_dir(self.out_dir, config.iterations) / MODEL_FILE, tmp)
+            with self.disk_full_is_one_line("the final model"), atomic_path(final) as tmp:
+                shutil.copyfile(_checkpoint_dir(self.out_dir, config.iterations) / MODEL_FILE, tmp)  # serialised once
         distributed.barrier(info)
         steps = config.iterations - self.start
         peak = torch.cuda.max_memory_allocated(info.device) / 2**20 if info.device.type == "cuda" else _peak_rss_mb()
         result = TrainResult(final, self.history, seconds, steps / seconds if seconds else 0.0, peak)
         if info.is_main:
-            self.write_summary(result)
+            with self.disk_full_is_one_line("the run's summary"):
+                self.write_summary(result)
         return result
 
     def write_summary(self, result: TrainResult) -> None:

@@ -31,8 +31,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_trainer_state(folder: Path, *, step: int, optimizer: torch.optim.Optimizer, extra: dict[str, Any]) -> None:
     """Write ``trainer_state.pt`` (tensors, numbers and strings only) atomically."""
     state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(), **extra}
-    with atomic_path(folder / STATE_FILE) as tmp:
-        torch.save(state, tmp)
+    # through Python's unbuffered file: a full disk is then an OSError (the context of torch's RuntimeError)
+    # instead of torch's own writer's "unexpected pos"
+    with atomic_path(folder / STATE_FILE) as tmp, open(tmp, "wb", buffering=0) as handle:
+        torch.save(state, handle)
 
 
 def load_trainer_state(folder: Path) -> dict[str, Any]:

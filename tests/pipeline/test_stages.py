@@ -46,6 +46,7 @@ from recyclelora.models.heads import HeadConfig
 from recyclelora.train.config import TrainConfig
 from tests.helpers import tiny_model_config
 from tests.pipeline.workspace import PROJECT, make_workspace
+from tests.train.test_stop_signals import start_when_checkpointed, stopped_step
 
 TINY = Path(__file__).with_name("tiny_params.yaml")
 CHECKSUMS = Path("checksums/gta5.sha256")  # the data stage's GTAV checksum file, as dvc.yaml names it
@@ -336,6 +337,32 @@ def test_killed_training_resumes_only_with_unchanged_inputs(workspace: Path) -> 
     _kill_training_after_step_2(workspace)
     edit_params(params, "train.lr", 0.002)  # another run: its partial folder must not be resumed
     assert stages.run_train(params, *paths, progress=False)["resumed_from"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2], ids=["SIGTERM", "SIGUSR2"])
+def test_a_stop_signal_keeps_the_partial_run_and_the_rerun_resumes_from_its_step(
+    workspace: Path, signum: signal.Signals
+) -> None:
+    """``python -m pipeline train`` signalled mid-run (a scheduler's preemption) checkpoints its step, says so in
+    one line and exits ``128 + signum``, leaving the partial run folder with its run key; the rerun resumes from
+    that step."""
+    params = workspace / "params.yaml"
+    edit_params(params, "train.iterations", 40)
+    stages.run_data(params, Path("data/prepared"), CHECKSUMS)
+    stages.run_weights(params, Path("models/backbone"))
+    stages.run_init(params, Path("models/backbone"), Path("models/init"), progress=False)
+    partial = workspace / f"models/train{PARTIAL_SUFFIX}"
+    command = [sys.executable, "-m", "pipeline", "train", "--weights", "models/backbone", "--init-cache",
+               "models/init", "--out", "models/train", "--metrics", "metrics/train.json", "--no-progress"]  # fmt: skip
+    process = start_when_checkpointed(command, partial, logs=workspace, cwd=workspace)
+    os.kill(process.pid, signum)
+    step = stopped_step(process, partial, workspace, signum, iterations=40, cwd=workspace)
+    assert (partial / train_stage.KEY_FILE).is_file() and not (workspace / "models/train").exists()
+
+    paths = (Path("models/backbone"), Path("models/init"), Path("models/train"), Path("metrics/train.json"))
+    assert stages.run_train(params, *paths, progress=False)["resumed_from"] == step
+    assert not partial.exists()
 
 
 def test_train_stage_records_the_samples_of_each_manifest_subset(workspace: Path) -> None:
