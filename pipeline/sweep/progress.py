@@ -45,13 +45,14 @@ def watch(poll: Callable[[], list[Row]], seconds: float, what: str) -> list[Row]
     """Show ``poll()``'s rows every ``seconds`` until none is queued or running; raise :class:`SweepFailed`
     after listing the failed ones (``what``: how to retry them)."""
     start = time.monotonic()
-    with Live(console=console, auto_refresh=False) as live:
+    with Live(console=console, auto_refresh=False, transient=True) as live:  # the final table stays, below
         while True:
             rows = poll()
             live.update(table(rows, time.monotonic() - start), refresh=True)
             if not any(row.state in (QUEUED, RUNNING) for row in rows):
                 break
             time.sleep(seconds)
+    console.print(table(rows, time.monotonic() - start))
     failed = [row for row in rows if row.state == FAILED]
     for row in failed:
         console.print(

@@ -160,8 +160,8 @@ class Sweep:
         return read_status(self.folder / "status" / f"{name}.json") or {}
 
     def rows(self) -> list[Row]:
-        """Each job's state: what it recorded, else SLURM's queue (read first: a job records its end before it
-        leaves the queue); a job gone from the queue without recording its end failed."""
+        """Each job's state: done as it recorded, else queued or running while in SLURM's queue (read first: a
+        job records its end before it leaves the queue), else failed (with its error, or gone without one)."""
         queued = queued_jobs()
         rows = []
         for name in self.names():
@@ -169,15 +169,15 @@ class Sweep:
             state = status.get("state")
             if state == DONE:
                 rows.append(Row(name, progress.DONE, job, status["node"], log))
+            elif job in queued:  # also a failed job that SLURM requeued (preemption)
+                running = state == RUNNING and queued[job] == "RUNNING"
+                rows.append(
+                    Row(name, progress.RUNNING if running else progress.QUEUED, job, status.get("node", ""))
+                )
             elif state == FAILED:
                 kept = f"; workspace kept: {status['workspace']}"
                 rows.append(
                     Row(name, progress.FAILED, job, status["node"], f"{status['error']}; log: {log}{kept}")
-                )
-            elif job in queued:
-                running = state == RUNNING and queued[job] == "RUNNING"
-                rows.append(
-                    Row(name, progress.RUNNING if running else progress.QUEUED, job, status.get("node", ""))
                 )
             else:
                 gone = "left SLURM's queue without finishing (cancelled, killed, or its shared job failed)"

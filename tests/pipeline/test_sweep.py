@@ -12,8 +12,9 @@ import pytest
 
 from pipeline.sweep import require_mlflow_server
 from pipeline.sweep.grid import Experiment, expand, shared_stages, uncached_outs
-from pipeline.sweep.job import Task, job_env
-from pipeline.sweep.slurm import SlurmOptions, minutes
+from pipeline.sweep.job import DONE, FAILED, REQUEUED, RUNNING, Task, job_env, write_status
+from pipeline.sweep.progress import SweepFailed, watch
+from pipeline.sweep.slurm import SlurmOptions, Sweep, minutes
 
 PROJECT = Path(__file__).resolve().parents[2]
 DVC_YAML = PROJECT / "dvc.yaml"
@@ -110,3 +111,44 @@ def test_a_slurm_sweep_without_an_mlflow_server_is_refused_in_one_line(tmp_path:
         assert line.startswith("error: "), line
         assert ("needs an MLflow server" if not extra else "--time 'soon'") in line
     assert not (tmp_path / ".dvc").exists()  # nothing written
+
+
+def test_job_states_come_from_their_records_and_slurms_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``squeue`` on PATH (a script) lists jobs 12 running and 13 pending; the other jobs left the queue."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\nprintf '12 RUNNING\\n13 PENDING\\n'\n")
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    names = ["sw-shared", "sw-a", "sw-b", "sw-c", "sw-d"]
+    record = {
+        "rev": "abc", "targets": [], "shared": ["data"], "carry": ["dvc.lock"],
+        "experiments": [{"name": name, "overrides": [f"x={name}"]} for name in names[1:]],
+    }  # fmt: skip
+    sweep = Sweep.create(tmp_path / "sw", record)
+    sweep.record["jobs"] = dict(zip(names, ["11", "12", "13", "14", "15"], strict=True))
+    sweep.record["logs"] = {name: f"{name}.out" for name in names}
+    tasks = {name: Task(name, (), (), tmp_path, "abc", tmp_path, sweep.folder) for name in names}
+    write_status(tasks["sw-shared"], DONE)
+    write_status(tasks["sw-a"], RUNNING)
+    write_status(tasks["sw-b"], REQUEUED)
+    write_status(tasks["sw-c"], FAILED, error="`dvc exp run` exited 1", workspace="/ws/sw-c")
+    rows = {row.name: row for row in sweep.rows()}
+    assert {name: row.state for name, row in rows.items()} == {
+        "sw-shared": "done", "sw-a": "running", "sw-b": "queued", "sw-c": "failed", "sw-d": "failed",
+    }  # fmt: skip
+    assert rows["sw-c"].detail == "`dvc exp run` exited 1; log: sw-c.out; workspace kept: /ws/sw-c"
+    assert rows["sw-d"].detail.startswith("left SLURM's queue without finishing")
+
+    finished = [row for row in rows.values() if row.state != "running" and row.name != "sw-b"]
+    with pytest.raises(
+        SweepFailed, match=r"^2 of 3 job\(s\) failed \(listed above with their logs\): retry$"
+    ):
+        watch(lambda: finished, 0.0, "retry")
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("failed: ")]
+    assert listed == [
+        "failed: sw-c (job 14): `dvc exp run` exited 1; log: sw-c.out; workspace kept: /ws/sw-c",
+        f"failed: sw-d (job 15): {rows['sw-d'].detail}",
+    ]
