@@ -137,12 +137,13 @@ def job_env(task: Task, environ: Mapping[str, str] = os.environ) -> dict[str, st
 
 
 def _alive(group: int) -> bool:
-    """Whether process group ``group`` still has a process (a zombie of ours counts until reaped)."""
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether process group ``group`` has a process that is not a zombie (Linux's ``/proc``)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
+            if int(fields[2]) == group and fields[0] != "Z":
+                return True
+    return False
 
 
 class Job:
@@ -188,8 +189,8 @@ class Job:
             group = self.process.pid
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGUSR2)
-            self.process.wait()
-            while _alive(group):  # the stages may outlive dvc by a checkpoint
+            # not Popen.wait: the interrupted __call__ holds its lock; the stages may outlive dvc by a checkpoint
+            while _alive(group):
                 time.sleep(0.5)
         write_status(self.task, REQUEUED)
         return DelayedSubmission(Job(self.task))
