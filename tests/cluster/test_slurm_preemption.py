@@ -27,11 +27,20 @@ pytestmark = [
 ITERATIONS = 120
 
 
+def _exp_ref(repo: Path, name: str) -> str:
+    """The Git ref of experiment ``name`` (``refs/exps/<baseline>/<name>``)."""
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.split()  # fmt: skip
+    (ref,) = [ref for ref in refs if ref.endswith(f"/{name}")]
+    return ref
+
+
 def test_a_signalled_job_is_requeued_and_resumes_to_the_uninterrupted_tensors(
     tmp_path: Path,
     mlflow_server: str,  # noqa: F811
 ) -> None:
-    repo = tiny_repo(tmp_path / "repo")
+    # two repositories, so that the reference's run cache cannot stand in for the preempted run's training
+    repos = {prefix: tiny_repo(tmp_path / prefix) for prefix in ("pre", "ref")}
     env = {k: v for k, v in os.environ.items() if k not in RUN_ENV} | {
         "MLFLOW_TRACKING_URI": mlflow_server,
         "DVC_NO_ANALYTICS": "1",
@@ -41,11 +50,11 @@ def test_a_signalled_job_is_requeued_and_resumes_to_the_uninterrupted_tensors(
     for prefix in ("pre", "ref"):
         command = [sys.executable, "-m", "pipeline", "sweep", "--executor", "slurm", "--prefix", prefix]
         done = subprocess.run(
-            [*command, "-S", f"train.iterations={ITERATIONS}"], cwd=repo, env=env, capture_output=True, text=True,
+            [*command, "-S", f"train.iterations={ITERATIONS}"], cwd=repos[prefix], env=env, capture_output=True, text=True,
             timeout=300, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
-        sweeps[prefix] = repo / ".dvc" / "tmp" / "slurm" / prefix
+        sweeps[prefix] = repos[prefix] / ".dvc" / "tmp" / "slurm" / prefix
     job = json.loads((sweeps["pre"] / "sweep.json").read_text())["jobs"]["pre"]
     checkpoints = sweeps["pre"] / "workspaces" / "pre" / "models" / "train.partial" / "checkpoints"
     deadline = time.monotonic() + 1200
@@ -67,14 +76,15 @@ def test_a_signalled_job_is_requeued_and_resumes_to_the_uninterrupted_tensors(
     assert [records[p]["state"] for p in ("pre", "ref")] == ["done", "done"], records
     assert "requeued" in seen and records["pre"]["job_id"] == job  # same job, requeued
 
-    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo, capture_output=True,
-                          text=True, check=True).stdout.split()  # fmt: skip
-    commits = {ref.rsplit("/", 1)[1]: ref for ref in refs}
-    metrics = {p: json.loads(subprocess.run(["git", "show", f"{commits[p]}:metrics/train.json"], cwd=repo,
-                                            capture_output=True, text=True, check=True).stdout) for p in ("pre", "ref")}  # fmt: skip
+    commits = {p: _exp_ref(repos[p], p) for p in repos}
+    metrics = {
+        p: json.loads(subprocess.run(["git", "show", f"{commits[p]}:metrics/train.json"], cwd=repos[p],
+                                     capture_output=True, text=True, check=True).stdout)
+        for p in repos
+    }  # fmt: skip
     assert 0 < metrics["pre"]["resumed_from"] < ITERATIONS and metrics["ref"]["resumed_from"] == 0, metrics
     tensors = {
-        p: load(dvc.api.read("models/train/model.safetensors", repo=str(repo), rev=commits[p], mode="rb"))
+        p: load(dvc.api.read("models/train/model.safetensors", repo=str(repos[p]), rev=commits[p], mode="rb"))
         for p in ("pre", "ref")
     }
     assert tensors["pre"].keys() == tensors["ref"].keys()
