@@ -29,20 +29,22 @@ from recyclelora.io import atomic_write_text
 from recyclelora.validation import validate_fields
 
 SWEEP_FILE = "sweep.json"
-#: SLURM's time formats that ``--time`` takes: minutes, [H]H:MM:SS, D-[H]H:MM:SS.
-_TIME = re.compile(r"(?:(?P<days>\d+)-)?(?:(?P<hours>\d+):)?(?P<minutes>\d+)(?::(?P<seconds>\d\d))?")
+#: The SLURM time formats ``--time`` takes: minutes, H:MM:SS, D-H:MM:SS.
+_TIME = re.compile(r"(?P<only>\d+)|(?:(?P<days>\d+)-)?(?P<hours>\d+):(?P<minutes>\d\d):(?P<seconds>\d\d)")
 _SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
 
 
 def minutes(time: str) -> int:
     """SLURM's ``--time`` (``90``, ``1:30:00``, ``2-00:00:00``) in whole minutes, rounded up."""
     match = _TIME.fullmatch(time.strip())
-    if not match or (match["seconds"] is None and match["hours"] is not None and match["days"] is None):
+    if not match:
         raise ValueError(
             f"--time {time!r} is not minutes, H:MM:SS or D-H:MM:SS (SLURM's formats): e.g. 1:30:00"
         )
     parts = {key: int(value or 0) for key, value in match.groupdict().items()}
-    total = ((parts["days"] * 24 + parts["hours"]) * 60 + parts["minutes"]) * 60 + parts["seconds"]
+    total = ((parts["days"] * 24 + parts["hours"]) * 60 + parts["minutes"] + parts["only"]) * 60 + parts[
+        "seconds"
+    ]
     if total <= 0:
         raise ValueError(f"--time {time!r} is no time at all: give the job's time limit, e.g. 1:30:00")
     return -(-total // 60)

@@ -70,10 +70,17 @@ def test_slurm_options_are_validated_one_line_each() -> None:
     assert parameters["dependency"] == "afterok:41"
     assert parameters["additional_parameters"] == {"constraint": "a100", "kill-on-invalid-dep": "yes"}
     assert "account" not in parameters and "dependency" not in SlurmOptions().parameters("x", None)
-    assert [minutes(t) for t in ("90", "1:30:00", "2-00:00:00", "0:00:30")] == [90, 90, 2880, 1]
+    assert [minutes(t) for t in ("90", "1:30:00", "2-00:00:00", "0:00:30", "1-2:03:00")] == [
+        90,
+        90,
+        2880,
+        1,
+        1563,
+    ]
     for kwargs, message in [
         ({"time": "1:30"}, "--time '1:30' is not minutes, H:MM:SS or D-H:MM:SS"),
         ({"time": "0"}, "no time at all"),
+        ({"time": "2-12"}, "--time '2-12' is not minutes, H:MM:SS or D-H:MM:SS"),
         ({"cpus_per_node": 0}, "slurm.cpus_per_node must be"),
         ({"nodes": 2}, "slurm.nodes must be"),
         ({"partition": "a b"}, "--partition 'a b' must be one name"),
