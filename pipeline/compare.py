@@ -562,7 +562,7 @@ def wait_for(
     while True:
         try:
             rows = experiments(prefix, rev)
-        except NotDvcRepoError as error:  # a finishing experiment's temporary workspace vanished mid-read
+        except (NotDvcRepoError, FileNotFoundError) as error:  # a finishing experiment vanished mid-read
             typer.echo(f"dvc exp show failed ({error}); retrying", err=True)
             time.sleep(poll_seconds)
             continue
