@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.sweep.command import sweep
 from recyclelora.cli.common import console, root_app, user_errors
 from recyclelora.errors import require_extra
 
@@ -171,3 +172,6 @@ def preset(
     console.print(f"{params}: {len(changed)} value(s) changed by preset {name!r}")
     for key in changed:
         console.print(f"  {key}")
+
+
+app.command("sweep")(sweep)

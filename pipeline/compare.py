@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
-from urllib.parse import urlparse
 
 import dvc.api
 import mlflow
@@ -50,6 +49,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
+from pipeline.sweep import options as opt
+from pipeline.sweep import queue_command, require_mlflow_server, run_slurm
+from pipeline.sweep.grid import Experiment
 from pipeline.tracking import TABLE_ENV, TABLE_TAG, find_repo_root, get_or_create_experiment, tracking_uri
 from recyclelora.adapters.initialisers import INITIALISERS
 from recyclelora.cli.common import user_errors
@@ -130,21 +132,28 @@ def method_of(row: Mapping[str, Any]) -> str:
     return tuning if tuning != "adapters" else row["model.adapter.init"]
 
 
+def method_experiments(
+    methods: Sequence[str], seeds: Sequence[int], overrides: Sequence[str], prefix: str
+) -> list[Experiment]:
+    """One experiment ``<prefix>-<method>-s<seed>`` per method and seed: ``overrides``, the method's, the seed."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}: choose from {list(METHODS)}")
+    return [
+        Experiment(
+            f"{prefix}-{method}-s{seed}",
+            (*overrides, *(f"{k}={v}" for k, v in METHODS[method].items()), f"base.seed={seed}"),
+        )
+        for method in methods
+        for seed in seeds
+    ]
+
+
 def queue_commands(
     methods: Sequence[str], seeds: Sequence[int], overrides: Sequence[str], prefix: str
 ) -> list[list[str]]:
     """One ``dvc exp run --queue`` command per method and seed."""
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}: choose from {list(METHODS)}")
-    commands = []
-    for method in methods:
-        for seed in seeds:
-            pairs = [*overrides, *(f"{k}={v}" for k, v in METHODS[method].items()), f"base.seed={seed}"]
-            sets = [arg for pair in pairs for arg in ("-S", pair)]
-            name = f"{prefix}-{method}-s{seed}"
-            commands.append(["dvc", "exp", "run", "--queue", "-n", name, *sets, *TARGET_STAGES])
-    return commands
+    return [queue_command(e, TARGET_STAGES) for e in method_experiments(methods, seeds, overrides, prefix)]
 
 
 def _named(pattern: str, rev: str) -> list[dict[str, Any]]:
@@ -553,7 +562,7 @@ def wait_for(
     while True:
         try:
             rows = experiments(prefix, rev)
-        except NotDvcRepoError as error:  # a finishing experiment's temporary workspace vanished mid-read
+        except (NotDvcRepoError, FileNotFoundError) as error:  # a finishing experiment vanished mid-read
             typer.echo(f"dvc exp show failed ({error}); retrying", err=True)
             time.sleep(poll_seconds)
             continue
@@ -575,7 +584,10 @@ def budget_overrides(preset: Path | None, steps: int | None = None) -> list[str]
     return preset_overrides(values)
 
 
-def _queue(methods: list[str], seeds: list[int], overrides: list[str], prefix: str) -> None:
+def _new_experiments(
+    methods: list[str], seeds: list[int], overrides: list[str], prefix: str
+) -> list[Experiment]:
+    """:func:`method_experiments`, refused if experiments ``<prefix>-...`` exist."""
     existing = sorted(row["Experiment"] for row in experiments(prefix))
     if existing:
         raise ValueError(
@@ -583,6 +595,11 @@ def _queue(methods: list[str], seeds: list[int], overrides: list[str], prefix: s
             f"(`dvc exp remove {' '.join(existing[:2])} ...`) "
             "or choose another --prefix"
         )
+    return method_experiments(methods, seeds, overrides, prefix)
+
+
+def _queue(methods: list[str], seeds: list[int], overrides: list[str], prefix: str) -> None:
+    queued = _new_experiments(methods, seeds, overrides, prefix)
     if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "params.yaml"], check=False).returncode:
         typer.echo(
             "warning: params.yaml differs from HEAD (an earlier `dvc exp run` leaves its params in the "
@@ -590,8 +607,8 @@ def _queue(methods: list[str], seeds: list[int], overrides: list[str], prefix: s
             "to avoid it",
             err=True,
         )
-    for command in queue_commands(methods, seeds, overrides, prefix):
-        subprocess.run(command, check=True)
+    for experiment in queued:
+        subprocess.run(queue_command(experiment, TARGET_STAGES), check=True)
 
 
 def worker_env(jobs: int, table: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -601,12 +618,7 @@ def worker_env(jobs: int, table: str, environ: Mapping[str, str] = os.environ) -
     workers need an MLflow server: SQLite locks up under concurrent writers."""
     env = {**environ, TABLE_ENV: table}
     if jobs > 1:
-        if urlparse(env.get("MLFLOW_TRACKING_URI", "")).scheme not in ("http", "https"):
-            raise ValueError(
-                f"--jobs {jobs} runs experiments side by side, which needs an MLflow server: start `mlflow "
-                "server --backend-store-uri sqlite:///$PWD/mlflow.db --port 5000` and export "
-                "MLFLOW_TRACKING_URI=http://127.0.0.1:5000"
-            )
+        require_mlflow_server(f"--jobs {jobs}", env)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     return env
 
@@ -712,17 +724,48 @@ def run(
     out: Out = Path("docs/comparison.md"),
     jobs: Jobs = 1,
     poll: Poll = 30.0,
+    executor: opt.Executor = opt.ExecutorName.queue,
+    partition: opt.Partition = None,
+    account: opt.Account = None,
+    qos: opt.Qos = None,
+    time: opt.Time = opt.DEFAULTS.time,
+    cpus_per_node: opt.CpusPerNode = opt.DEFAULTS.cpus_per_node,
+    gpus_per_node: opt.GpusPerNode = opt.DEFAULTS.gpus_per_node,
+    mem_gb: opt.MemGb = None,
+    nodes: opt.Nodes = opt.DEFAULTS.nodes,
+    signal_delay_s: opt.SignalDelay = opt.DEFAULTS.signal_delay_s,
+    max_requeues: opt.MaxRequeues = opt.DEFAULTS.max_requeues,
+    sbatch: opt.Sbatch = None,
 ) -> None:
-    """Queue, run (`dvc queue start`), wait, and write the table.
+    """Queue, run (`dvc queue start`, or one SLURM job each with `--executor slurm`), wait, and write the table.
 
-    The queue workers inherit ``RECYCLELORA_TABLE=<prefix>``: the experiments' MLflow runs are tagged
-    ``recyclelora.table=<prefix>`` (workers still busy with an earlier queue keep their own environment).
+    The queue workers (SLURM jobs) inherit ``RECYCLELORA_TABLE=<prefix>``: the experiments' MLflow runs are
+    tagged ``recyclelora.table=<prefix>`` (workers still busy with an earlier queue keep their own environment).
     With ``--jobs N`` each worker gets ``OMP_NUM_THREADS`` = cores / N."""
     with user_errors():
-        env = worker_env(jobs, prefix)
         rev = head_commit()
-        _queue(method or list(METHODS), seed or list(SEEDS), budget_overrides(preset), prefix)
-        run_queue([prefix], rev, jobs, env, poll)
+        methods, seeds, overrides = method or list(METHODS), seed or list(SEEDS), budget_overrides(preset)
+        if executor == opt.ExecutorName.slurm:
+            slurm = opt.slurm_options(
+                partition,
+                account,
+                qos,
+                time,
+                cpus_per_node,
+                gpus_per_node,
+                mem_gb,
+                nodes,
+                signal_delay_s,
+                max_requeues,
+                sbatch,
+            )
+            run_slurm(
+                _new_experiments(methods, seeds, overrides, prefix), TARGET_STAGES, prefix, slurm, True, poll
+            )
+        else:
+            env = worker_env(jobs, prefix)
+            _queue(methods, seeds, overrides, prefix)
+            run_queue([prefix], rev, jobs, env, poll)
         _table(prefix, rev, out, preset)
 
 
@@ -759,18 +802,54 @@ def curve(
     rev: Rev = "HEAD",
     jobs: Jobs = 1,
     poll: Poll = 30.0,
+    executor: opt.Executor = opt.ExecutorName.queue,
+    partition: opt.Partition = None,
+    account: opt.Account = None,
+    qos: opt.Qos = None,
+    time: opt.Time = opt.DEFAULTS.time,
+    cpus_per_node: opt.CpusPerNode = opt.DEFAULTS.cpus_per_node,
+    gpus_per_node: opt.GpusPerNode = opt.DEFAULTS.gpus_per_node,
+    mem_gb: opt.MemGb = None,
+    nodes: opt.Nodes = opt.DEFAULTS.nodes,
+    signal_delay_s: opt.SignalDelay = opt.DEFAULTS.signal_delay_s,
+    max_requeues: opt.MaxRequeues = opt.DEFAULTS.max_requeues,
+    sbatch: opt.Sbatch = None,
 ) -> None:
     """How the methods' scores and their difference to RecycleLoRA grow with training: queue every method x
-    seed at each budget (the preset with `train.iterations` = steps), run them, and write the curve."""
+    seed at each budget (the preset with `train.iterations` = steps), run them (on DVC's queue, or one SLURM
+    job each as the SLURM sweep <prefix>), and write the curve."""
     with user_errors():
         if not table_only:
-            env = worker_env(jobs, prefix)
             rev = head_commit()
             budgets = [int(s) for s in steps or CURVE_STEPS]
-            for budget in budgets:
-                overrides = budget_overrides(preset, budget)
-                _queue(method or list(CURVE_METHODS), seed or list(SEEDS), overrides, f"{prefix}{budget}")
-            run_queue([f"{prefix}{budget}" for budget in budgets], rev, jobs, env, poll)
+            methods, seeds = method or list(CURVE_METHODS), seed or list(SEEDS)
+            if executor == opt.ExecutorName.slurm:
+                slurm = opt.slurm_options(
+                    partition,
+                    account,
+                    qos,
+                    time,
+                    cpus_per_node,
+                    gpus_per_node,
+                    mem_gb,
+                    nodes,
+                    signal_delay_s,
+                    max_requeues,
+                    sbatch,
+                )
+                points = [
+                    experiment
+                    for budget in budgets
+                    for experiment in _new_experiments(
+                        methods, seeds, budget_overrides(preset, budget), f"{prefix}{budget}"
+                    )
+                ]
+                run_slurm(points, TARGET_STAGES, prefix, slurm, True, poll)
+            else:
+                env = worker_env(jobs, prefix)
+                for budget in budgets:
+                    _queue(methods, seeds, budget_overrides(preset, budget), f"{prefix}{budget}")
+                run_queue([f"{prefix}{budget}" for budget in budgets], rev, jobs, env, poll)
         _curve(prefix, rev, out, preset)
 
 

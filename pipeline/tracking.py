@@ -910,6 +910,11 @@ def _end_runs(
         client.set_terminated(parent_id, parent_status)
 
 
+def slurm_tags(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """``slurm.job_id`` and ``slurm.node`` of a stage that runs in a SLURM job (``None`` outside one)."""
+    return {"slurm.job_id": environ.get("SLURM_JOB_ID"), "slurm.node": environ.get("SLURMD_NODENAME")}
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -924,7 +929,7 @@ def stage_run(
 
     ``repo_root`` is the DVC workspace the stage runs in (it holds ``params.yaml``). The child gets ``params``
     flattened (``train.lr``) and whole (artifact ``params.yaml``), the tags ``stage``, ``git_commit``,
-    ``dvc_exp`` and ``recyclelora.table`` (when known) and system metrics; with ``resume_child`` it continues
+    ``dvc_exp``, ``recyclelora.table``, ``slurm.job_id`` and ``slurm.node`` (when known) and system metrics; with ``resume_child`` it continues
     the latest child ``stage`` of the parent that did not finish, if there is one. Stop signals raise
     :class:`~recyclelora.signals.Interrupted` inside the block. An ``Interrupted`` or ``KeyboardInterrupt``
     ends child and parent KILLED, any other exception FAILED, and propagates; success copies the headline
@@ -950,6 +955,7 @@ def stage_run(
                 "dvc_exp": exp_name,
                 PIPELINE_KEY_TAG: key,
                 TABLE_TAG: os.environ.get(TABLE_ENV),
+                **slurm_tags(os.environ),
             }
             tags = {name: value for name, value in tags.items() if value}
             whole = read_yaml(workspace / PARAMS_FILE) or {}

@@ -18,7 +18,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 #: Optional dependency -> the extra that installs it.
 EXTRAS = {
     "dvc": "pipeline", "mlflow": "pipeline", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx",
-    "transformers": "mask2former", "cityscapesscripts": "cityscapes",
+    "transformers": "mask2former", "cityscapesscripts": "cityscapes", "submitit": "cluster",
 }  # fmt: skip
 
 
@@ -41,7 +41,7 @@ def test_install_profiles() -> None:
     assert not base & set(EXTRAS), "an optional dependency is in the base install"
     for module, extra in EXTRAS.items():
         assert module in extras[extra], (module, extra)
-    assert project["optional-dependencies"]["all"] == ["recyclelora[pipeline,onnx,mask2former,cityscapes]"]
+    assert project["optional-dependencies"]["all"] == ["recyclelora[pipeline,onnx,mask2former,cityscapes,cluster]"]
     assert "recyclelora[all]" in project["optional-dependencies"]["dev"]
     # the README's one set-up command and CI install everything
     assert 'pip install -e ".[dev]"' in (PROJECT / "README.md").read_text()

@@ -14,28 +14,14 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from pipeline.presets import apply_preset
 from pipeline.stages import analyze, data, evaluate, export, init, merge, train, weights
+from tests.pipeline.workspace import GIT, tiny_repo
 
 PROJECT = Path(__file__).resolve().parents[2]
-TINY = Path(__file__).with_name("tiny_params.yaml")
 MODULES = {
     "data": data, "weights": weights, "init": init, "train": train, "merge": merge, "evaluate": evaluate,
     "export": export, "analyze": analyze,
 }  # fmt: skip
-#: What the temporary repository needs: the pipeline definition and every code dependency of dvc.yaml.
-COPIED = (
-    "dvc.yaml",
-    "params.yaml",
-    ".dvcignore",
-    ".dvc",
-    "recyclelora",
-    "pipeline",
-    "data",
-    "models",
-    "reports",
-)
-GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c", "commit.gpgsign=false"]
 ENV_DROPPED = ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "RECYCLELORA_PARENT_RUN_ID",
                "RECYCLELORA_MLFLOW_DB")  # fmt: skip
 
@@ -94,25 +80,8 @@ def changed_stages(repo: Path, env: dict[str, str]) -> set[str]:
 
 @pytest.mark.slow
 def test_dvc_repro_runs_every_stage_then_nothing(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "mlflow.db", "mlartifacts")
-    for name in COPIED:
-        source = PROJECT / name
-        if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=ignore)
-        else:
-            shutil.copy(source, repo / name)
-    for folder in ("data", "models", "reports"):  # only the .gitignore files DVC maintains, no outputs
-        for entry in (repo / folder).iterdir():
-            if entry.name != ".gitignore":
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)
-    shutil.rmtree(repo / ".dvc" / "tmp", ignore_errors=True)
-    apply_preset(repo / "params.yaml", str(TINY))
+    repo = tiny_repo(tmp_path / "repo")
     env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED} | {"DVC_NO_ANALYTICS": "1"}
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "tiny pipeline"]):
-        run(GIT + args, repo, env)
 
     first = run(["dvc", "repro"], repo, env)
     assert [f"Running stage '{name}'" in first for name in MODULES] == [True] * len(MODULES)

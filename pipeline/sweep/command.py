@@ -1,0 +1,64 @@
+"""``python -m pipeline sweep``'s command (pipeline/cli.py registers it)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from pipeline.sweep import options as opt
+from recyclelora.cli.common import user_errors
+
+
+def sweep(
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-S", "--set", help="KEY=V1,V2,...: params overrides; repeat; lists expand to the grid."
+        ),
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option("--target", help="Stages to run (repeat); default: the whole pipeline."),
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="Experiment names are <prefix>-<swept values>.")] = "sweep",
+    executor: opt.Executor = opt.ExecutorName.queue,
+    wait: opt.Wait = False,
+    poll: Annotated[float, typer.Option(help="Seconds between progress checks (--wait).")] = 10.0,
+    jobs: Annotated[int, typer.Option(help="Queue workers (--executor queue).")] = 1,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Resubmit the failed jobs of SLURM sweep --prefix only.")
+    ] = False,
+    partition: opt.Partition = None,
+    account: opt.Account = None,
+    qos: opt.Qos = None,
+    time: opt.Time = opt.DEFAULTS.time,
+    cpus_per_node: opt.CpusPerNode = opt.DEFAULTS.cpus_per_node,
+    gpus_per_node: opt.GpusPerNode = opt.DEFAULTS.gpus_per_node,
+    mem_gb: opt.MemGb = None,
+    nodes: opt.Nodes = opt.DEFAULTS.nodes,
+    signal_delay_s: opt.SignalDelay = opt.DEFAULTS.signal_delay_s,
+    max_requeues: opt.MaxRequeues = opt.DEFAULTS.max_requeues,
+    sbatch: opt.Sbatch = None,
+) -> None:
+    """Run a grid of params overrides as DVC experiments of the current commit, on DVC's queue or on SLURM."""
+    from pipeline.sweep import run_queue, run_slurm
+    from pipeline.sweep.grid import expand
+
+    with user_errors():
+        if retry_failed and executor != opt.ExecutorName.slurm:
+            raise ValueError("--retry-failed resubmits a SLURM sweep's failed jobs: add --executor slurm")
+        if not sets and not retry_failed:
+            raise ValueError(
+                "no -S KEY=V1,V2 given: name the params to sweep, e.g. -S model.adapter.init=lora,rrqr"
+            )
+        experiments = expand(sets or [], prefix) if sets else []
+        if executor == opt.ExecutorName.queue:
+            run_queue(experiments, target or [], prefix, jobs, wait, poll, os.environ)
+            return
+        slurm = opt.slurm_options(
+            partition, account, qos, time, cpus_per_node, gpus_per_node, mem_gb, nodes, signal_delay_s,
+            max_requeues, sbatch,
+        )  # fmt: skip
+        run_slurm(experiments, target or [], prefix, slurm, wait, poll, os.environ, retry_failed)

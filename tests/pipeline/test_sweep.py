@@ -1,0 +1,161 @@
+"""``python -m pipeline sweep`` without a scheduler: the grid of ``-S`` options, the stages a sweep shares, the
+SLURM options' validation and the refusals, each one line. The SLURM runs are in tests/cluster/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.sweep import require_mlflow_server
+from pipeline.sweep.grid import Experiment, expand, shared_stages, uncached_outs
+from pipeline.sweep.job import DONE, FAILED, REQUEUED, RUNNING, Task, job_env, write_status
+from pipeline.sweep.progress import SweepFailed, watch
+from pipeline.sweep.slurm import SlurmOptions, Sweep, minutes
+
+PROJECT = Path(__file__).resolve().parents[2]
+DVC_YAML = PROJECT / "dvc.yaml"
+
+
+def test_comma_lists_expand_to_the_cross_product_named_by_the_swept_values() -> None:
+    grid = expand(["model.adapter.init=lora,rrqr", "train.iterations=4", "base.seed=0,1"], "sw")
+    assert grid == [
+        Experiment("sw-lora-0", ("model.adapter.init=lora", "train.iterations=4", "base.seed=0")),
+        Experiment("sw-lora-1", ("model.adapter.init=lora", "train.iterations=4", "base.seed=1")),
+        Experiment("sw-rrqr-0", ("model.adapter.init=rrqr", "train.iterations=4", "base.seed=0")),
+        Experiment("sw-rrqr-1", ("model.adapter.init=rrqr", "train.iterations=4", "base.seed=1")),
+    ]
+    assert expand(["train.lr=1e-4"], "one") == [Experiment("one", ("train.lr=1e-4",))]
+    assert [e.name for e in expand(["train.lr=1e-4,2e-4/x"], "sw")] == ["sw-1e-4", "sw-2e-4_x"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["train.lr"], "is not KEY=VALUE or KEY=V1,V2"),
+        (["=1,2"], "is not KEY=VALUE or KEY=V1,V2"),
+        (["train.lr=1,,2"], "is not KEY=VALUE or KEY=V1,V2"),
+        (["base.seed=0,1", "base.seed=2"], "sets ['base.seed'] more than once"),
+        (["train.lr=a/b,a_b"], "the same experiment name twice"),
+    ],
+)
+def test_bad_sets_are_refused_in_one_line(sets: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=r"^[^\n]+$") as caught:
+        expand(sets, "sw")
+    assert message in str(caught.value)
+
+
+def test_shared_stages_are_those_no_swept_key_reaches_upstream_or_in_their_params() -> None:
+    assert shared_stages(DVC_YAML, ["model.adapter.init"]) == ["data", "weights"]
+    assert shared_stages(DVC_YAML, ["train.lr", "base.seed"], ["evaluate", "analyze"]) == [
+        "data",
+        "weights",
+        "init",
+    ]
+    assert shared_stages(DVC_YAML, ["model"]) == ["data"]  # a key holding a stage's param changes it
+    assert shared_stages(DVC_YAML, ["params.yaml:datasets.synth.width"]) == ["weights", "init"]
+    assert shared_stages(DVC_YAML, ["train.lr"], ["weights"]) == ["weights"]  # only what the targets need
+    assert uncached_outs(DVC_YAML, ["data", "weights"]) == ["checksums/gta5.sha256"]
+
+
+def test_slurm_options_are_validated_one_line_each() -> None:
+    options = SlurmOptions(
+        partition="gpu", time="1:30:00", gpus_per_node=2, mem_gb=32, sbatch=("constraint=a100",)
+    )
+    parameters = options.parameters("sw-lora", "41")
+    assert parameters["time"] == 90 and parameters["mem"] == "32GB" and parameters["gpus_per_node"] == 2
+    assert parameters["dependency"] == "afterok:41"
+    assert parameters["additional_parameters"] == {"constraint": "a100", "kill-on-invalid-dep": "yes"}
+    assert "account" not in parameters and "dependency" not in SlurmOptions().parameters("x", None)
+    assert [minutes(t) for t in ("90", "1:30:00", "2-00:00:00", "0:00:30", "1-2:03:00")] == [
+        90,
+        90,
+        2880,
+        1,
+        1563,
+    ]
+    for kwargs, message in [
+        ({"time": "1:30"}, "--time '1:30' is not minutes, H:MM:SS or D-H:MM:SS"),
+        ({"time": "0"}, "no time at all"),
+        ({"time": "2-12"}, "--time '2-12' is not minutes, H:MM:SS or D-H:MM:SS"),
+        ({"cpus_per_node": 0}, "slurm.cpus_per_node must be"),
+        ({"nodes": 2}, "slurm.nodes must be"),
+        ({"partition": "a b"}, "--partition 'a b' must be one name"),
+        ({"sbatch": ("constraint",)}, "--sbatch 'constraint' is not KEY=VALUE"),
+    ]:
+        with pytest.raises(ValueError, match=r"^[^\n]+$") as caught:
+            SlurmOptions(**kwargs)
+        assert message in str(caught.value), kwargs
+
+
+def test_jobs_tag_their_runs_with_the_sweep_and_take_slurms_cpus(tmp_path: Path) -> None:
+    task = Task("sw-lora", (), (), tmp_path, "HEAD", tmp_path, tmp_path / "sw")
+    env = job_env(task, {"SLURM_CPUS_PER_TASK": "4", "PATH": "/bin"})
+    assert env == {
+        "SLURM_CPUS_PER_TASK": "4",
+        "PATH": "/bin",
+        "RECYCLELORA_TABLE": "sw",
+        "OMP_NUM_THREADS": "4",
+    }
+    assert job_env(task, {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "2"
+    assert task.command() == ["dvc", "exp", "run", "-n", "sw-lora"]
+
+
+def test_a_slurm_sweep_without_an_mlflow_server_is_refused_in_one_line(tmp_path: Path) -> None:
+    require_mlflow_server("--executor slurm", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(PROJECT)
+    for extra in ([], ["--time", "soon"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "sweep", "--executor", "slurm", "-S", "base.seed=0,1", *extra],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("error: "), line
+        assert ("needs an MLflow server" if not extra else "--time 'soon'") in line
+    assert not (tmp_path / ".dvc").exists()  # nothing written
+
+
+def test_job_states_come_from_their_records_and_slurms_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A ``squeue`` on PATH (a script) lists jobs 12 running and 13 pending; the other jobs left the queue."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\nprintf '12 RUNNING\\n13 PENDING\\n'\n")
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    names = ["sw-shared", "sw-a", "sw-b", "sw-c", "sw-d"]
+    record = {
+        "rev": "abc", "targets": [], "shared": ["data"], "carry": ["dvc.lock"],
+        "experiments": [{"name": name, "overrides": [f"x={name}"]} for name in names[1:]],
+    }  # fmt: skip
+    sweep = Sweep.create(tmp_path / "sw", record)
+    sweep.record["jobs"] = dict(zip(names, ["11", "12", "13", "14", "15"], strict=True))
+    sweep.record["logs"] = {name: f"{name}.out" for name in names}
+    tasks = {name: Task(name, (), (), tmp_path, "abc", tmp_path, sweep.folder) for name in names}
+    write_status(tasks["sw-shared"], DONE)
+    write_status(tasks["sw-a"], RUNNING)
+    write_status(tasks["sw-b"], REQUEUED)
+    write_status(tasks["sw-c"], FAILED, error="`dvc exp run` exited 1", workspace="/ws/sw-c")
+    rows = {row.name: row for row in sweep.rows()}
+    assert {name: row.state for name, row in rows.items()} == {
+        "sw-shared": "done", "sw-a": "running", "sw-b": "queued", "sw-c": "failed", "sw-d": "failed",
+    }  # fmt: skip
+    assert rows["sw-c"].detail == "`dvc exp run` exited 1; log: sw-c.out; workspace kept: /ws/sw-c"
+    assert rows["sw-d"].detail.startswith("left SLURM's queue without finishing")
+
+    finished = [row for row in rows.values() if row.state != "running" and row.name != "sw-b"]
+    with pytest.raises(
+        SweepFailed, match=r"^2 of 3 job\(s\) failed \(listed above with their logs\): retry$"
+    ):
+        watch(lambda: finished, 0.0, "retry")
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("failed: ")]
+    assert listed == [
+        "failed: sw-c (job 14): `dvc exp run` exited 1; log: sw-c.out; workspace kept: /ws/sw-c",
+        f"failed: sw-d (job 15): {rows['sw-d'].detail}",
+    ]
