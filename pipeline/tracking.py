@@ -929,8 +929,8 @@ def stage_run(
 
     ``repo_root`` is the DVC workspace the stage runs in (it holds ``params.yaml``). The child gets ``params``
     flattened (``train.lr``) and whole (artifact ``params.yaml``), the tags ``stage``, ``git_commit``,
-    ``dvc_exp``, ``recyclelora.table``, ``slurm.job_id`` and ``slurm.node`` (when known) and system metrics; with ``resume_child`` it continues
-    the latest child ``stage`` of the parent that did not finish, if there is one. Stop signals raise
+    ``dvc_exp``, ``recyclelora.table``, ``slurm.job_id`` and ``slurm.node`` (when known) and system metrics;
+    with ``resume_child`` it continues the latest child ``stage`` of the parent that did not finish, if any. Stop signals raise
     :class:`~recyclelora.signals.Interrupted` inside the block. An ``Interrupted`` or ``KeyboardInterrupt``
     ends child and parent KILLED, any other exception FAILED, and propagates; success copies the headline
     metrics onto the parent and ends the child FINISHED, and with ``final=True`` the parent too. Signals wait
