@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ITERATIONS = 40
 CHECKPOINT_EVERY = 4
 START_S = 240.0  # importing torch and the CLI on 2 busy cores
+# One CPU thread in every training process of these tests: a matmul's sums round differently on another thread
+# count, so a reference trained on pytest's threads differs from the subprocesses' by a few ULPs per step.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
 def write_params(folder: Path, manifest: Path, **train_overrides: object) -> Path:
@@ -53,9 +56,8 @@ def write_params(folder: Path, manifest: Path, **train_overrides: object) -> Pat
 def start_when_checkpointed(command: list[str], run_dir: Path, logs: Path, cwd: Path = ROOT) -> subprocess.Popen:
     """Start ``command`` in ``cwd`` in a session of its own (``logs/stdout``, ``logs/stderr``); return once the
     first checkpoint of ``run_dir`` is on disk, the process still training."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True)
+        process = subprocess.Popen(command, cwd=cwd, env=ENV, stdout=out, stderr=err, start_new_session=True)
     deadline = time.monotonic() + START_S
     while not (run_dir / "checkpoints" / "latest").is_file():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -92,6 +94,18 @@ def stopped_step(
     assert (folder / "model.safetensors").is_file() and (folder / "trainer_state.pt").is_file()
     assert not list(run_dir.rglob("*.partial")) and not (run_dir / "model.safetensors").exists()
     return step
+def train_command(params: Path, run_dir: Path, cache_dir: Path) -> list[str]:
+    """The ``recyclelora train`` command line of ``params`` into ``run_dir``, without a progress bar."""
+    return [sys.executable, "-m", "recyclelora", "train", "--params", str(params), "--out", str(run_dir),
+            "--cache-dir", str(cache_dir), "--no-progress"]  # fmt: skip
+
+
+def run_to_end(command: list[str]) -> None:
+    """Run a training ``command`` in a subprocess (:data:`ENV`) and check that it succeeded."""
+    done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=START_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def assert_same_training(run: Path, reference: Path, iterations: int = ITERATIONS) -> None:
     """``run`` logged the ``iterations`` losses and saved the tensors of ``reference``, within the resume tests'
     tolerance."""
@@ -115,10 +129,9 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def uninterrupted(folder: Path, tiny_benchmark: dict[str, dict[str, Path]]) -> Path:
-    """The run folder of the same training, uninterrupted, in this process."""
-    run = load_params(write_params(folder, tiny_benchmark["synth_src"]["train"]), sections=("data", "model", "train"))
+    """The run folder of the same training, uninterrupted, by the same command."""
     out = folder / "uninterrupted"
-    train(run.model, run.train, run.data, out, cache_dir=folder / "init_cache", progress=False)
+    run_to_end(train_command(write_params(folder, tiny_benchmark["synth_src"]["train"]), out, folder / "init_cache"))
     return out
 
 
@@ -138,16 +151,13 @@ def test_a_signal_checkpoints_the_step_says_so_and_resume_is_exact(
 ) -> None:
     params = write_params(tmp_path, tiny_benchmark["synth_src"]["train"], num_workers=num_workers)
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "recyclelora", "train", "--params", str(params), "--out", str(run_dir),
-               "--cache-dir", str(uninterrupted.parent / "init_cache"), "--no-progress"]  # fmt: skip
+    command = train_command(params, run_dir, uninterrupted.parent / "init_cache")
     process = start_when_checkpointed(command, run_dir, tmp_path)
     (os.killpg if to_group else os.kill)(process.pid, signum)
     step = stopped_step(process, run_dir, tmp_path, signum)
     assert len((tmp_path / "stderr").read_text().splitlines()) == 1  # nothing but that line
 
-    resumed = subprocess.run([*command, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=START_S,
-                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_to_end([*command, "--resume"])
     assert json.loads((run_dir / "train_summary.json").read_text())["resumed_from"] == step
     assert_same_training(run_dir, uninterrupted)
 
@@ -176,9 +186,7 @@ def test_a_run_that_fails_with_its_dataloader_worker_alive_still_exits(
     params = write_params(tmp_path, tiny_benchmark["synth_src"]["train"], num_workers=1)
     command = [sys.executable, "-c", _FAIL_AT_STEP_2, str(params), str(tmp_path / "run"),
                str(uninterrupted.parent / "init_cache")]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=START_S,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_to_end(command)
 
 
 DDP_ITERATIONS = 16
