@@ -49,13 +49,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
+from pipeline.presets import read_preset
 from pipeline.sweep import options as opt
 from pipeline.sweep import queue_command, require_mlflow_server, run_slurm
 from pipeline.sweep.grid import Experiment
 from pipeline.tracking import TABLE_ENV, TABLE_TAG, find_repo_root, get_or_create_experiment, tracking_uri
 from recyclelora.adapters.initialisers import INITIALISERS
 from recyclelora.cli.common import user_errors
-from pipeline.presets import read_preset
+from recyclelora.errors import InvalidInputError
 from recyclelora.eval.bootstrap import BootstrapInterval, paired_bootstrap, paired_bootstrap_mean
 from recyclelora.io import atomic_path, atomic_write_text
 
@@ -110,7 +111,7 @@ def override_value(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, (int, float, str)):
         return str(value)
-    raise ValueError(
+    raise InvalidInputError(
         f"only scalar values can be passed to `dvc exp run -S`, got {value!r}: put it in params.yaml"
     )
 
@@ -138,7 +139,7 @@ def method_experiments(
     """One experiment ``<prefix>-<method>-s<seed>`` per method and seed: ``overrides``, the method's, the seed."""
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}: choose from {list(METHODS)}")
+        raise InvalidInputError(f"unknown method(s) {unknown}: choose from {list(METHODS)}")
     return [
         Experiment(
             f"{prefix}-{method}-s{seed}",
@@ -230,7 +231,7 @@ def image_counts(data: bytes) -> dict[str, ImageCounts]:
         classes, class_index = np.unique(columns["class_id"][rows], return_inverse=True)
         cells = image_index * len(classes) + class_index
         if rows.sum() != len(images) * len(classes) or len(np.unique(cells)) != rows.sum():
-            raise ValueError(f"{IMAGE_TABLE}: {dataset} does not have exactly one row per image and class")
+            raise InvalidInputError(f"{IMAGE_TABLE}: {dataset} does not have exactly one row per image and class")
         counts = np.zeros((len(images), len(classes), 3), np.int64)
         counts[image_index, class_index] = np.stack([columns[key][rows] for key in ("tp", "fp", "fn")], -1)
         targets[dataset.removesuffix("_val")] = ImageCounts(
@@ -248,7 +249,7 @@ def paired_counts(
     class (ascending); a ``ValueError`` unless every run covers the same seeds, targets, images and classes."""
     seeds = sorted(reference)
     if sorted(runs) != seeds:
-        raise ValueError(
+        raise InvalidInputError(
             f"{method} has finished experiments for seeds {sorted(runs)} but {REFERENCE} for {seeds}: the "
             "paired bootstrap needs the same seeds"
         )
@@ -257,7 +258,7 @@ def paired_counts(
         for seed in seeds:
             found = {target: counts[:2] for target, counts in per_seed[seed].items()}
             if found != expected:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{name} (seed {seed}) was evaluated on other targets, images or classes than {REFERENCE} "
                     f"(seed {seeds[0]}): {_mismatch(expected, found)}; compare experiments evaluated on the "
                     "same data"
@@ -303,7 +304,7 @@ def compare_to_reference(
         per_seed = runs.setdefault(method_of(row), {})
         seed = int(row["base.seed"])
         if seed in per_seed:
-            raise ValueError(
+            raise InvalidInputError(
                 f"two finished {method_of(row)} experiments have seed {seed} ({row['Experiment']}): remove one"
             )
         per_seed[seed] = image_counts(read(IMAGE_TABLE, row["rev"]))
@@ -590,7 +591,7 @@ def _new_experiments(
     """:func:`method_experiments`, refused if experiments ``<prefix>-...`` exist."""
     existing = sorted(row["Experiment"] for row in experiments(prefix))
     if existing:
-        raise ValueError(
+        raise InvalidInputError(
             f"experiments {existing[:4]}... exist: remove them "
             f"(`dvc exp remove {' '.join(existing[:2])} ...`) "
             "or choose another --prefix"
@@ -655,7 +656,7 @@ def _table(prefix: str, rev: str, out: Path, preset: Path | None) -> None:
     rows = experiments(prefix, rev)
     scores = collect(rows)
     if not scores:
-        raise ValueError(
+        raise InvalidInputError(
             f"no finished experiment named {prefix}-... based on {rev}: run `python -m pipeline.compare run`, "
             "or pass the commit they were queued from as --rev"
         )
@@ -670,7 +671,7 @@ def _curve(prefix: str, rev: str, out: Path, preset: Path | None) -> None:
     rows = curve_experiments(prefix, rev)
     points = curve_points(rows)
     if not points:
-        raise ValueError(
+        raise InvalidInputError(
             f"no finished experiment named {prefix}<steps>-... based on {rev}: run `python -m pipeline.compare "
             "curve`, or pass the commit they were queued from as --rev"
         )

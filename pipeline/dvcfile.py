@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recyclelora.config import read_yaml
+from recyclelora.errors import InvalidInputError
 
 DVC_FILE = "dvc.yaml"
 
@@ -16,10 +17,10 @@ def stage_params(stage: str, params_path: str | Path) -> tuple[str, ...]:
         raise FileNotFoundError(f"{path} does not exist: a stage runs in a DVC workspace, beside {DVC_FILE}")
     stages = (read_yaml(path) or {}).get("stages") or {}
     if stage not in stages:
-        raise ValueError(f"{path} has no stage {stage!r}: its stages are {list(stages)}")
+        raise InvalidInputError(f"{path} has no stage {stage!r}: its stages are {list(stages)}")
     keys = tuple(stages[stage].get("params") or ())
     if not all(isinstance(key, str) for key in keys):
-        raise ValueError(
+        raise InvalidInputError(
             f"{path}: stage {stage!r} lists params of another file; list keys of params.yaml only"
         )
     return keys

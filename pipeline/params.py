@@ -15,6 +15,7 @@ from typing import Any
 from recyclelora.config import ParamsError, RunConfig, build_config, read_params, run_config
 from recyclelora.data.raw import RAW_DATASETS
 from recyclelora.data.synth import SynthConfig
+from recyclelora.errors import InvalidInputError
 from recyclelora.validation import validate_fields
 
 SECTIONS: tuple[str, ...] = ("base", "datasets", "data", "model", "train", "eval", "export")
@@ -58,13 +59,13 @@ class DatasetsConfig:
     def __post_init__(self) -> None:
         validate_fields(self)
         if self.synth is None and not self.real:
-            raise ValueError("synth is null and real is empty: the pipeline needs at least one dataset")
+            raise InvalidInputError("synth is null and real is empty: the pipeline needs at least one dataset")
         unknown = sorted(set(self.real) - set(RAW_DATASETS))
         if unknown:
-            raise ValueError(f"real names unknown dataset(s) {unknown}: choose from {list(RAW_DATASETS)}")
+            raise InvalidInputError(f"real names unknown dataset(s) {unknown}: choose from {list(RAW_DATASETS)}")
         fetch = sorted(name for name, raw in self.real.items() if raw is None and name not in DOWNLOADABLE)
         if fetch:
-            raise ValueError(
+            raise InvalidInputError(
                 f"real: {fetch} cannot be downloaded (only {list(DOWNLOADABLE)} can): give the folder of the "
                 "unpacked download as its value"
             )

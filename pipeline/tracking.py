@@ -112,7 +112,7 @@ from mlflow.utils.validation import (
 
 from recyclelora.adapters.initialisers import INITIALISERS
 from recyclelora.config import read_yaml
-from recyclelora.errors import UserError
+from recyclelora.errors import InvalidInputError, UserError
 from recyclelora.io import atomic_path, flatten, sha256_bytes, sha256_file
 from recyclelora.signals import Interrupted, deferred_stop_signals, raise_on_stop_signals
 
@@ -176,7 +176,7 @@ class TrackingServerUnreachable(UserError, ConnectionError):
     """The MLflow server named by ``MLFLOW_TRACKING_URI`` did not answer."""
 
 
-class NotAnMlflowServer(ValueError):
+class NotAnMlflowServer(InvalidInputError):
     """The server named by ``MLFLOW_TRACKING_URI`` answers, but not as MLflow's REST API."""
 
 
@@ -186,7 +186,7 @@ def find_repo_root(workspace: str | os.PathLike[str]) -> Path:
     for folder in (start, *start.parents):
         if ".dvc" not in folder.parts and (folder / ".dvc").is_dir():
             return folder
-    raise ValueError(
+    raise InvalidInputError(
         f"no DVC repository (a folder holding .dvc/) at or above {start}: run `dvc init` in the "
         f"repository or set {DB_ENV}=/absolute/path/mlflow.db"
     )
@@ -199,7 +199,7 @@ def local_store_path(workspace: str | os.PathLike[str]) -> Path:
         return find_repo_root(workspace) / DB_NAME
     path = Path(override).expanduser()
     if not path.is_absolute():
-        raise ValueError(
+        raise InvalidInputError(
             f"{DB_ENV}={override!r} is relative, but DVC experiments run in other folders: "
             "give an absolute path"
         )
@@ -250,12 +250,12 @@ def tracking_uri(repo_root: str | os.PathLike[str], *, timeout: float = 3.0) -> 
         return local_store_uri(repo_root)
     scheme = urlparse(uri).scheme
     if scheme in ("", "file"):
-        raise ValueError(
+        raise InvalidInputError(
             f"MLFLOW_TRACKING_URI={uri!r} is a file store, which MLflow deprecated: use "
             "sqlite:////absolute/path/mlflow.db or an http(s) MLflow server"
         )
     if scheme == "sqlite" and not uri.startswith("sqlite:////"):
-        raise ValueError(
+        raise InvalidInputError(
             f"MLFLOW_TRACKING_URI={uri!r} is not an absolute SQLite path, but DVC experiments run in other "
             "folders: use sqlite:////absolute/path/mlflow.db"
         )
@@ -293,7 +293,7 @@ def retry_seconds() -> float:
     except ValueError:
         seconds = -1.0
     if not 0 < seconds < float("inf"):
-        raise ValueError(
+        raise InvalidInputError(
             f"{RETRY_ENV}={text!r} is not a positive number of seconds: unset it or give e.g. 30"
         )
     return seconds
@@ -735,7 +735,7 @@ def flatten_params(params: Mapping[str, object]) -> dict[str, str]:
     flat = flatten(params, keep_empty=False)
     for name in flat:
         if len(name) > MAX_ENTITY_KEY_LENGTH:
-            raise ValueError(
+            raise InvalidInputError(
                 f"param name {name[:80]!r}... has {len(name)} characters, MLflow allows "
                 f"{MAX_ENTITY_KEY_LENGTH}: shorten the params.yaml keys"
             )
@@ -804,7 +804,7 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
                 raise
             experiment = client.get_experiment_by_name(name)
     if experiment.lifecycle_stage != "active":
-        raise ValueError(
+        raise InvalidInputError(
             f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments restore`) or choose "
             "another experiment name"
         )
@@ -828,7 +828,7 @@ def _parent_run(
         try:
             return client.get_run(explicit)
         except MlflowException as error:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{PARENT_ENV}={explicit!r} names no run in the store: {error.message}"
             ) from error
     found = client.search_runs(

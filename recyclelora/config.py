@@ -13,12 +13,13 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from recyclelora.data.images import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
 from recyclelora.data.transforms import EvalTransformConfig, ResizeConfig
+from recyclelora.errors import InvalidInputError
 from recyclelora.models.build import ModelConfig
 from recyclelora.train.config import DataConfig, TrainConfig
 from recyclelora.validation import accepts, describe, union_options, validate_fields
 
 
-class ParamsError(ValueError):
+class ParamsError(InvalidInputError):
     """A params file names an unknown key or holds a value its field refuses."""
 
 
@@ -43,11 +44,11 @@ class EvalConfig:
         object.__setattr__(self, "targets", tuple(str(t) for t in self.targets))
         validate_fields(self, "eval")
         if self.stride > self.crop:
-            raise ValueError(f"eval.stride must be <= crop={self.crop}, got {self.stride!r}")
+            raise InvalidInputError(f"eval.stride must be <= crop={self.crop}, got {self.stride!r}")
         stems = [Path(target).stem for target in self.targets]
         unknown = sorted(set(self.resize) - set(stems))
         if unknown:
-            raise ValueError(f"eval.resize names {unknown}, which are not targets: the targets are {stems}")
+            raise InvalidInputError(f"eval.resize names {unknown}, which are not targets: the targets are {stems}")
 
     def target_transform(self, target: str | Path, transform: EvalTransformConfig) -> EvalTransformConfig:
         """``transform`` with the resize rule of ``resize[<stem of target>]`` when that target has one."""

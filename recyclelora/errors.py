@@ -1,5 +1,6 @@
-"""The one base class of failures a user can fix (the message says how); ``ValueError`` and
-``FileNotFoundError`` are the other two kinds of user error. The CLI prints any of them as one line."""
+"""What a user can fix: :class:`UserError` and its subclasses (the message says how), and
+``FileNotFoundError`` for a path they gave. The command lines print these as one ``error:`` line; any other
+exception (a ``ValueError`` from numpy, a ``KeyError`` in our code) is a bug, shown with its traceback."""
 
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ class UserError(RuntimeError):
     """A failure outside the code: bad data, an unreachable server, a diverged run. Its message says what to do."""
 
 
-#: Every exception type the CLI reports as one line instead of a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, UserError)
+class InvalidInputError(UserError, ValueError):
+    """A value the user gave (a param, an option, a file's content) that is refused; also a ``ValueError``, as
+    Python callers of the library expect."""
+
+
+#: Every exception type the command lines report as one line instead of a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, UserError)
 
 
 def first_sentence(error: BaseException) -> str:

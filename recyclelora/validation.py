@@ -17,6 +17,8 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from recyclelora.errors import InvalidInputError
+
 #: Bound keys of a field's metadata -> (the test a number must pass, the symbol shown in messages).
 BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
     "ge": (operator.ge, ">="),
@@ -49,7 +51,7 @@ def check_value(value: Any, hint: Any, where: str, rules: Mapping[str, Any] | No
     ):
         return
     allowed = " or ".join(_allowed(option, bounds, choices) for option in union_options(hint))
-    raise ValueError(f"{where} must be {allowed}, got {value!r}")
+    raise InvalidInputError(f"{where} must be {allowed}, got {value!r}")
 
 
 def accepts(hint: Any, value: Any) -> bool:

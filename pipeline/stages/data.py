@@ -18,6 +18,7 @@ from recyclelora.data.manifest import manifest_path, read_manifest
 from recyclelora.data.prepare import prepare_dataset
 from recyclelora.data.raw import RAW_DATASETS
 from recyclelora.data.synth import generate_benchmark
+from recyclelora.errors import InvalidInputError
 from recyclelora.io import atomic_dir, atomic_write_text
 
 SUMMARY_FILE = "datasets.json"
@@ -61,7 +62,7 @@ def check_manifests(params: PipelineParams, out: Path) -> None:
     for key, paths in wanted.items():
         for path in map(Path, paths):
             if path.parent.resolve() != out.resolve() or path.name not in produced:
-                raise ValueError(
+                raise InvalidInputError(
                     f"params.{key} names {path}, which the data stage does not produce: choose from "
                     f"{[(out / name).as_posix() for name in produced]} or add the dataset to params.datasets"
                 )

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 from pipeline.sweep import progress
 from pipeline.sweep.grid import Experiment
 from pipeline.sweep.progress import Row
+from recyclelora.errors import InvalidInputError
 
 #: The sweeps' folder in the repository: DVC ignores ``.dvc/tmp``, and Git too.
 SWEEPS_DIR = Path(".dvc", "tmp", "slurm")
@@ -34,7 +35,7 @@ def require_mlflow_server(what: str, environ: Mapping[str, str]) -> None:
     """Refuse ``what`` (experiments side by side) unless ``MLFLOW_TRACKING_URI`` is an http(s) MLflow server:
     SQLite locks up under concurrent writers."""
     if urlparse(environ.get("MLFLOW_TRACKING_URI", "")).scheme not in ("http", "https"):
-        raise ValueError(
+        raise InvalidInputError(
             f"{what} runs experiments side by side, which needs an MLflow server: start `mlflow server "
             "--backend-store-uri sqlite:///$PWD/mlflow.db --host 0.0.0.0 --port 5000` and export "
             "MLFLOW_TRACKING_URI=http://<its host>:5000"

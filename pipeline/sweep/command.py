@@ -9,6 +9,7 @@ import typer
 
 from pipeline.sweep import options as opt
 from recyclelora.cli.common import user_errors
+from recyclelora.errors import InvalidInputError
 
 
 def sweep(
@@ -48,9 +49,9 @@ def sweep(
 
     with user_errors():
         if retry_failed and executor != opt.ExecutorName.slurm:
-            raise ValueError("--retry-failed resubmits a SLURM sweep's failed jobs: add --executor slurm")
+            raise InvalidInputError("--retry-failed resubmits a SLURM sweep's failed jobs: add --executor slurm")
         if not sets and not retry_failed:
-            raise ValueError(
+            raise InvalidInputError(
                 "no -S KEY=V1,V2 given: name the params to sweep, e.g. -S model.adapter.init=lora,rrqr"
             )
         experiments = expand(sets or [], prefix) if sets else []

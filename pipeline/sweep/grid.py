@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from recyclelora.errors import InvalidInputError
+
 #: What an experiment name may hold (a Git ref component DVC accepts), anything else becomes ``_``.
 _NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9_.+-]+")
 
@@ -28,7 +30,7 @@ def parse_set(option: str) -> tuple[str, list[str]]:
     key, equals, values = option.partition("=")
     items = values.split(",")
     if not equals or not key.strip() or not all(item.strip() for item in items):
-        raise ValueError(
+        raise InvalidInputError(
             f"-S {option!r} is not KEY=VALUE or KEY=V1,V2,...: e.g. -S model.adapter.init=lora,rrqr"
         )
     return key.strip(), [item.strip() for item in items]
@@ -40,7 +42,7 @@ def expand(sets: Sequence[str], prefix: str) -> list[Experiment]:
     keys = [key for key, _ in parsed]
     repeated = sorted({key for key in keys if keys.count(key) > 1})
     if repeated:
-        raise ValueError(f"-S sets {repeated} more than once: give each key once, its values comma-separated")
+        raise InvalidInputError(f"-S sets {repeated} more than once: give each key once, its values comma-separated")
     swept = [index for index, (_, values) in enumerate(parsed) if len(values) > 1]
     grid = []
     for values in itertools.product(*(values for _, values in parsed)):
@@ -51,7 +53,7 @@ def expand(sets: Sequence[str], prefix: str) -> list[Experiment]:
         )
     names = [experiment.name for experiment in grid]
     if len(set(names)) != len(names):
-        raise ValueError(f"the swept values give the same experiment name twice ({names}): use other values")
+        raise InvalidInputError(f"the swept values give the same experiment name twice ({names}): use other values")
     return grid
 
 

@@ -24,7 +24,7 @@ from pipeline.sweep.grid import Experiment, shared_stages, uncached_outs
 from pipeline.sweep.job import DONE, FAILED, RUNNING, Job, Task, read_status
 from pipeline.sweep.progress import Row
 from recyclelora.cli.common import errors
-from recyclelora.errors import UserError, require_extra
+from recyclelora.errors import InvalidInputError, UserError, require_extra
 from recyclelora.io import atomic_write_text
 from recyclelora.validation import validate_fields
 
@@ -38,7 +38,7 @@ def minutes(time: str) -> int:
     """SLURM's ``--time`` (``90``, ``1:30:00``, ``2-00:00:00``) in whole minutes, rounded up."""
     match = _TIME.fullmatch(time.strip())
     if not match:
-        raise ValueError(
+        raise InvalidInputError(
             f"--time {time!r} is not minutes, H:MM:SS or D-H:MM:SS (SLURM's formats): e.g. 1:30:00"
         )
     parts = {key: int(value or 0) for key, value in match.groupdict().items()}
@@ -46,7 +46,7 @@ def minutes(time: str) -> int:
         "seconds"
     ]
     if total <= 0:
-        raise ValueError(f"--time {time!r} is no time at all: give the job's time limit, e.g. 1:30:00")
+        raise InvalidInputError(f"--time {time!r} is no time at all: give the job's time limit, e.g. 1:30:00")
     return -(-total // 60)
 
 
@@ -78,7 +78,7 @@ class SlurmOptions:
         for name in ("partition", "account", "qos"):
             value = getattr(self, name)
             if value is not None and (not value or re.search(r"\s", value)):
-                raise ValueError(f"--{name} {value!r} must be one name without spaces, e.g. --{name} gpu")
+                raise InvalidInputError(f"--{name} {value!r} must be one name without spaces, e.g. --{name} gpu")
         minutes(self.time)
         self.extra()
 
@@ -88,7 +88,7 @@ class SlurmOptions:
         for option in self.sbatch:
             key, equals, value = option.removeprefix("--").partition("=")
             if not equals or not _SBATCH_KEY.fullmatch(key) or not value:
-                raise ValueError(
+                raise InvalidInputError(
                     f"--sbatch {option!r} is not KEY=VALUE of an sbatch option: e.g. --sbatch constraint=a100"
                 )
             extra[key] = value

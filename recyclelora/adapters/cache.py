@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 
 from recyclelora.adapters.config import AdapterConfig
 from recyclelora.adapters.factors import ALGORITHM_VERSION, Factors
+from recyclelora.errors import InvalidInputError
 from recyclelora.io import save_safetensors
 
 FORMAT = "recyclelora-init"
@@ -113,5 +114,5 @@ def read_cache_metadata(path: str | Path) -> tuple[dict, dict[str, tuple[int, ..
         metadata = handle.metadata() or {}
         shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     if "spec" not in metadata:
-        raise ValueError(f"{path} is not a recyclelora init cache (no 'spec' in its metadata)")
+        raise InvalidInputError(f"{path} is not a recyclelora init cache (no 'spec' in its metadata)")
     return json.loads(metadata["spec"]), shapes

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from recyclelora.adapters.initialisers import INITIALISERS, Initialiser
+from recyclelora.errors import InvalidInputError
 from recyclelora.validation import validate_fields
 
 INIT_METHODS: tuple[str, ...] = tuple(INITIALISERS)
@@ -48,14 +49,14 @@ class AdapterConfig:
             object.__setattr__(self, "blocks", tuple(self.blocks))
         validate_fields(self)
         if self.effective_ranks == (0, 0):
-            raise ValueError(
+            raise InvalidInputError(
                 f"init={self.init!r} with rank_main={self.rank_main}, rank_sub={self.rank_sub} trains nothing: "
                 "give the adapter a positive rank"
             )
         if not self.target_modules or not all(self.target_modules):
-            raise ValueError(f"target_modules must be non-empty names, got {self.target_modules!r}")
+            raise InvalidInputError(f"target_modules must be non-empty names, got {self.target_modules!r}")
         if self.blocks == ():
-            raise ValueError(f"blocks must be None (all) or a non-empty list, got {self.blocks!r}")
+            raise InvalidInputError(f"blocks must be None (all) or a non-empty list, got {self.blocks!r}")
 
     @property
     def initialiser(self) -> Initialiser:

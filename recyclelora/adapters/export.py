@@ -17,6 +17,7 @@ from torch import nn
 
 from recyclelora.adapters.factors import Factors
 from recyclelora.adapters.inject import adapter_layers
+from recyclelora.errors import InvalidInputError
 from recyclelora.io import atomic_write_text, save_safetensors
 
 #: peft's file names in an adapter folder (``PeftModel.from_pretrained`` reads them).
@@ -72,9 +73,9 @@ def lora_delta(model: nn.Module, init_factors: dict[str, Factors]) -> LoraDelta:
         ranks.add(a.shape[0])
         scalings.add(layer.scaling)
     if not state:
-        raise ValueError("the model has no adapter layers")
+        raise InvalidInputError("the model has no adapter layers")
     if len(ranks) != 1 or len(scalings) != 1:
-        raise ValueError(f"layers differ in rank {sorted(ranks)} or scaling {sorted(scalings)}: no single LoRA config")
+        raise InvalidInputError(f"layers differ in rank {sorted(ranks)} or scaling {sorted(scalings)}: no single LoRA config")
     rank, scaling = ranks.pop(), scalings.pop()
     targets = tuple(sorted({name.rsplit(".", 1)[-1] for name, _ in adapter_layers(model)}))
     return LoraDelta(state, rank, scaling * rank, targets)

@@ -15,6 +15,8 @@ import torch
 from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
+from recyclelora.errors import InvalidInputError
+
 #: Bumped whenever an initialiser's output changes, so cached decompositions are recomputed.
 ALGORITHM_VERSION = 1
 
@@ -47,9 +49,9 @@ def check_ranks(shape: tuple[int, int], rank_main: int, rank_sub: int) -> None:
     """Raise ``ValueError`` unless ``0 <= r_main, r_sub`` and ``r_main + r_sub <= min(out, in)``."""
     limit = min(shape)
     if rank_main < 0 or rank_sub < 0:
-        raise ValueError(f"ranks must be >= 0, got rank_main={rank_main}, rank_sub={rank_sub}")
+        raise InvalidInputError(f"ranks must be >= 0, got rank_main={rank_main}, rank_sub={rank_sub}")
     if rank_main + rank_sub > limit:
-        raise ValueError(
+        raise InvalidInputError(
             f"rank_main + rank_sub = {rank_main + rank_sub} exceeds min(out, in) = {limit} "
             f"for a {shape[0]} x {shape[1]} weight: lower the ranks to at most {limit} together"
         )

@@ -13,6 +13,7 @@ from recyclelora.adapters.config import AdapterConfig
 from recyclelora.adapters.factors import Factors, check_ranks
 from recyclelora.adapters.init import compute_factors
 from recyclelora.adapters.layer import ADAPTER_PARAMETERS, DualLoRALinear
+from recyclelora.errors import InvalidInputError
 
 
 def _blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential:
@@ -32,7 +33,7 @@ def _selected_blocks(model: nn.Module, config: AdapterConfig) -> list[int]:
     selected = []
     for index in config.blocks:
         if not -depth <= index < depth:
-            raise ValueError(f"block index {index} is out of range for a model with {depth} blocks")
+            raise InvalidInputError(f"block index {index} is out of range for a model with {depth} blocks")
         selected.append(index % depth)
     return sorted(set(selected))
 
@@ -55,7 +56,7 @@ def find_target_linears(model: nn.Module, config: AdapterConfig) -> dict[str, nn
     missing = [t for t in config.target_modules if t not in used]
     if missing:
         linears = sorted({n for n, m in blocks[0].named_modules() if isinstance(m, nn.Linear)})
-        raise ValueError(f"target_modules {missing} match no nn.Linear in the blocks; a block has {linears}")
+        raise InvalidInputError(f"target_modules {missing} match no nn.Linear in the blocks; a block has {linears}")
     return found
 
 
@@ -78,7 +79,7 @@ def inject_adapters(
         try:
             check_ranks(tuple(linear.weight.shape), *config.effective_ranks)
         except ValueError as error:
-            raise ValueError(f"{name}: {error}") from None
+            raise InvalidInputError(f"{name}: {error}") from None
     weights = {name: linear.weight for name, linear in targets.items()}
     factors = None
     entry = None
@@ -152,7 +153,7 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
         if expected[k].shape != state[k].shape
     ]
     if missing or unexpected or wrong:
-        raise ValueError(
+        raise InvalidInputError(
             "adapter checkpoint does not fit this model (were the ranks, targets or blocks changed?): "
             f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
             f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}, shape mismatches {wrong[:8]}"

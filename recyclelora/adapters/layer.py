@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recyclelora.adapters.factors import Factors
+from recyclelora.errors import InvalidInputError
 
 ADAPTER_PARAMETERS: tuple[str, ...] = ("lora_A_main", "lora_B_main", "lora_A_sub", "lora_B_sub")
 
@@ -72,7 +73,7 @@ class DualLoRALinear(nn.Module):
         """A plain ``nn.Linear`` computing ``W_res + s (B_main A_main + B_sub A_sub)``; checks finiteness."""
         weight = self.weight.float() + self.delta_weight()
         if not torch.isfinite(weight).all():
-            raise ValueError("merged weight is not finite: the adapters hold NaN or Inf")
+            raise InvalidInputError("merged weight is not finite: the adapters hold NaN or Inf")
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
         linear.to(device=self.weight.device, dtype=self.weight.dtype)
         linear.weight.copy_(weight.to(self.weight.dtype))

@@ -11,6 +11,7 @@ import typer
 
 from recyclelora.adapters.config import INIT_METHODS
 from recyclelora.cli.common import console, user_errors
+from recyclelora.errors import InvalidInputError
 from recyclelora.io import default_cache_dir
 
 
@@ -47,7 +48,7 @@ def init(
     with user_errors():
         if Path(source).suffix in CHECKPOINT_SUFFIXES:
             if model is None:
-                raise ValueError(f"say which timm architecture {source} holds with --model, e.g. vit_large_patch14_dinov2")
+                raise InvalidInputError(f"say which timm architecture {source} holds with --model, e.g. vit_large_patch14_dinov2")
             backbone_config = BackboneConfig(name=model, weights=source, img_size=img_size, patch_size=patch_size)
         elif source == "embedded":
             backbone_config = BackboneConfig(weights="embedded", img_size=img_size, patch_size=patch_size)
@@ -55,7 +56,7 @@ def init(
             backbone_config = BackboneConfig(name=source, weights="hub", img_size=img_size, patch_size=patch_size)
         config = AdapterConfig(rank_main=rank_main, rank_sub=rank_sub, init=init_method, alpha=alpha)
         if not config.initialiser.deterministic:
-            raise ValueError(f"init={config.init!r} is random (seeded at training time): there is nothing to cache")
+            raise InvalidInputError(f"init={config.init!r} is random (seeded at training time): there is nothing to cache")
         vit = ViTBackbone(backbone_config).vit
         cache = cache_dir or default_init_cache()
         targets = find_target_linears(vit, config)
@@ -88,7 +89,7 @@ def info(path: Annotated[Path, typer.Argument(help="An init cache file or a segm
                 metadata = handle.metadata() or {}
                 shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
         except Exception as error:  # safetensors raises several types for a file that is not one
-            raise ValueError(f"{path} is not a safetensors file ({error})") from None
+            raise InvalidInputError(f"{path} is not a safetensors file ({error})") from None
         table = Table(title=str(path), show_header=False)
         table.add_column("field", style="bold")
         table.add_column("value")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import traceback
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -16,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from typer.exceptions import TyperException
 
 from recyclelora.errors import USER_ERRORS
 from recyclelora.signals import Interrupted
@@ -27,9 +29,14 @@ _log_handler = RichHandler(console=errors, show_time=False, show_path=False)
 #: Set to 1 (or pass ``recyclelora-cli --debug``) to get the traceback of a user error instead of one line.
 DEBUG_ENV = "RECYCLELORA_DEBUG"
 _WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"
+#: The line after the traceback of an error that is not a user error (:func:`user_errors`).
+BUG_REPORT = (
+    "error: this is a bug in recyclelora, not a problem with your input: please report it to the project's issue "
+    "tracker with the traceback above and the command you ran"
+)
 
 __all__ = [
-    "DEBUG_ENV", "configure_logging", "console", "debug_enabled", "errors", "message", "root_app", "user_errors",
+    "BUG_REPORT", "DEBUG_ENV", "configure_logging", "console", "debug_enabled", "errors", "message", "root_app", "user_errors",
 ]  # fmt: skip
 
 
@@ -80,14 +87,23 @@ def message(error: BaseException) -> str:
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Print a user error (:data:`recyclelora.errors.USER_ERRORS`) as ``error: <message>`` on stderr and exit with status 1
-    (``128 + signum`` for :class:`~recyclelora.signals.Interrupted`), not a traceback.
+    (``128 + signum`` for :class:`~recyclelora.signals.Interrupted`), not a traceback. Any other exception is a
+    bug: its traceback, then :data:`BUG_REPORT`, and status 1.
 
     With :func:`debug_enabled` the error propagates unchanged, traceback included.
     """
     try:
         yield
+    except (typer.Exit, typer.Abort, TyperException):  # the command line's own exits and usage errors
+        raise
     except USER_ERRORS as error:
         if debug_enabled():
             raise
         errors.print(f"[red]error:[/red] {escape(message(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(error.exit_code if isinstance(error, Interrupted) else 1) from error
+    except Exception as error:
+        if debug_enabled():
+            raise
+        errors.file.write("".join(traceback.format_exception(error)))
+        errors.print(f"[red]{escape(BUG_REPORT)}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from error

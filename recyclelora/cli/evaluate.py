@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from recyclelora.cli.common import console, user_errors
+from recyclelora.errors import InvalidInputError
 
 if TYPE_CHECKING:  # imported by the commands that use them: --help stays free of torch
     import torch
@@ -84,9 +85,9 @@ def torch_device(name: str | None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a torch device: use cpu, cuda or cuda:<index>") from None
+        raise InvalidInputError(f"--device {name!r} is not a torch device: use cpu, cuda or cuda:<index>") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} needs CUDA, which this machine lacks: use --device cpu")
+        raise InvalidInputError(f"--device {name} needs CUDA, which this machine lacks: use --device cpu")
     return device
 
 
@@ -112,11 +113,11 @@ def load_predictor(
 
     if backend is Backend.torch:
         if model.suffix == ".onnx":
-            raise ValueError(f"{model} is an ONNX model: evaluate it with --backend onnxruntime")
+            raise InvalidInputError(f"{model} is an ONNX model: evaluate it with --backend onnxruntime")
         segmentor = Segmentor.from_checkpoint(model, backbone_weights=backbone_weights)
         return TorchPredictor(segmentor, device)
     if model.suffix != ".onnx":
-        raise ValueError(
+        raise InvalidInputError(
             f"--backend onnxruntime needs an .onnx model, got {model}: export one with "
             "`recyclelora-cli export onnx --checkpoint CHECKPOINT --out MODEL.onnx`"
         )
@@ -130,7 +131,7 @@ def load_predictor(
         height, width = exported
         fix = f"pass --crop {height}" if height == width else f"use --whole --resize {width}x{height}"
         crop = config.sliding.crop[0]
-        raise ValueError(
+        raise InvalidInputError(
             f"{model} was exported for {height}x{width} (HxW) inputs, but the sliding windows are {crop}x{crop}: "
             f"{fix}, or export again with --height {crop} --width {crop}"
         )
@@ -142,12 +143,12 @@ def group_by_dataset(manifests: list[Path]) -> dict[str, list[Path]]:
     from recyclelora.data.manifest import read_manifest
 
     if not manifests:
-        raise ValueError("no manifest given: pass --data MANIFEST (repeat it for several datasets)")
+        raise InvalidInputError("no manifest given: pass --data MANIFEST (repeat it for several datasets)")
     groups: dict[str, list[Path]] = {}
     for path in manifests:
         datasets = sorted({sample.dataset for sample in read_manifest(path)})
         if len(datasets) != 1:
-            raise ValueError(
+            raise InvalidInputError(
                 f"manifest {path} mixes datasets {datasets}: pass one manifest per dataset and split"
             )
         groups.setdefault(datasets[0], []).append(path)

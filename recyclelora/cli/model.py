@@ -10,6 +10,7 @@ import typer
 
 from recyclelora.cli.common import console, user_errors
 from recyclelora.cli.evaluate import WeightsOpt
+from recyclelora.errors import InvalidInputError
 
 export_app = typer.Typer(help="Export a checkpoint for deployment.", no_args_is_help=True)
 
@@ -63,9 +64,9 @@ def export_onnx_command(
 
     with user_errors():
         if int8 is not None and int8 not in QUANT_MODES:
-            raise ValueError(f"--int8 must be one of {', '.join(QUANT_MODES)}, got {int8!r}")
+            raise InvalidInputError(f"--int8 must be one of {', '.join(QUANT_MODES)}, got {int8!r}")
         if int8 == "static" and not calibration:
-            raise ValueError("--int8 static needs --calibration MANIFEST: source-domain images to set the int8 ranges")
+            raise InvalidInputError("--int8 static needs --calibration MANIFEST: source-domain images to set the int8 ranges")
         model = Segmentor.from_checkpoint(checkpoint, backbone_weights=backbone_weights)
         adapted = len(list(adapter_layers(model)))
         merge_adapters(model)
@@ -118,7 +119,7 @@ def export_lora_command(
     with user_errors():
         info = read_checkpoint_info(checkpoint)
         if info.merged or info.config.tuning != "adapters":
-            raise ValueError(f"{checkpoint} holds no adapters (merged or tuning={info.config.tuning!r})")
+            raise InvalidInputError(f"{checkpoint} holds no adapters (merged or tuning={info.config.tuning!r})")
         model = Segmentor.from_checkpoint(checkpoint)
         delta = lora_delta(model.backbone.vit, model.init_factors)
         delta.save_pretrained(out, base_model=info.config.backbone.name)
@@ -142,12 +143,12 @@ def analyze(
         info = read_checkpoint_info(checkpoint)
         if info.merged:
             source = info.metadata.get("source_sha256", "?")
-            raise ValueError(
+            raise InvalidInputError(
                 f"{checkpoint} is merged: its adapters are folded into the backbone and cannot be analysed; "
                 f"analyse the checkpoint it was merged from (sha256 {source[:16]}...)"
             )
         if info.config.tuning != "adapters":
-            raise ValueError(
+            raise InvalidInputError(
                 f"{checkpoint} was trained with tuning={info.config.tuning!r}: it has no adapters to analyse"
             )
         model = Segmentor.from_checkpoint(checkpoint, backbone_weights=backbone_weights)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
+from recyclelora.cli.common import user_errors
 from recyclelora.data.synth_config import SOURCE_DOMAIN, TARGET_DOMAINS, SynthConfig
 
 if TYPE_CHECKING:
@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 _DEFAULT = SynthConfig()
 STATS_IMAGES = 20
 _console = Console()
-_errors = Console(stderr=True)
 
 
 def _parse_size(size: str) -> tuple[int, int]:
@@ -57,7 +56,7 @@ def synth(
     from recyclelora.data.synth import colour_stats, generate_benchmark
 
     width, height = _parse_size(size)
-    try:
+    with user_errors():
         config = SynthConfig(width, height, train, val, target_val, tuple(target or TARGET_DOMAINS))
         with Progress(
             TextColumn("synth"),
@@ -75,9 +74,6 @@ def synth(
                 workers=workers,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
-    except ValueError as error:
-        _errors.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
-        raise typer.Exit(1) from error
     table = Table(
         title=f"benchmark {summary.root} ({'reused' if summary.reused else f'{summary.seconds:.1f} s'})"
     )

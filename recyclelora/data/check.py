@@ -27,6 +27,7 @@ from recyclelora.data.dataset import load_pair
 from recyclelora.data.images import DEFAULT_MAX_PIXELS, check_max_pixels
 from recyclelora.data.manifest import Sample, read_manifest
 from recyclelora.data.prepare import default_workers
+from recyclelora.errors import InvalidInputError
 from recyclelora.io import atomic_write_text, default_cache_dir, sha256_bytes, sha256_file
 
 PathLike = str | os.PathLike[str]
@@ -37,7 +38,7 @@ CHECK_VERSION = 2
 MAX_LISTED = 20
 
 
-class DataCheckError(ValueError):
+class DataCheckError(InvalidInputError):
     """Some manifests hold bad samples; the message has one line per such manifest."""
 
 
@@ -88,7 +89,7 @@ def check_sample(sample: Sample, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | 
     ``0..NUM_CLASSES-1`` and the ignore index."""
     try:
         _, label = load_pair(sample, max_pixels)
-    except ValueError as error:
+    except InvalidInputError as error:
         return str(error)
     counts = np.bincount(label.ravel(), minlength=256)
     invalid = [int(v) for v in np.flatnonzero(counts) if v >= NUM_CLASSES and v != IGNORE_INDEX]
@@ -110,7 +111,7 @@ def check_manifest(
     :func:`~recyclelora.data.manifest.read_manifest`); bad samples are reported, not raised.
     """
     if workers is not None and workers < 1:
-        raise ValueError(f"workers={workers} must be at least 1 (or None for all CPUs)")
+        raise InvalidInputError(f"workers={workers} must be at least 1 (or None for all CPUs)")
     check_max_pixels(max_pixels)
     path = Path(path)
     digest = sha256_file(path) if path.is_file() else ""  # hashed first: the bytes then checked
@@ -145,7 +146,7 @@ def cache_file(manifest: PathLike, manifest_sha256: str, cache_dir: PathLike) ->
 def record_pass(report: CheckReport, cache_dir: PathLike) -> Path:
     """Record the passed check ``report`` in ``cache_dir`` (atomically); return the record's path."""
     if not report.ok:
-        raise ValueError(f"the check of {report.manifest} did not pass: {report.summary()}")
+        raise InvalidInputError(f"the check of {report.manifest} did not pass: {report.summary()}")
     record = {
         "check_version": CHECK_VERSION,
         "manifest": str(report.manifest.resolve()),

@@ -23,6 +23,7 @@ import torch
 from recyclelora.data.images import DEFAULT_MAX_PIXELS, ImageFileError, check_max_pixels, read_pair
 from recyclelora.data.manifest import Sample, read_manifest
 from recyclelora.data.transforms import SegmentationTransform
+from recyclelora.errors import InvalidInputError
 from recyclelora.io import atomic_path
 from recyclelora.validation import check_value
 
@@ -62,13 +63,13 @@ def check_subset(manifests: Sequence[PathLike], subset: Mapping[str, int], where
     stems = [Path(path).stem for path in manifests]
     unknown = sorted(set(subset) - set(stems))
     if unknown:
-        raise ValueError(
+        raise InvalidInputError(
             f"{where} names {unknown}, which are not training manifests: their stems are {stems}"
         )
     for stem, size in subset.items():
         same = [str(path) for path in manifests if Path(path).stem == stem]
         if len(same) > 1:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{where}.{stem} is ambiguous: {len(same)} training manifests are named {stem}.parquet "
                 f"({same}); give them distinct file names"
             )
@@ -106,7 +107,7 @@ def load_pair(sample: Sample, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.
             f"cannot read a sample of dataset {sample.dataset!r} ({sample.image}, {sample.label}): {error}"
         ) from None
     if label.shape != image.shape[:2]:
-        raise ValueError(
+        raise InvalidInputError(
             f"label {sample.label} is {label.shape[1]}x{label.shape[0]} but image {sample.image} is "
             f"{image.shape[1]}x{image.shape[0]} (upright): resize or drop this pair and prepare the dataset again"
         )
@@ -135,9 +136,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     ) -> None:
         paths = [manifest_paths] if isinstance(manifest_paths, (str, os.PathLike)) else list(manifest_paths)
         if not paths:
-            raise ValueError("no manifest given: pass at least one manifest path")
+            raise InvalidInputError("no manifest given: pass at least one manifest path")
         if seed < 0:
-            raise ValueError(f"seed={seed} must be a non-negative integer")
+            raise InvalidInputError(f"seed={seed} must be a non-negative integer")
         check_max_pixels(max_pixels)
         subset = {} if subset is None else subset
         check_subset(paths, subset, "subset")
@@ -149,7 +150,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             size = subset.get(path.stem)
             if size is not None:
                 if size > len(samples):
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"subset {path.stem}={size} asks for more than the {len(samples)} samples of {path} "
                         f"(data.subset.{path.stem} in params.yaml): give at most {len(samples)}"
                     )
@@ -165,7 +166,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream of ``epoch``; call it before iterating the epoch's DataLoader."""
         if epoch < 0:
-            raise ValueError(f"epoch={epoch} must be >= 0")
+            raise InvalidInputError(f"epoch={epoch} must be >= 0")
         self.epoch = epoch
 
     def __len__(self) -> int:

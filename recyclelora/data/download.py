@@ -35,7 +35,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from recyclelora.data.prepare import PrepareResult, prepare_dataset
 from recyclelora.data.raw import GTA5_URL, RAW_DATASETS
-from recyclelora.errors import UserError, require_extra
+from recyclelora.errors import InvalidInputError, UserError, require_extra
 from recyclelora.io import atomic_path, atomic_write_text, sha256_file
 from recyclelora.validation import validate_fields
 
@@ -77,7 +77,7 @@ def read_checksums(path: str | os.PathLike[str]) -> dict[str, str]:
             continue
         match = re.fullmatch(r"([0-9a-fA-F]{64}) [ *](.+)", line.strip())
         if match is None:
-            raise ValueError(f"{path}:{number}: expected '<sha256 hex>  <file name>' as written by sha256sum")
+            raise InvalidInputError(f"{path}:{number}: expected '<sha256 hex>  <file name>' as written by sha256sum")
         checksums[PurePosixPath(match.group(2)).name] = match.group(1).lower()
     return checksums
 
@@ -471,7 +471,7 @@ def download_dataset(
     if name == "cityscapes":
         return download_cityscapes(out, workers=workers, strict=strict)
     if name not in RAW_DATASETS:
-        raise ValueError(f"dataset {name!r} is unknown: choose one of {list(RAW_DATASETS)}")
+        raise InvalidInputError(f"dataset {name!r} is unknown: choose one of {list(RAW_DATASETS)}")
     raise DownloadError(registration_message(name))
 
 

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image
 
+from recyclelora.errors import InvalidInputError
+
 PathLike = str | os.PathLike[str]
 
 #: Pillow refuses to open an image above this many pixels (twice ``Image.MAX_IMAGE_PIXELS``); a larger
@@ -69,7 +71,7 @@ _SCALED_GREY = {"1": 1, "L;1": 1, "L;2": 2, "L;4": 4}
 _WHITE = (255, 255, 255, 255)
 
 
-class ImageFileError(ValueError):
+class ImageFileError(InvalidInputError):
     """An image or label file that is missing, corrupt, too large or of a kind that cannot be read as it is
     meant; the message names the file and what to do."""
 
@@ -81,7 +83,7 @@ def check_max_pixels(max_pixels: int, where: str = "max_pixels") -> int:
         or not isinstance(max_pixels, int)
         or not 1 <= max_pixels <= PILLOW_MAX_PIXELS
     ):
-        raise ValueError(
+        raise InvalidInputError(
             f"{where}={max_pixels!r} must be a whole number of pixels from 1 to {PILLOW_MAX_PIXELS} "
             f"(Pillow's decompression-bomb limit); the default is {DEFAULT_MAX_PIXELS}"
         )

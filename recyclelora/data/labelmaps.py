@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from recyclelora.data.classes import IGNORE_INDEX, NUM_CLASSES
+from recyclelora.errors import InvalidInputError
 
 TABLE_SIZE = 256
 
@@ -46,23 +47,23 @@ class LabelMap:
 
     def __post_init__(self) -> None:
         if self.lut.shape != (TABLE_SIZE,) or self.lut.dtype != np.uint8:
-            raise ValueError(
+            raise InvalidInputError(
                 f"LabelMap {self.name!r}: lut must be a ({TABLE_SIZE},) uint8 array, got "
                 f"{self.lut.shape} {self.lut.dtype}"
             )
         if self.known.shape != (TABLE_SIZE,) or self.known.dtype != np.bool_:
-            raise ValueError(
+            raise InvalidInputError(
                 f"LabelMap {self.name!r}: known must be a ({TABLE_SIZE},) bool array, got "
                 f"{self.known.shape} {self.known.dtype}"
             )
         bad = np.setdiff1d(self.lut, [*range(NUM_CLASSES), IGNORE_INDEX])
         if bad.size:
-            raise ValueError(
+            raise InvalidInputError(
                 f"LabelMap {self.name!r}: lut holds {bad.tolist()}, which are not trainIds "
                 f"0..{NUM_CLASSES - 1} or {IGNORE_INDEX}"
             )
         if self.unknown_to_ignore and (self.lut[~self.known] != IGNORE_INDEX).any():
-            raise ValueError(
+            raise InvalidInputError(
                 f"LabelMap {self.name!r}: unknown_to_ignore needs lut = {IGNORE_INDEX} at every value "
                 "outside known"
             )
@@ -158,7 +159,7 @@ def mapillary_label_map(config: str | os.PathLike[str]) -> LabelMap:
     names = [label["readable"] for label in labels]
     missing = sorted(set(MAPILLARY_NAME_TO_TRAINID) - set(names))
     if missing or len(names) > TABLE_SIZE:
-        raise ValueError(
+        raise InvalidInputError(
             f"{config} is not a Mapillary Vistas v1.2 class list ({len(names)} classes, missing {missing}): "
             f"use {MAPILLARY_CONFIG} from the dataset's root folder"
         )
@@ -177,7 +178,7 @@ def load_label_map(dataset: str, raw: str | os.PathLike[str]) -> LabelMap:
             )
         return mapillary_label_map(config)
     if dataset not in FIXED_LABEL_MAPS:
-        raise ValueError(
+        raise InvalidInputError(
             f"no label map for dataset {dataset!r}: choose one of {[*FIXED_LABEL_MAPS, 'mapillary']}"
         )
     return FIXED_LABEL_MAPS[dataset]

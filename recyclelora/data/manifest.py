@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recyclelora.data.classes import CLASS_NAMES, NUM_CLASSES
-from recyclelora.errors import first_sentence
+from recyclelora.errors import InvalidInputError, first_sentence
 from recyclelora.io import atomic_path
 
 MANIFEST_VERSION = 1
@@ -58,7 +58,7 @@ def manifest_path(root: str | os.PathLike[str], dataset: str, split: str) -> Pat
     return Path(root) / f"{dataset}_{split}.parquet"
 
 
-class ManifestError(ValueError):
+class ManifestError(InvalidInputError):
     """A manifest file that does not decode (corrupt or truncated); the message says how to restore it."""
 
 
@@ -94,12 +94,12 @@ def read_manifest(path: str | os.PathLike[str]) -> list[Sample]:
     version = (table.schema.metadata or {}).get(b"recyclelora.manifest_version")
     missing = set(SCHEMA.names) - set(table.column_names)
     if version != str(MANIFEST_VERSION).encode() or missing:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} is not a recyclelora manifest of version {MANIFEST_VERSION} "
             f"(version {version!r}, missing columns {sorted(missing)}): prepare the dataset again"
         )
     if table.num_rows == 0:
-        raise ValueError(f"manifest {path} has no samples: check the dataset folder it was prepared from")
+        raise InvalidInputError(f"manifest {path} has no samples: check the dataset folder it was prepared from")
     base = path.parent
     return [
         Sample(

@@ -45,6 +45,7 @@ from recyclelora.data.labelmaps import LabelMap, load_label_map
 from recyclelora.data.manifest import Sample, manifest_path, read_manifest, write_manifest
 from recyclelora.data.raw import RAW_DATASETS, RawDataset
 from recyclelora.data.report import BadDataLog, BadFile, IgnoredValues, Problem
+from recyclelora.errors import InvalidInputError
 from recyclelora.io import atomic_path, atomic_write_bytes, sha256_bytes
 from recyclelora.validation import validate_fields
 
@@ -82,14 +83,14 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         validate_fields(self)
         if self.dataset not in RAW_DATASETS:
-            raise ValueError(f"dataset={self.dataset!r} is unknown: choose one of {list(RAW_DATASETS)}")
+            raise InvalidInputError(f"dataset={self.dataset!r} is unknown: choose one of {list(RAW_DATASETS)}")
         splits = RAW_DATASETS[self.dataset].splits
         if self.split is not None and self.split not in splits:
-            raise ValueError(
+            raise InvalidInputError(
                 f"split={self.split!r} does not exist for {self.dataset}: choose one of {list(splits)}"
             )
         if self.mapillary_val_format not in MAPILLARY_VAL_FORMATS:
-            raise ValueError(
+            raise InvalidInputError(
                 f"mapillary_val_format={self.mapillary_val_format!r} is unknown: choose one of "
                 f"{list(MAPILLARY_VAL_FORMATS)} (jpeg = as published, png = lossless)"
             )
@@ -208,7 +209,7 @@ def prepare_dataset(
     report = bad.write(out / f"{name}_report.json", {r.split: r.converted + r.reused for r in results})
     empty = [r.split for r in results if r.converted + r.reused == 0]
     if empty:
-        raise ValueError(f"{name}: no usable image/label pair in split(s) {empty}; see {report}")
+        raise InvalidInputError(f"{name}: no usable image/label pair in split(s) {empty}; see {report}")
     return PrepareResult(results, report, bad)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from recyclelora.errors import InvalidInputError
 from recyclelora.io import atomic_write_text
 
 
@@ -58,7 +59,7 @@ class IgnoredValues:
     pixels: dict[int, int]
 
 
-class BadDataError(ValueError):
+class BadDataError(InvalidInputError):
     """Raised in strict mode on the first bad file."""
 
     def __init__(self, record: BadFile) -> None:

@@ -30,6 +30,7 @@ from recyclelora.data.prepare import default_workers
 from recyclelora.data.synth_config import SynthConfig
 from recyclelora.data.synth_domains import DOMAINS, SOURCE_DOMAIN
 from recyclelora.data.synth_scene import draw_scene
+from recyclelora.errors import InvalidInputError
 from recyclelora.io import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 
 BENCHMARK_FORMAT = 1
@@ -147,7 +148,7 @@ def _reusable(info_path: Path, record: dict, config: SynthConfig) -> bool:
     except json.JSONDecodeError:
         existing = None
     if isinstance(existing, dict) and existing != record:
-        raise ValueError(
+        raise InvalidInputError(
             f"{info_path.parent} already holds a benchmark with other settings (seed {existing.get('seed')}, "
             f"config {existing.get('config')}): pass another output folder or delete this one"
         )
@@ -173,9 +174,9 @@ def generate_benchmark(
     A folder holding a benchmark of another seed or config is refused rather than mixed with the new one.
     """
     if seed < 0:
-        raise ValueError(f"seed={seed} must be a non-negative integer")
+        raise InvalidInputError(f"seed={seed} must be a non-negative integer")
     if workers is not None and workers < 1:
-        raise ValueError(f"workers={workers} must be at least 1 (or None for all CPUs)")
+        raise InvalidInputError(f"workers={workers} must be at least 1 (or None for all CPUs)")
     root = Path(out)
     start = time.perf_counter()
     record = _record(seed, config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from recyclelora.errors import InvalidInputError
 from recyclelora.validation import validate_fields
 
 SOURCE_DOMAIN = "synth_src"
@@ -37,7 +38,7 @@ class SynthConfig:
         validate_fields(self)
         unknown = sorted(set(self.targets) - set(TARGET_DOMAINS))
         if not self.targets or unknown or len(set(self.targets)) != len(self.targets):
-            raise ValueError(
+            raise InvalidInputError(
                 f"targets={self.targets!r} is not a non-empty list of distinct target domains "
                 f"(unknown: {unknown}): choose from {list(TARGET_DOMAINS)}"
             )

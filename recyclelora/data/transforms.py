@@ -31,6 +31,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from recyclelora.data.classes import IGNORE_INDEX
+from recyclelora.errors import InvalidInputError
 from recyclelora.validation import validate_fields
 
 IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
@@ -51,7 +52,7 @@ SegmentationTransform = Callable[
 
 def _check_range(name: str, bounds: tuple[float, float]) -> None:
     if bounds[0] > bounds[1]:
-        raise ValueError(f"{name}={bounds} must be a (low, high) pair with 0 <= low <= high")
+        raise InvalidInputError(f"{name}={bounds} must be a (low, high) pair with 0 <= low <= high")
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class TrainTransformConfig:
     def __post_init__(self) -> None:
         validate_fields(self)
         if not self.scale_ratios or min(int(self.base_size * r) for r in self.scale_ratios) < 1:
-            raise ValueError(f"scale_ratios={self.scale_ratios} must be non-empty, base_size * ratio >= 1")
+            raise InvalidInputError(f"scale_ratios={self.scale_ratios} must be non-empty, base_size * ratio >= 1")
         _check_range("contrast_range", self.contrast_range)
         _check_range("saturation_range", self.saturation_range)
 
@@ -125,7 +126,7 @@ class ResizeConfig:
             if v is not None
         }
         if len(chosen) > 1:
-            raise ValueError(f"{chosen} are exclusive: set one of size, short_edge and fit")
+            raise InvalidInputError(f"{chosen} are exclusive: set one of size, short_edge and fit")
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """``(h, w)`` at which an ``height x width`` image is scored."""
@@ -159,12 +160,12 @@ def _as_tensor(array: ImageLike) -> torch.Tensor:
 
 def _check_image(shape: tuple[int, ...], is_uint8: bool, dtype: object) -> None:
     if not is_uint8 or len(shape) != 3 or shape[2] != 3:
-        raise ValueError(f"expected an RGB image of shape (H, W, 3) and dtype uint8, got {shape} {dtype}")
+        raise InvalidInputError(f"expected an RGB image of shape (H, W, 3) and dtype uint8, got {shape} {dtype}")
 
 
 def _check_label(shape: tuple[int, ...], is_uint8: bool, dtype: object, size: tuple[int, ...]) -> None:
     if not is_uint8 or shape != size:
-        raise ValueError(f"expected a uint8 label of shape {size} (the image's), got {shape} {dtype}")
+        raise InvalidInputError(f"expected a uint8 label of shape {size} (the image's), got {shape} {dtype}")
 
 
 def image_tensor(image: ImageLike) -> torch.Tensor:

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from recyclelora.analysis import LayerRankReport
+from recyclelora.errors import InvalidInputError
 from recyclelora.io import atomic_path, atomic_write_text
 
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.(.+)$")
@@ -68,7 +69,7 @@ def rank_rows(reports: Sequence[LayerRankReport]) -> list[dict]:
 def rank_summary(reports: Sequence[LayerRankReport]) -> dict[str, float | int | None]:
     """``{"layers": n, "<measure>": mean over layers}`` with NaN left out (``None`` when all are NaN)."""
     if not reports:
-        raise ValueError("the rank report is empty: the model has no adapter layers")
+        raise InvalidInputError("the rank report is empty: the model has no adapter layers")
     summary: dict[str, float | int | None] = {"layers": len(reports)}
     for name in _MEASURES:
         values = [v for v in (getattr(r, name) for r in reports) if not math.isnan(v)]
@@ -117,7 +118,7 @@ def plot_rank_report(reports: Sequence[LayerRankReport], path: str | os.PathLike
     rendered to PNG with the Agg canvas."""
     rows = [row for row in rank_rows(reports) if row["block"] is not None]
     if not rows:
-        raise ValueError("no adapter layer inside transformer blocks (blocks.<i>.*): nothing to plot")
+        raise InvalidInputError("no adapter layer inside transformer blocks (blocks.<i>.*): nothing to plot")
     modules = list(dict.fromkeys(row["module"] for row in rows))
     figure = Figure(figsize=(11.0, 4.0), layout="constrained")
     for index, side in enumerate(("main", "sub")):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recyclelora.errors import InvalidInputError
 from recyclelora.eval.metrics import iou_from_counts
 
 
@@ -76,18 +77,18 @@ def paired_bootstrap_mean(
     the seeds, once for all targets; one target gives :func:`paired_bootstrap`'s result.
     """
     if not pairs:
-        raise ValueError("no target to compare: pass at least one (a, b) pair")
+        raise InvalidInputError("no target to compare: pass at least one (a, b) pair")
     pairs = [_checked(np.asarray(a), np.asarray(b)) for a, b in pairs]
     seeds = pairs[0][0].shape[0]
     if any(a.shape[0] != seeds for a, _ in pairs):
-        raise ValueError(
+        raise InvalidInputError(
             f"the targets' counts have {[a.shape[0] for a, _ in pairs]} seeds: every target must be scored "
             "by the same seeds"
         )
     if not isinstance(n_resamples, int) or n_resamples < 1:
-        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+        raise InvalidInputError(f"n_resamples must be a positive integer, got {n_resamples!r}")
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+        raise InvalidInputError(f"confidence must lie in (0, 1), got {confidence!r}")
     rng = np.random.default_rng(seed)
     difference = float(np.mean([_miou(a.sum(1)).mean() - _miou(b.sum(1)).mean() for a, b in pairs]))
     image_weights = [
@@ -109,13 +110,13 @@ def paired_bootstrap_mean(
 def _checked(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``a`` and ``b`` if they are aligned non-negative ``(seeds, images, classes, 3)`` counts."""
     if a.shape != b.shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"A's counts have shape {a.shape} but B's {b.shape}: pair them on the same seeds and images"
         )
     if a.ndim != 4 or a.shape[-1] != 3 or 0 in a.shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"counts must have shape (seeds, images, classes, 3) with no empty axis, got {a.shape}"
         )
     if not ((a >= 0).all() and (b >= 0).all()):
-        raise ValueError("counts must be non-negative (TP, FP, FN) pixel counts")
+        raise InvalidInputError("counts must be non-negative (TP, FP, FN) pixel counts")
     return a, b

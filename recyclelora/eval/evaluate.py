@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from recyclelora.data.classes import CLASS_NAMES, IGNORE_INDEX, colorize
 from recyclelora.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from recyclelora.errors import InvalidInputError
 from recyclelora.eval.metrics import ConfusionMatrix, SegMetrics, class_counts
 from recyclelora.eval.sliding import Predict, SlidingWindowConfig, slide_inference, whole_inference
 from recyclelora.io import atomic_path
@@ -55,7 +56,7 @@ class EvalResult:
 def _relative_path(value: str, what: str) -> PurePosixPath:
     path = PurePosixPath(value)
     if not value or path.is_absolute() or ".." in path.parts or path.name in ("", "."):
-        raise ValueError(
+        raise InvalidInputError(
             f"{what} {value!r} must be a non-empty relative path without '..' to save predictions"
         )
     return path
@@ -116,7 +117,7 @@ class PredictionWriter:
         folder = _relative_path(dataset, "dataset name")
         relative = _relative_path(name, "sample name")
         if (dataset, name) in self._written:
-            raise ValueError(f"{dataset}: two samples are named {name!r}; names must be unique")
+            raise InvalidInputError(f"{dataset}: two samples are named {name!r}; names must be unique")
         self._written.add((dataset, name))
         pred_np = pred.to("cpu", torch.uint8).numpy()
         _save_png(pred_np, self.root / folder / f"{relative}.png")
@@ -146,9 +147,9 @@ def evaluate(
     ``mean`` and ``std`` configure its colour overlays).
     """
     if not datasets:
-        raise ValueError("no dataset to evaluate: pass at least one {name: samples} entry")
+        raise InvalidInputError("no dataset to evaluate: pass at least one {name: samples} entry")
     if overlays and save_predictions is None:
-        raise ValueError("overlays=True needs save_predictions: give a folder to write them to")
+        raise InvalidInputError("overlays=True needs save_predictions: give a folder to write them to")
     writer = None if save_predictions is None else PredictionWriter(save_predictions, overlays, mean, std)
     num_classes = len(class_names)
     metrics: dict[str, SegMetrics] = {}
@@ -183,7 +184,7 @@ def evaluate(
                     writer.write(dataset, name, pred, batch[0])
                 bar.advance(task)
             if not names:
-                raise ValueError(f"dataset {dataset!r} yielded no samples: check its manifest and split")
+                raise InvalidInputError(f"dataset {dataset!r} yielded no samples: check its manifest and split")
             metrics[dataset] = matrix.compute(class_names)
             counts[dataset] = len(names)
             image_names[dataset] = tuple(names)

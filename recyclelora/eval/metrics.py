@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from recyclelora.data.classes import CLASS_NAMES, IGNORE_INDEX
+from recyclelora.errors import InvalidInputError
 
 
 def confusion_matrix(
@@ -36,14 +37,14 @@ def confusion_matrix(
                 f"{name} must hold integer class ids, got dtype {tensor.dtype}: take the argmax first"
             )
     if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= num_classes):
-        raise ValueError(
+        raise InvalidInputError(
             f"prediction values span [{int(pred.min())}, {int(pred.max())}] but must lie in [0, {num_classes}): "
             "the model's class count and num_classes disagree"
         )
     valid = target != ignore_index
     pred, target = pred[valid].long(), target[valid].long()
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
-        raise ValueError(
+        raise InvalidInputError(
             f"target values span [{int(target.min())}, {int(target.max())}] outside [0, {num_classes}) "
             f"and are not ignore_index={ignore_index}: map the labels to trainIds first"
         )
@@ -132,7 +133,7 @@ class SegMetrics:
             )
         total = int(matrix.sum())
         if total == 0:
-            raise ValueError(
+            raise InvalidInputError(
                 "the confusion matrix counts no pixel (every label was ignored): nothing to score"
             )
         tp = np.diag(matrix).astype(np.float64)

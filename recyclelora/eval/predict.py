@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from recyclelora.data.classes import NUM_CLASSES
 from recyclelora.data.images import DEFAULT_MAX_PIXELS, check_max_pixels, open_image, read_image
 from recyclelora.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ResizeConfig, image_tensor, normalize
+from recyclelora.errors import InvalidInputError
 from recyclelora.eval.evaluate import PROTOCOL_SLIDING, PredictionWriter
 from recyclelora.eval.sliding import Predict, SlidingWindowConfig, slide_inference, whole_inference
 
@@ -73,7 +74,7 @@ def expand_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
             continue
         found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise ValueError(f"folder {path} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}) directly inside it")
+            raise InvalidInputError(f"folder {path} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}) directly inside it")
         expanded.extend(found)
     return expanded
 
@@ -102,11 +103,11 @@ def predict_images(
     check_max_pixels(max_pixels)
     paths = expand_images(images)
     if not paths:
-        raise ValueError("no image to predict: pass at least one image file")
+        raise InvalidInputError("no image to predict: pass at least one image file")
     stems: dict[str, Path] = {}
     for path in paths:
         if path.stem in stems:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{stems[path.stem]} and {path} have the same stem {path.stem!r}, so their predictions would "
                 "overwrite each other: predict them in separate runs"
             )

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recyclelora.errors import require_extra
+from recyclelora.errors import InvalidInputError, require_extra
 
 ONNX_INPUT = "images"
 ONNX_OUTPUT = "logits"
@@ -31,7 +31,7 @@ class TorchPredictor:
         self, model: nn.Module, device: torch.device | str | None = None, amp_dtype: torch.dtype | None = None
     ) -> None:
         if amp_dtype is not None and amp_dtype not in (torch.bfloat16, torch.float16):
-            raise ValueError(f"amp_dtype must be None, torch.bfloat16 or torch.float16, got {amp_dtype}")
+            raise InvalidInputError(f"amp_dtype must be None, torch.bfloat16 or torch.float16, got {amp_dtype}")
         if device is None:
             first = next(model.parameters(), None)
             device = first.device if first is not None else "cpu"
@@ -70,7 +70,7 @@ class OnnxPredictor:
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if ONNX_INPUT not in inputs or ONNX_OUTPUT not in outputs:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} has inputs {inputs} and outputs {outputs}; expected input {ONNX_INPUT!r} and output "
                 f"{ONNX_OUTPUT!r}: export it with recyclelora.export.export_onnx"
             )
@@ -79,7 +79,7 @@ class OnnxPredictor:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         for axis, (want, got) in enumerate(zip(self.input_shape, images.shape)):
             if isinstance(want, int) and want != got:
-                raise ValueError(
+                raise InvalidInputError(
                     f"the ONNX model takes inputs of shape {self.input_shape}, got {tuple(images.shape)} "
                     f"(axis {axis}): use sliding windows of the exported size or export with that size"
                 )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from recyclelora.errors import InvalidInputError
 from recyclelora.validation import validate_fields
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
@@ -32,7 +33,7 @@ class SlidingWindowConfig:
         object.__setattr__(self, "stride", tuple(self.stride))
         validate_fields(self)
         if any(s > c for s, c in zip(self.stride, self.crop)):
-            raise ValueError(
+            raise InvalidInputError(
                 f"stride={self.stride} exceeds crop={self.crop}: pixels between windows would get no score; "
                 "use a stride <= crop"
             )
@@ -58,7 +59,7 @@ def _checked(scores: torch.Tensor, batch: int, num_classes: int, size: tuple[int
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise ValueError(f"predict must return a (B, C, h, w) tensor of class scores, got {shape}")
     if scores.shape[1] != num_classes:
-        raise ValueError(
+        raise InvalidInputError(
             f"predict returned {scores.shape[1]} class scores per pixel but num_classes={num_classes}: "
             "the model's head and the evaluated class list disagree"
         )

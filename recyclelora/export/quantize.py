@@ -21,7 +21,7 @@ import torch
 
 from recyclelora.data.dataset import SegmentationDataset
 from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
-from recyclelora.errors import require_extra
+from recyclelora.errors import InvalidInputError, require_extra
 from recyclelora.eval.predictors import ONNX_INPUT
 from recyclelora.eval.sliding import window_grid
 from recyclelora.io import atomic_path
@@ -53,9 +53,9 @@ def quantize_onnx(
     size whose activations set the int8 ranges.
     """
     if mode not in QUANT_MODES:
-        raise ValueError(f"int8 mode must be one of {QUANT_MODES}, got {mode!r}")
+        raise InvalidInputError(f"int8 mode must be one of {QUANT_MODES}, got {mode!r}")
     if mode == "static" and calibration is None:
-        raise ValueError("static int8 needs calibration images: give source-domain images of the export size")
+        raise InvalidInputError("static int8 needs calibration images: give source-domain images of the export size")
     quantization = require_extra("onnxruntime.quantization", "onnx", "int8 quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -89,7 +89,7 @@ def calibration_windows(
     """The first ``count`` windows of ``size`` (h, w) cut side by side from the images of ``manifests`` in order,
     preprocessed as evaluation does (``transform``), in batches of ``batch_size``."""
     if count < 1:
-        raise ValueError(f"calibration needs at least one window, got count={count}")
+        raise InvalidInputError(f"calibration needs at least one window, got count={count}")
     windows: list[torch.Tensor] = []
     for manifest in manifests:
         dataset = SegmentationDataset(manifest, EvalTransform(transform))
@@ -102,5 +102,5 @@ def calibration_windows(
                 if len(windows) == count:
                     return [torch.stack(windows[i : i + batch_size]) for i in range(0, count, batch_size)]
     if not windows:
-        raise ValueError(f"no calibration window of {size[0]}x{size[1]} in {list(manifests)}")
+        raise InvalidInputError(f"no calibration window of {size[0]}x{size[1]} in {list(manifests)}")
     return [torch.stack(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]

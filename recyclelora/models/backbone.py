@@ -14,6 +14,7 @@ from timm.layers import LayerNorm2d
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from recyclelora.errors import InvalidInputError
 from recyclelora.models.weights import (
     CHECKPOINT_SUFFIXES,
     WEIGHT_SOURCES,
@@ -98,13 +99,13 @@ class BackboneConfig:
             object.__setattr__(self, "out_indices", tuple(self.out_indices))
         validate_fields(self)
         if not timm.is_model(self.name):
-            raise ValueError(
+            raise InvalidInputError(
                 f"name={self.name!r} is not a timm model: list candidates with timm.list_models('*dinov2*')."
             )
         check_source(self.weights)
         source = WEIGHT_SOURCES.get(self.weights)
         if source is not None and source.model is not None and self.name != source.model:
-            raise ValueError(
+            raise InvalidInputError(
                 f"weights={self.weights!r} is {source.description} and needs name={source.model!r}, got "
                 f"{self.name!r}: use weights='hub' or a checkpoint file for other models."
             )
@@ -112,20 +113,20 @@ class BackboneConfig:
         if indices is not None and (
             len(indices) != len(PYRAMID_SCALES) or any(a >= b for a, b in itertools.pairwise(indices))
         ):
-            raise ValueError(
+            raise InvalidInputError(
                 f"out_indices must be {len(PYRAMID_SCALES)} increasing block indices >= 0 (one per pyramid "
                 f"level), got {indices!r}; or None for evenly spaced blocks."
             )
         reserved = sorted(_RESERVED_KWARGS & set(self.model_kwargs))
         if reserved:
-            raise ValueError(f"model_kwargs may not set {reserved}: use the config fields of the same name.")
+            raise InvalidInputError(f"model_kwargs may not set {reserved}: use the config fields of the same name.")
 
 
 def default_out_indices(depth: int) -> tuple[int, ...]:
     """Four evenly spaced blocks ending at the last one: ``round(depth * k / 4) - 1`` for k = 1..4."""
     levels = len(PYRAMID_SCALES)
     if depth < levels:
-        raise ValueError(
+        raise InvalidInputError(
             f"a {depth}-block ViT cannot feed {levels} pyramid levels by default: set out_indices."
         )
     return tuple(round(depth * k / levels) - 1 for k in range(1, levels + 1))
@@ -237,7 +238,7 @@ class ViTBackbone(nn.Module):
         depth = len(vit.blocks)
         self.out_indices = config.out_indices or default_out_indices(depth)
         if self.out_indices[-1] >= depth:
-            raise ValueError(f"out_indices {self.out_indices} exceed the {depth} blocks of {config.name!r}.")
+            raise InvalidInputError(f"out_indices {self.out_indices} exceed the {depth} blocks of {config.name!r}.")
         load_backbone_weights(vit, config.weights, resample=config.embed_resample)
         self.patch_size: int = vit.patch_embed.patch_size[0]
         self.neck = nn.ModuleList(_rescale(vit.embed_dim, scale, config.pyramid) for scale in PYRAMID_SCALES)
@@ -262,7 +263,7 @@ class ViTBackbone(nn.Module):
         height, width = x.shape[-2:]
         p = self.patch_size
         if height % p or width % p or height < 2 * p or width < 2 * p:
-            raise ValueError(
+            raise InvalidInputError(
                 f"input size {height}x{width} must be a multiple of the patch size {p} and at least {2 * p}: "
                 f"resize or crop it, e.g. to {max(2, height // p) * p}x{max(2, width // p) * p}."
             )

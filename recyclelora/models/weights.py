@@ -31,6 +31,8 @@ from timm.models import load_pretrained
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor
 
+from recyclelora.errors import InvalidInputError
+
 logger = logging.getLogger(__name__)
 
 EmbedResample = Literal["bicubic", "pinv"]
@@ -112,7 +114,7 @@ def check_source(source: str | Path) -> None:
     if isinstance(source, str) and source in WEIGHT_SOURCES:
         return
     if Path(source).suffix not in CHECKPOINT_SUFFIXES:
-        raise ValueError(
+        raise InvalidInputError(
             f"weights={str(source)!r} is neither one of {NAMED_SOURCES} nor a checkpoint file: give a path "
             f"ending in {', '.join(CHECKPOINT_SUFFIXES)}."
         )
@@ -128,7 +130,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} holds Python objects besides tensors, and loading it would run arbitrary code, so it is "
             "refused. Re-save the weights alone: torch.save(model.state_dict(), path) or as .safetensors."
         ) from err
@@ -161,7 +163,7 @@ def hf_dinov2_to_timm(state: dict[str, Tensor]) -> dict[str, Tensor]:
         out[name] = tensor
     for (block, kind), parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
-            raise ValueError(
+            raise InvalidInputError(
                 f"block {block} has {sorted(parts)} {kind} tensors, expected query, key and value."
             )
         out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
@@ -214,7 +216,7 @@ def check_state_dict_fits(vit: VisionTransformer, state: dict[str, Tensor], sour
             shown = "; ".join(items[:8]) + (f"; ... ({len(items) - 8} more)" if len(items) > 8 else "")
             lines.append(f"  {title} ({len(items)}): {shown}")
     lines.append(f"  {_describe(state)}.")
-    raise ValueError("\n".join(lines))
+    raise InvalidInputError("\n".join(lines))
 
 
 def bicubic_patch_kernel(state: dict[str, Tensor], vit: VisionTransformer) -> dict[str, Tensor]:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from recyclelora.data.dataset import check_subset
 from recyclelora.data.transforms import EvalTransformConfig, TrainTransformConfig
+from recyclelora.errors import InvalidInputError
 from recyclelora.validation import validate_fields
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -64,7 +65,7 @@ class TrainConfig:
         object.__setattr__(self, "betas", tuple(self.betas))
         validate_fields(self, "train")
         if not 0 <= self.weight_decay_end <= self.weight_decay:
-            raise ValueError(
+            raise InvalidInputError(
                 f"train.weight_decay_end must lie in [0, weight_decay={self.weight_decay}], "
                 f"got {self.weight_decay_end!r}"
             )
@@ -92,6 +93,6 @@ class DataConfig:
         object.__setattr__(self, "train", tuple(str(p) for p in self.train))
         object.__setattr__(self, "val", tuple(str(p) for p in self.val))
         if not self.train:
-            raise ValueError("data.train must list at least one manifest")
+            raise InvalidInputError("data.train must list at least one manifest")
         check_subset(self.train, self.subset, "data.subset")
         validate_fields(self, "data")

@@ -19,7 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from recyclelora.errors import UserError, first_sentence
+from recyclelora.errors import InvalidInputError, UserError, first_sentence
 
 #: Environment variable: seconds a collective waits for the other processes before the run stops.
 TIMEOUT_ENV = "RECYCLELORA_DIST_TIMEOUT"
@@ -51,7 +51,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is visible here: use 'auto' or 'cpu'")
+        raise InvalidInputError("train.device is 'cuda' but no CUDA device is visible here: use 'auto' or 'cpu'")
     return torch.device(device)
 
 
@@ -91,7 +91,7 @@ def timeout() -> timedelta:
     except ValueError:
         seconds = -1.0
     if not seconds > 0:
-        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds > 0, got {raw!r}")
+        raise InvalidInputError(f"{TIMEOUT_ENV} must be a number of seconds > 0, got {raw!r}")
     return timedelta(seconds=seconds)
 
 

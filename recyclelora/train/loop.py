@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from recyclelora.data.dataset import SegmentationDataset, write_kept_samples
 from recyclelora.data.transforms import EvalTransform, TrainTransform
-from recyclelora.errors import UserError
+from recyclelora.errors import InvalidInputError, UserError
 from recyclelora.eval.evaluate import evaluate
 from recyclelora.eval.predictors import TorchPredictor
 from recyclelora.io import atomic_dir, atomic_path, atomic_write_text, flatten
@@ -234,7 +234,7 @@ def train(
     """
     out_dir = Path(out_dir)
     if not resume and ((out_dir / "checkpoints").exists() or (out_dir / MODEL_FILE).exists()):
-        raise ValueError(
+        raise InvalidInputError(
             f"{out_dir} already holds a training run: continue it with --resume (resume=True), or remove the "
             "folder (or choose another) to start over"
         )
@@ -301,7 +301,7 @@ class _Trainer:
         if "settings" in trainer_state:  # checkpoints written before settings were recorded have none
             changed += _changes(json.loads(trainer_state["settings"]), self.settings)
         if changed:
-            raise ValueError(
+            raise InvalidInputError(
                 f"cannot resume from {checkpoint}: it was trained with other settings ({'; '.join(changed)}); "
                 "resume with the run's settings, or train into a new folder"
             )

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from recyclelora.errors import InvalidInputError
+
 
 @dataclass(frozen=True)
 class BatchOrder:
@@ -30,13 +32,13 @@ class BatchOrder:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
         if self.batch_size % (self.world_size * self.grad_accum):
-            raise ValueError(
+            raise InvalidInputError(
                 f"train.batch_size={self.batch_size} is the global batch of one optimiser step and must split "
                 f"evenly over {self.world_size} process(es) x grad_accum {self.grad_accum}: use a multiple of "
                 f"{self.world_size * self.grad_accum}"
             )
         if self.size < self.batch_size:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.size} training samples are too few for train.batch_size={self.batch_size}: lower the "
                 "batch size or add data"
             )

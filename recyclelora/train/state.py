@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from recyclelora.errors import first_sentence
+from recyclelora.errors import InvalidInputError, first_sentence
 from recyclelora.io import atomic_path
 
 STATE_FILE = "trainer_state.pt"
@@ -46,7 +46,7 @@ def load_trainer_state(folder: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} is truncated or corrupt ({first_sentence(error)}): delete the folder {folder} to resume from "
             "the checkpoint before it, or train into a new folder"
         ) from None

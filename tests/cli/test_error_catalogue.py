@@ -22,10 +22,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from pipeline.cli import app as pipeline_app
-from recyclelora.cli.common import DEBUG_ENV
+from recyclelora.cli.common import BUG_REPORT, DEBUG_ENV
 from recyclelora.cli.main import app
 from recyclelora.config import ParamsError
 from recyclelora.data.download import GTA5_PARTS
+from recyclelora.errors import InvalidInputError
 from recyclelora.models import BackboneConfig, ModelConfig, build_segmentor, save_segmentor
 from recyclelora.train.state import STATE_FILE
 from tests.cli import TINY_VIT, runner, save_tiny_checkpoint, tiny_config, write_dataset
@@ -409,3 +410,43 @@ def test_debug_shows_the_traceback(train_params: dict, tmp_path: Path) -> None:
         result = runner.invoke(app, [*extra, *args], env=env)
         assert isinstance(result.exception, ParamsError), result.output
         assert "params.train.lr is 'fast'" in str(result.exception)
+
+
+def _bug(error: Exception) -> Callable[..., None]:
+    def raise_it(*args: object, **kwargs: object) -> None:
+        raise error
+
+    return raise_it
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ValueError("operands could not be broadcast together with shapes (3,) (4,)"), KeyError("class_pixels")],
+    ids=["numpy-ValueError", "KeyError"],
+)
+@pytest.mark.parametrize("command", ["recyclelora-cli train", "python -m pipeline preset"])
+def test_an_internal_error_keeps_its_traceback_and_asks_for_a_report(
+    command: str, error: Exception, train_params: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``ValueError`` raised inside numpy, or any error of our own code, is a bug, not the user's mistake: the
+    traceback ends in the raising frame, then one line asks to report it. A user error raised at the same
+    place is still one line."""
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    if command.startswith("python -m pipeline"):
+        cli, target = pipeline_app, "pipeline.presets.apply_preset"
+        args = ["preset", "paper_g2cbm", "--params", str(tmp_path / "params.yaml")]
+    else:
+        cli, target = app, "recyclelora.train.loop.train"
+        args = ["train", "--params", str(write_params(tmp_path / "params.yaml", train_params)), "--out",
+                str(tmp_path / "run")]  # fmt: skip
+    monkeypatch.setattr(target, _bug(error))
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "Traceback (most recent call last):", result.stderr
+    assert f"{type(error).__name__}: {error}" in lines and "raise error" in result.stderr, result.stderr
+    assert " ".join(result.stderr.split()).endswith(" ".join(BUG_REPORT.split())), result.stderr  # rich may wrap
+
+    monkeypatch.setattr(target, _bug(InvalidInputError("train.lr is too large: lower it")))
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 1 and result.stderr == "error: train.lr is too large: lower it\n", result.stderr

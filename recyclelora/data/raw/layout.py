@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from recyclelora.errors import InvalidInputError
+
 if TYPE_CHECKING:  # the readers import them: the dataset table stays light for the CLI's --help
     import numpy as np
 
@@ -110,7 +112,7 @@ class RawDataset:
     def check_layout(self, raw: Path, split: str) -> None:
         """Raise ``FileNotFoundError`` naming the missing folder, the expected layout and the source."""
         if split not in self.splits:
-            raise ValueError(f"{self.name} has no split {split!r}: choose one of {list(self.splits)}")
+            raise InvalidInputError(f"{self.name} has no split {split!r}: choose one of {list(self.splits)}")
         for files in (self.images, self.labels):
             root = files.root(raw, self.splits[split])
             if not root.is_dir():

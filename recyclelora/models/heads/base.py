@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from recyclelora.data.classes import IGNORE_INDEX, NUM_CLASSES
+from recyclelora.errors import InvalidInputError
 from recyclelora.models.heads.registry import HEADS
 from recyclelora.validation import validate_fields
 
@@ -101,7 +102,7 @@ class HeadConfig:
         if self.channels is None:
             object.__setattr__(self, "channels", HEADS[self.kind].channels)
         if self.class_weight == self.mask_weight == self.dice_weight == 0:
-            raise ValueError(
+            raise InvalidInputError(
                 "HeadConfig.class_weight, mask_weight and dice_weight are all 0: make one positive."
             )
         check = HEADS[self.kind].check
@@ -156,7 +157,7 @@ class SegHead(nn.Module, abc.ABC):
         invalid = (labels < 0) | ((labels >= self.num_classes) & (labels != IGNORE_INDEX))
         if bool(invalid.any()):
             bad = sorted(labels[invalid].unique().tolist())[:10]
-            raise ValueError(
+            raise InvalidInputError(
                 f"labels hold ids {bad} outside [0, {self.num_classes}) and != {IGNORE_INDEX}: "
                 "map them to trainIds (or the ignore index) first."
             )

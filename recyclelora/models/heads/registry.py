@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from recyclelora.errors import InvalidInputError
+
 if TYPE_CHECKING:
     from recyclelora.models.heads.base import HeadConfig, SegHead
 
@@ -49,13 +51,13 @@ def _mask2former(config: HeadConfig, in_channels: Sequence[int]) -> SegHead:
 
 def _check_mask2former_widths(config: HeadConfig) -> None:
     if config.channels % 32:
-        raise ValueError(
+        raise InvalidInputError(
             f"HeadConfig.channels must be a multiple of 32 for Mask2Former (GroupNorm with 32 groups), "
             f"got {config.channels}."
         )
     for name in ("channels", "hidden_dim"):
         if getattr(config, name) % config.num_heads:
-            raise ValueError(
+            raise InvalidInputError(
                 f"HeadConfig.{name}={getattr(config, name)} must be divisible by "
                 f"num_heads={config.num_heads}: change one of them."
             )
