@@ -12,9 +12,9 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from recyclelora.data.images import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
-from recyclelora.data.transforms import EvalTransformConfig, ResizeConfig
+from recyclelora.data.transform_config import EvalTransformConfig, ResizeConfig
 from recyclelora.errors import InvalidInputError
-from recyclelora.models.build import ModelConfig
+from recyclelora.models.config import ModelConfig
 from recyclelora.train.config import DataConfig, TrainConfig
 from recyclelora.validation import accepts, describe, union_options, validate_fields
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recyclelora.data.synth import SynthConfig, generate_benchmark
-from recyclelora.data.transforms import TrainTransformConfig
+from recyclelora.data.transform_config import TrainTransformConfig
 from recyclelora.train.config import DataConfig
 from tests.helpers import tiny_vit
 

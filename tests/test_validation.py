@@ -15,10 +15,10 @@ from recyclelora.adapters.config import AdapterConfig
 from recyclelora.config import EvalConfig, RunConfig
 from recyclelora.data.prepare import PrepareConfig
 from recyclelora.data.synth_config import SynthConfig
-from recyclelora.data.transforms import EvalTransformConfig, ResizeConfig, TrainTransformConfig
+from recyclelora.data.transform_config import EvalTransformConfig, ResizeConfig, TrainTransformConfig
 from recyclelora.eval.sliding import SlidingWindowConfig
 from recyclelora.models.backbone import BackboneConfig
-from recyclelora.models.build import ModelConfig
+from recyclelora.models.config import ModelConfig
 from recyclelora.models.heads import HeadConfig
 from recyclelora.train.config import DataConfig, TrainConfig
 from recyclelora.validation import BOUNDS, check_value, validate_fields

@@ -16,7 +16,7 @@ from pipeline.dvcfile import stage_params
 from pipeline.params import PipelineParams, load_pipeline_params
 from pipeline.tracking import stage_run
 from recyclelora.io import atomic_write_text
-from recyclelora.models.build import ModelConfig
+from recyclelora.models.config import ModelConfig
 
 #: The ``weights`` stage's file in its output folder: the backbone in timm's layout, at the model's grid.
 BACKBONE_FILE = "backbone.safetensors"

@@ -15,7 +15,8 @@ from pipeline.tracking import log_small_artifacts
 from recyclelora.config import EvalConfig
 from recyclelora.data.check import ensure_checked
 from recyclelora.data.dataset import SegmentationDataset
-from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
+from recyclelora.data.transform_config import EvalTransformConfig
+from recyclelora.data.transforms import EvalTransform
 from recyclelora.eval.evaluate import EvalResult, evaluate
 from recyclelora.eval.predictors import TorchPredictor
 from recyclelora.eval.reports import metrics_dict, write_reports

@@ -18,7 +18,8 @@ from pipeline.params import ExportConfig
 from pipeline.stages._common import log_numbers, open_stage, write_json
 from pipeline.tracking import log_small_artifacts
 from recyclelora.data.dataset import SegmentationDataset
-from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
+from recyclelora.data.transform_config import EvalTransformConfig
+from recyclelora.data.transforms import EvalTransform
 from recyclelora.export import export_onnx, verify_onnx
 from recyclelora.models.segmentor import Segmentor
 

@@ -19,7 +19,7 @@ from pipeline.tracking import log_small_artifacts
 from recyclelora.adapters import CacheEntry, find_target_linears, inject_adapters
 from recyclelora.io import atomic_dir
 from recyclelora.models.backbone import ViTBackbone
-from recyclelora.models.build import ModelConfig
+from recyclelora.models.config import ModelConfig
 
 RECORD_FILE = "init.json"
 

@@ -21,7 +21,7 @@ from pipeline.stages._common import log_numbers, open_stage, with_backbone, writ
 from pipeline.tracking import log_small_artifacts
 from recyclelora.data.check import ensure_checked
 from recyclelora.io import atomic_dir, atomic_write_text, sha256_bytes, sha256_file
-from recyclelora.models.build import ModelConfig
+from recyclelora.models.config import ModelConfig
 from recyclelora.train.distributed import resolve_device
 from recyclelora.train.loop import LOG_FILE, MODEL_FILE, SAMPLES_FILE, SUMMARY_FILE, TrainResult, train
 

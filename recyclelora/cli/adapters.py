@@ -43,7 +43,7 @@ def init(
 
     from recyclelora.adapters import AdapterConfig, CacheEntry, find_target_linears, inject_adapters
     from recyclelora.models.backbone import BackboneConfig, ViTBackbone
-    from recyclelora.models.weights import CHECKPOINT_SUFFIXES
+    from recyclelora.models.sources import CHECKPOINT_SUFFIXES
 
     with user_errors():
         if Path(source).suffix in CHECKPOINT_SUFFIXES:
@@ -78,8 +78,8 @@ def info(path: Annotated[Path, typer.Argument(help="An init cache file or a segm
     from rich.table import Table
     from safetensors import safe_open
 
-    from recyclelora.models.build import ModelConfig
     from recyclelora.models.checkpoint import FORMAT as CHECKPOINT_FORMAT
+    from recyclelora.models.config import ModelConfig
 
     with user_errors():
         if not path.is_file():

@@ -194,7 +194,8 @@ def eval_command(
     from torch.utils.data import DataLoader
 
     from recyclelora.data.dataset import SegmentationDataset
-    from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
+    from recyclelora.data.transform_config import EvalTransformConfig
+    from recyclelora.data.transforms import EvalTransform
     from recyclelora.eval.evaluate import evaluate
     from recyclelora.eval.reports import metrics_table, write_reports
 

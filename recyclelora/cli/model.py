@@ -91,7 +91,7 @@ def export_onnx_command(
 
 def _write_int8(model, out: Path, mode: str, calibration: list[Path], windows: int, size: tuple[int, int]) -> None:
     """Quantize ``out`` into ``<name>.int8.onnx`` and report its agreement with the torch model."""
-    from recyclelora.data.transforms import EvalTransformConfig
+    from recyclelora.data.transform_config import EvalTransformConfig
     from recyclelora.eval.predictors import OnnxPredictor, TorchPredictor
     from recyclelora.export import calibration_windows, quantize_onnx
     from recyclelora.models.merge import parity_input

@@ -22,10 +22,10 @@ import torch
 
 from recyclelora.data.images import DEFAULT_MAX_PIXELS, ImageFileError, check_max_pixels, read_pair
 from recyclelora.data.manifest import Sample, read_manifest
+from recyclelora.data.subset import check_subset
 from recyclelora.data.transforms import SegmentationTransform
 from recyclelora.errors import InvalidInputError
 from recyclelora.io import atomic_path
-from recyclelora.validation import check_value
 
 PathLike = str | os.PathLike[str]
 
@@ -47,33 +47,6 @@ class KeptSample:
     manifest: Path
     row: int
     sample: Sample
-
-
-def check_subset(manifests: Sequence[PathLike], subset: Mapping[str, int], where: str) -> None:
-    """Check that ``subset`` maps stems of ``manifests`` (each the stem of exactly one) to sizes >= 1.
-
-    ``where`` names the mapping in errors (``data.subset``). Sizes above a manifest's row count are found
-    only when it is read (:class:`SegmentationDataset`).
-    """
-    if not isinstance(subset, Mapping):
-        raise TypeError(
-            f"{where} must map training manifest stems to sample counts, e.g. {{gta5_train: 12403}} "
-            f"({{}} = every manifest whole), got {subset!r}"
-        )
-    stems = [Path(path).stem for path in manifests]
-    unknown = sorted(set(subset) - set(stems))
-    if unknown:
-        raise InvalidInputError(
-            f"{where} names {unknown}, which are not training manifests: their stems are {stems}"
-        )
-    for stem, size in subset.items():
-        same = [str(path) for path in manifests if Path(path).stem == stem]
-        if len(same) > 1:
-            raise InvalidInputError(
-                f"{where}.{stem} is ambiguous: {len(same)} training manifests are named {stem}.parquet "
-                f"({same}); give them distinct file names"
-            )
-        check_value(size, int, f"{where}.{stem}", {"ge": 1})
 
 
 def write_kept_samples(path: PathLike, kept: Sequence[KeptSample]) -> Path:

@@ -20,8 +20,6 @@ sample exactly (the draws follow mmseg's distributions, not its global numpy str
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -31,16 +29,14 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from recyclelora.data.classes import IGNORE_INDEX
+from recyclelora.data.transform_config import (
+    EvalTransformConfig,
+    TrainTransformConfig,
+)
 from recyclelora.errors import InvalidInputError
-from recyclelora.validation import validate_fields
 
-IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
-IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
-SCALE_RATIOS: tuple[float, ...] = tuple(round(0.1 * step, 1) for step in range(5, 21))
 #: The 256 values of a uint8 pixel: the per-pixel maps below are computed on these once, then looked up.
 LEVELS = np.arange(256, dtype=np.uint8)
-#: Where the training pad to the crop size happens (see the module docstring).
-PadAt = Literal["before_flip", "after_normalize"]
 
 ImageLike = np.ndarray | torch.Tensor
 #: ``transform(image (H, W, 3) uint8, label (H, W) uint8, rng)`` -> (image (3, H', W') float32,
@@ -48,107 +44,6 @@ ImageLike = np.ndarray | torch.Tensor
 SegmentationTransform = Callable[
     [ImageLike, ImageLike, np.random.Generator], tuple[torch.Tensor, torch.Tensor]
 ]
-
-
-def _check_range(name: str, bounds: tuple[float, float]) -> None:
-    if bounds[0] > bounds[1]:
-        raise InvalidInputError(f"{name}={bounds} must be a (low, high) pair with 0 <= low <= high")
-
-
-@dataclass(frozen=True)
-class TrainTransformConfig:
-    """Training augmentation; the defaults are the published G->CBM configuration's."""
-
-    crop_size: tuple[int, int] = field(default=(512, 512), metadata={"ge": 1})
-    """Crop (height, width) in pixels; smaller resized images are padded up to it."""
-    base_size: int = field(default=512, metadata={"ge": 1})
-    """Short-edge length that ``scale_ratios`` multiply: the short edge becomes ``int(base_size * ratio)``."""
-    scale_ratios: tuple[float, ...] = SCALE_RATIOS
-    """Candidate ratios; one is drawn uniformly per sample."""
-    max_long_edge: int = field(default=2048, metadata={"ge": 1})
-    """The resize never makes the long edge longer than this."""
-    cat_max_ratio: float = field(default=0.75, metadata={"gt": 0, "le": 1})
-    """Largest share of one class among a crop's labelled pixels; 1.0 disables the check."""
-    crop_attempts: int = field(default=10, metadata={"ge": 0})
-    """Extra crops drawn while the ratio is exceeded (the last one is kept), as mmseg's RandomCrop."""
-    pad_at: PadAt = "before_flip"
-    """Pad to the crop size with 0 in uint8 pixels before the flip (G->CBM, C->BM) or with 0 after
-    normalisation (GS/GSU->CBM); the label is padded with 255 either way."""
-    flip_prob: float = field(default=0.5, metadata={"ge": 0, "le": 1})
-    """Probability of a horizontal flip."""
-    photometric: bool = True
-    """Apply the photometric distortion."""
-    brightness_delta: float = field(default=32.0, metadata={"ge": 0})
-    """Brightness: add U(-delta, delta) (0-255 scale), with probability 0.5."""
-    contrast_range: tuple[float, float] = field(default=(0.5, 1.5), metadata={"ge": 0})
-    """Contrast: multiply by U(low, high), with probability 0.5."""
-    saturation_range: tuple[float, float] = field(default=(0.5, 1.5), metadata={"ge": 0})
-    """Saturation: multiply the HSV saturation (0-255) by U(low, high), with probability 0.5."""
-    hue_delta: int = field(default=18, metadata={"ge": 0, "le": 90})
-    """Hue: add an integer of [-delta, delta) to OpenCV's hue (0-179, 2 degrees each), probability 0.5."""
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    """Normalisation mean (RGB, 0-255 scale)."""
-    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"gt": 0})
-    """Normalisation standard deviation (RGB, 0-255 scale)."""
-
-    def __post_init__(self) -> None:
-        validate_fields(self)
-        if not self.scale_ratios or min(int(self.base_size * r) for r in self.scale_ratios) < 1:
-            raise InvalidInputError(f"scale_ratios={self.scale_ratios} must be non-empty, base_size * ratio >= 1")
-        _check_range("contrast_range", self.contrast_range)
-        _check_range("saturation_range", self.saturation_range)
-
-
-@dataclass(frozen=True)
-class ResizeConfig:
-    """The size an ``H x W`` test image is scored at, ``h x w = round(f H) x round(f W)``: at most one rule.
-
-    ``size`` (w, h) sets it outright; ``short_edge`` s gives ``f = s / min(H, W)``; ``fit`` (L, S) gives
-    ``f = min(L / max(H, W), S / min(H, W))``, the largest size inside L x S (mmseg's keep-ratio ``Resize``,
-    e.g. Mapillary's protocol: halved images fitted into 2048 x 1024); none keeps ``H x W``.
-    """
-
-    size: tuple[int, int] | None = field(default=None, metadata={"ge": 1})
-    """Resize the image to this (width, height)."""
-    short_edge: int | None = field(default=None, metadata={"ge": 1})
-    """Or resize the image so that its short edge has this length (aspect ratio kept)."""
-    fit: tuple[int, int] | None = field(default=None, metadata={"ge": 1})
-    """Or resize it to the largest size that fits in (long edge, short edge) (aspect ratio kept)."""
-
-    def __post_init__(self) -> None:
-        for name in ("size", "fit"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, tuple(getattr(self, name)))
-        validate_fields(self)
-        chosen = {
-            k: v
-            for k, v in (("size", self.size), ("short_edge", self.short_edge), ("fit", self.fit))
-            if v is not None
-        }
-        if len(chosen) > 1:
-            raise InvalidInputError(f"{chosen} are exclusive: set one of size, short_edge and fit")
-
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(h, w)`` at which an ``height x width`` image is scored."""
-        if self.size is not None:
-            return self.size[1], self.size[0]
-        if self.short_edge is not None:
-            factor = self.short_edge / min(height, width)
-        elif self.fit is not None:
-            factor = min(max(self.fit) / max(height, width), min(self.fit) / min(height, width))
-        else:
-            return height, width
-        return int(height * factor + 0.5), int(width * factor + 0.5)
-
-
-@dataclass(frozen=True)
-class EvalTransformConfig(ResizeConfig):
-    """Evaluation preprocessing: optional resize of the image (never of the label), then normalisation."""
-
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    """Normalisation mean (RGB, 0-255 scale)."""
-    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"gt": 0})
-    """Normalisation standard deviation (RGB, 0-255 scale)."""
 
 
 def _as_tensor(array: ImageLike) -> torch.Tensor:

@@ -22,7 +22,7 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from recyclelora.data.classes import CLASS_NAMES, IGNORE_INDEX, colorize
-from recyclelora.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from recyclelora.data.transform_config import IMAGENET_MEAN, IMAGENET_STD
 from recyclelora.errors import InvalidInputError
 from recyclelora.eval.metrics import ConfusionMatrix, SegMetrics, class_counts
 from recyclelora.eval.sliding import Predict, SlidingWindowConfig, slide_inference, whole_inference

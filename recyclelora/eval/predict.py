@@ -20,7 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from recyclelora.data.classes import NUM_CLASSES
 from recyclelora.data.images import DEFAULT_MAX_PIXELS, check_max_pixels, open_image, read_image
-from recyclelora.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ResizeConfig, image_tensor, normalize
+from recyclelora.data.transform_config import IMAGENET_MEAN, IMAGENET_STD, ResizeConfig
+from recyclelora.data.transforms import image_tensor, normalize
 from recyclelora.errors import InvalidInputError
 from recyclelora.eval.evaluate import PROTOCOL_SLIDING, PredictionWriter
 from recyclelora.eval.sliding import Predict, SlidingWindowConfig, slide_inference, whole_inference

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from recyclelora.data.dataset import SegmentationDataset
-from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
+from recyclelora.data.transform_config import EvalTransformConfig
+from recyclelora.data.transforms import EvalTransform
 from recyclelora.errors import InvalidInputError, require_extra
 from recyclelora.eval.predictors import ONNX_INPUT
 from recyclelora.eval.sliding import window_grid

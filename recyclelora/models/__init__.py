@@ -18,8 +18,10 @@ __all__ = [
 
 __getattr__, __dir__ = lazy_attributes(
     __name__,
-    names_from("recyclelora.models.backbone", ("BackboneConfig", "ViTBackbone"))
-    | names_from("recyclelora.models.build", ("BuiltSegmentor", "ModelConfig", "build_segmentor", "state_dict_sha256"))
+    names_from("recyclelora.models.backbone", ("ViTBackbone",))
+    | names_from("recyclelora.models.backbone_config", ("BackboneConfig",))
+    | names_from("recyclelora.models.build", ("BuiltSegmentor", "build_segmentor", "state_dict_sha256"))
+    | names_from("recyclelora.models.config", ("ModelConfig",))
     | names_from("recyclelora.models.checkpoint", (
         "CheckpointInfo", "read_checkpoint_info", "save_segmentor",
     ))
@@ -30,12 +32,13 @@ __getattr__, __dir__ = lazy_attributes(
 
 if TYPE_CHECKING:
     from recyclelora.models.backbone import BackboneConfig, ViTBackbone
-    from recyclelora.models.build import BuiltSegmentor, ModelConfig, build_segmentor, state_dict_sha256
+    from recyclelora.models.build import BuiltSegmentor, build_segmentor, state_dict_sha256
     from recyclelora.models.checkpoint import (
         CheckpointInfo,
         read_checkpoint_info,
         save_segmentor,
     )
+    from recyclelora.models.config import ModelConfig
     from recyclelora.models.heads import HeadConfig, build_head
     from recyclelora.models.merge import MergeResult, merge_checkpoint
     from recyclelora.models.segmentor import Segmentor

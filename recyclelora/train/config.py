@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from recyclelora.data.dataset import check_subset
-from recyclelora.data.transforms import EvalTransformConfig, TrainTransformConfig
+from recyclelora.data.subset import check_subset
+from recyclelora.data.transform_config import EvalTransformConfig, TrainTransformConfig
 from recyclelora.errors import InvalidInputError
 from recyclelora.validation import validate_fields
 

@@ -39,8 +39,9 @@ from recyclelora.errors import InvalidInputError, UserError
 from recyclelora.eval.evaluate import evaluate
 from recyclelora.eval.predictors import TorchPredictor
 from recyclelora.io import atomic_dir, atomic_path, atomic_write_text, flatten
-from recyclelora.models.build import ModelConfig, build_segmentor
+from recyclelora.models.build import build_segmentor
 from recyclelora.models.checkpoint import read_checkpoint_info, read_tensors, save_segmentor
+from recyclelora.models.config import ModelConfig
 from recyclelora.models.segmentor import Segmentor
 from recyclelora.signals import STOP_SIGNALS, Interrupted, deferred_stop_signals
 from recyclelora.train import distributed

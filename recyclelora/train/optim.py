@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from recyclelora.adapters import adapter_param_groups
-from recyclelora.models.build import ModelConfig
+from recyclelora.models.config import ModelConfig
 from recyclelora.models.heads import weight_decay_groups
 from recyclelora.models.segmentor import Segmentor
 from recyclelora.train.config import TrainConfig

@@ -12,13 +12,8 @@ from PIL import Image
 
 from recyclelora.data.dataset import KEPT_SCHEMA, SegmentationDataset, write_kept_samples
 from recyclelora.data.manifest import manifest_path, write_manifest
-from recyclelora.data.transforms import (
-    EvalTransform,
-    EvalTransformConfig,
-    ResizeConfig,
-    TrainTransform,
-    TrainTransformConfig,
-)
+from recyclelora.data.transform_config import EvalTransformConfig, ResizeConfig, TrainTransformConfig
+from recyclelora.data.transforms import EvalTransform, TrainTransform
 from recyclelora.io import sha256_file
 from recyclelora.train.config import DataConfig
 

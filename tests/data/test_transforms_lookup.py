@@ -12,13 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from recyclelora.data.transforms import (
-    LEVELS,
-    TrainTransform,
-    TrainTransformConfig,
-    convert,
-    normalize,
-)
+from recyclelora.data.transform_config import TrainTransformConfig
+from recyclelora.data.transforms import LEVELS, TrainTransform, convert, normalize
 
 
 def _formula(image: np.ndarray, alpha: float, beta: float) -> np.ndarray:

@@ -12,11 +12,10 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from recyclelora.data.transform_config import EvalTransformConfig, TrainTransformConfig
 from recyclelora.data.transforms import (
     EvalTransform,
-    EvalTransformConfig,
     TrainTransform,
-    TrainTransformConfig,
     convert,
     resize_pair,
     scale_saturation,

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from recyclelora.data.dataset import SegmentationDataset
-from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
+from recyclelora.data.transform_config import EvalTransformConfig
+from recyclelora.data.transforms import EvalTransform
 from recyclelora.eval.evaluate import evaluate
 from recyclelora.eval.reports import IMAGE_TABLE_SCHEMA, write_reports
 from recyclelora.eval.sliding import SlidingWindowConfig

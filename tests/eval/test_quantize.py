@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from recyclelora.data.dataset import SegmentationDataset
-from recyclelora.data.transforms import EvalTransform, EvalTransformConfig
+from recyclelora.data.transform_config import EvalTransformConfig
+from recyclelora.data.transforms import EvalTransform
 from recyclelora.eval.predictors import OnnxPredictor
 from recyclelora.export import calibration_windows, quantize_onnx
 from tests.cli import write_dataset

@@ -117,7 +117,7 @@ def test_light_segmentor_traces_and_matches_eager_on_new_inputs():
 
 
 def test_configs_of_older_checkpoints_keep_the_pyramid_and_resampling_they_were_trained_with():
-    from recyclelora.models.build import ModelConfig
+    from recyclelora.models.config import ModelConfig
     from tests.helpers import tiny_model_config
 
     saved = tiny_model_config().to_dict()

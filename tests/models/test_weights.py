@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
 from recyclelora.models.backbone import BackboneConfig, ViTBackbone
+from recyclelora.models.sources import NAMED_SOURCES, WEIGHT_SOURCES, check_source
 from recyclelora.models.weights import (
-    NAMED_SOURCES,
-    WEIGHT_SOURCES,
-    check_source,
+    LOADERS,
     check_state_dict_fits,
     hf_dinov2_to_timm,
     load_backbone_weights,
@@ -151,10 +148,10 @@ def test_every_named_source_is_accepted_and_other_words_are_refused_listing_them
     assert all(f"'{name}' (" in help for name in WEIGHT_SOURCES)
 
 
-def test_the_backbone_loads_a_named_source_through_its_registry_entry(monkeypatch) -> None:
+def test_the_backbone_loads_a_named_source_through_its_loader(monkeypatch) -> None:
+    assert set(LOADERS) == set(WEIGHT_SOURCES)
     calls = []
-    fake = dataclasses.replace(WEIGHT_SOURCES["hub"], load=lambda *args: calls.append(args))
-    monkeypatch.setitem(WEIGHT_SOURCES, "hub", fake)
+    monkeypatch.setitem(LOADERS, "hub", lambda *args: calls.append(args))
     backbone = ViTBackbone(tiny_config(weights="hub", embed_resample="pinv"))
     assert calls == [(backbone.vit, "pinv")]
 

@@ -37,7 +37,7 @@ from recyclelora.adapters import AdapterConfig, CacheEntry, find_target_linears
 from recyclelora.config import EvalConfig, ParamsError
 from recyclelora.data.manifest import read_manifest
 from recyclelora.data.synth import SynthConfig
-from recyclelora.data.transforms import EvalTransformConfig, ResizeConfig, TrainTransformConfig
+from recyclelora.data.transform_config import EvalTransformConfig, ResizeConfig, TrainTransformConfig
 from recyclelora.io import PARTIAL_SUFFIX
 from recyclelora.models.backbone import BackboneConfig, ViTBackbone
 from recyclelora.models.build import build_segmentor, state_dict_sha256

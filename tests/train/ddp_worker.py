@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from recyclelora.data.transforms import TrainTransformConfig
+from recyclelora.data.transform_config import TrainTransformConfig
 from recyclelora.train.config import DataConfig
 from recyclelora.train.loop import train
 from tests.helpers import tiny_model_config, tiny_train_config

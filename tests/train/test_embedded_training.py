@@ -6,7 +6,7 @@ import pytest
 
 from recyclelora.adapters import AdapterConfig
 from recyclelora.data.synth import SynthConfig, generate_benchmark
-from recyclelora.data.transforms import TrainTransformConfig
+from recyclelora.data.transform_config import TrainTransformConfig
 from recyclelora.models import BackboneConfig, HeadConfig, ModelConfig
 from recyclelora.train.config import DataConfig, TrainConfig
 from recyclelora.train.loop import train

@@ -24,7 +24,8 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 
 from recyclelora.data.classes import IGNORE_INDEX
-from recyclelora.models.heads.base import HeadConfig, SegHead
+from recyclelora.models.heads.base import SegHead
+from recyclelora.models.heads.config import HeadConfig
 from recyclelora.models.heads.mask2former_init import init_as_mmdet
 
 #: Pyramid levels the pixel decoder needs: three for deformable attention (strides 8-32) and the stride-4 map.

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from recyclelora.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from recyclelora.models.heads.base import HeadConfig, SegHead
+    from recyclelora.models.heads.base import SegHead
+    from recyclelora.models.heads.config import HeadConfig
 
 HeadFactory = Callable[["HeadConfig", Sequence[int]], "SegHead"]
 

@@ -1,0 +1,111 @@
+"""The backbone's config: which timm ViT, which weights, which blocks feed the pyramid. Imports no torch (the
+model name is checked against timm's registry when a config is made)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from recyclelora.errors import InvalidInputError
+from recyclelora.models.sources import CHECKPOINT_SUFFIXES, WEIGHT_SOURCES, EmbedResample, check_source
+from recyclelora.validation import validate_fields
+
+#: Pyramid scale factors applied to the patch-stride feature maps, finest first.
+PYRAMID_SCALES: tuple[float, ...] = (4.0, 2.0, 1.0, 0.5)
+Pyramid = Literal["interpolate", "learned"]
+#: create_model arguments the config sets itself, so model_kwargs may not.
+_RESERVED_KWARGS = frozenset(
+    {
+        "pretrained",
+        "num_classes",
+        "img_size",
+        "patch_size",
+        "dynamic_img_size",
+        "dynamic_img_pad",
+        "drop_path_rate",
+    }
+)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Which timm ViT to build, which weights to load into it and which blocks feed the pyramid."""
+
+    name: str = field(default="vit_small_patch14_dinov2", metadata={"help": "timm model name of a ViT"})
+    weights: str = field(
+        default="embedded",
+        metadata={
+            "help": ", ".join(
+                f"'{source.name}' ({source.description}{'; needs ' + source.needs if source.needs else ''})"
+                for source in WEIGHT_SOURCES.values()
+            )
+            + f" or a {'/'.join(CHECKPOINT_SUFFIXES)} path"
+        },
+    )
+    img_size: int = field(
+        default=224,
+        metadata={"help": "size of the position grid; any multiple of the patch works at run time", "ge": 1},
+    )
+    patch_size: int | None = field(
+        default=None,
+        metadata={"help": "None keeps the model's; e.g. 16 resamples a patch-14 model's weights", "ge": 1},
+    )
+    out_indices: tuple[int, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "4 increasing block indices feeding the pyramid; None = evenly spaced up to the last",
+            "ge": 0,
+        },
+    )
+    drop_path_rate: float = field(
+        default=0.0, metadata={"help": "stochastic depth rate of the ViT blocks", "ge": 0, "lt": 1}
+    )
+    pyramid: Pyramid = field(
+        default="interpolate",
+        metadata={
+            "help": "'interpolate': parameter-free bilinear x4, x2, x1, x0.5 (the published backbone); "
+            "'learned': transposed convolutions and max-pool (a trainable neck, ViTDet/Rein-style)"
+        },
+    )
+    embed_resample: EmbedResample = field(
+        default="bicubic",
+        metadata={
+            "help": "how a checkpoint's patch kernel and position grid are resized to patch_size/img_size, and "
+            "the grid to each input at run time: 'bicubic' (plain bicubic, no antialias: the published "
+            "conversion; at run time the official DINOv2 rule) or 'pinv' (timm's pseudo-inverse kernel "
+            "resampling and antialiased position resize)"
+        },
+    )
+    model_kwargs: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "further timm.create_model arguments, e.g. depth, embed_dim"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.out_indices is not None:
+            object.__setattr__(self, "out_indices", tuple(self.out_indices))
+        validate_fields(self)
+        import timm  # validating the name needs timm's registry (and torch): only when a config is made
+
+        if not timm.is_model(self.name):
+            raise InvalidInputError(
+                f"name={self.name!r} is not a timm model: list candidates with timm.list_models('*dinov2*')."
+            )
+        check_source(self.weights)
+        source = WEIGHT_SOURCES.get(self.weights)
+        if source is not None and source.model is not None and self.name != source.model:
+            raise InvalidInputError(
+                f"weights={self.weights!r} is {source.description} and needs name={source.model!r}, got "
+                f"{self.name!r}: use weights='hub' or a checkpoint file for other models."
+            )
+        indices = self.out_indices
+        if indices is not None and (
+            len(indices) != len(PYRAMID_SCALES) or any(a >= b for a, b in itertools.pairwise(indices))
+        ):
+            raise InvalidInputError(
+                f"out_indices must be {len(PYRAMID_SCALES)} increasing block indices >= 0 (one per pyramid "
+                f"level), got {indices!r}; or None for evenly spaced blocks."
+            )
+        reserved = sorted(_RESERVED_KWARGS & set(self.model_kwargs))
+        if reserved:
+            raise InvalidInputError(f"model_kwargs may not set {reserved}: use the config fields of the same name.")

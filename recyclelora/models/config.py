@@ -1,0 +1,52 @@
+"""The segmentor's config: backbone, how it is tuned (adapters, frozen, full), head. Imports no torch."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from recyclelora.adapters.config import AdapterConfig
+from recyclelora.models.backbone_config import BackboneConfig
+from recyclelora.models.heads.config import HeadConfig
+from recyclelora.validation import validate_fields
+
+Tuning = Literal["adapters", "frozen", "full"]
+#: Backbone settings added after checkpoints were first written, at the values those checkpoints used.
+LEGACY_BACKBONE: dict[str, str] = {"pyramid": "learned", "embed_resample": "pinv"}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``tuning``: ``adapters`` trains the adapters of ``adapter`` (the backbone is otherwise frozen),
+    ``frozen`` trains no backbone parameter, ``full`` trains all of them. Neck and head always train."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    tuning: Tuning = "adapters"
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+
+    def __post_init__(self) -> None:
+        validate_fields(self, "model")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backbone": asdict(self.backbone) | {"out_indices": _list(self.backbone.out_indices)},
+            "head": asdict(self.head),
+            "tuning": self.tuning,
+            "adapter": self.adapter.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """The config of :meth:`to_dict`; keys that older checkpoints lack get the behaviour they were
+        trained with (:data:`LEGACY_BACKBONE`), not today's defaults."""
+        return cls(
+            backbone=BackboneConfig(**(LEGACY_BACKBONE | data["backbone"])),
+            head=HeadConfig(**data["head"]),
+            tuning=data["tuning"],
+            adapter=AdapterConfig(**data["adapter"]),
+        )
+
+
+def _list(value: tuple[int, ...] | None) -> list[int] | None:
+    return None if value is None else list(value)
