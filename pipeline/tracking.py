@@ -23,7 +23,7 @@ Lost server: tracking never costs training
     The stages bound MLflow's HTTP retries (:data:`HTTP_RETRY_DEFAULTS`, unless the user set them): a dead
     server costs a call about 2 s, not MLflow's 4 minutes. A server that stops answering inside a stage
     (:class:`_SpoolingStore`) is reported in one warning line; what the stage logs from then on (metrics,
-    params, tags, run status, small artifacts) is appended to the :class:`Spool`,
+    params, tags, dataset inputs, run status, small artifacts) is appended to the :class:`Spool`,
     ``mlflow-spool/`` at the main repository root (Git and DVC ignore it), without touching the network. A
     thread asks the server every ``RECYCLELORA_MLFLOW_RETRY_SECONDS`` (30) whether it answers again; the next
     write then sends the spool (one line says so). A stage that ends with records kept says so in one line;
@@ -59,7 +59,8 @@ What the MLflow UI shows
     switch instead: ``#/experiments/<id>?workflowType=machine_learning``), and a description
     (``mlflow.note.content``). Parent and children carry MLflow's source tags: ``mlflow.source.git.commit``
     (:func:`git_commit`), ``mlflow.source.name`` (``dvc.yaml``, ``dvc.yaml:<stage>``), and ``dvc_exp`` the DVC
-    experiment. A new parent is named
+    experiment; a child's Dataset column lists the manifests its stage read (:mod:`pipeline.mlflow_inputs`:
+    contexts ``training``, ``validation``, ``evaluation``). A new parent is named
     ``<method>-<ranks>-<backbone>-s<seed>`` (``rrqr-16+4-vits14-s0``, ``frozen-vits14-s0``;
     :func:`readable_run_name`) and gets all of ``params.yaml`` as params; each stage that succeeds copies its
     headline metrics (:func:`is_headline_metric`) onto it, its child keeps the detail.
@@ -98,6 +99,10 @@ import mlflow
 import requests
 from mlflow import MlflowClient
 from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModelInput,
     Metric,
     Param,
     Run,
@@ -123,6 +128,7 @@ from mlflow.utils.validation import (
 )
 
 from pipeline.dvcfile import DVC_FILE
+from pipeline.mlflow_inputs import log_stage_inputs
 from recyclelora.adapters.initialisers import INITIALISERS
 from recyclelora.config import read_yaml
 from recyclelora.errors import UserError
@@ -360,8 +366,9 @@ class Spool:
     file lock, so concurrent stages share it) and the copies of artifacts in ``files/``.
 
     A record names its server (``uri``), run and operation: ``batch`` (metrics ``[key, value, timestamp,
-    step]``, params and tags ``[key, value]``), ``update`` (status, end time, name) or ``artifact`` (a copy and
-    its artifact folder). :meth:`send` replays them in order and keeps what could not be sent.
+    step]``, params and tags ``[key, value]``), ``update`` (status, end time, name), ``inputs`` (datasets as
+    :meth:`DatasetInput.to_dictionary` gives them, logged model ids) or ``artifact`` (a copy and its artifact
+    folder). :meth:`send` replays them in order and keeps what could not be sent.
     """
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
@@ -470,6 +477,10 @@ def _replay(store: RestStore, uri: str, group: list[dict], folder: Path) -> None
             str(copy), first["artifact_path"]
         )
         shutil.rmtree(copy.parent)
+    elif first["op"] == "inputs":
+        datasets = [_dataset_input(entry) for entry in first["datasets"]]
+        models = [LoggedModelInput(model_id) for model_id in first["models"]]
+        RestStore.log_inputs(store, run_id, datasets, models)
     else:
         metrics = [Metric(*entry) for record in group for entry in record["metrics"]]
         params = {key: value for record in group for key, value in record["params"]}
@@ -482,10 +493,16 @@ def _replay(store: RestStore, uri: str, group: list[dict], folder: Path) -> None
             RestStore.log_batch(store, run_id, chunk, [], [])
 
 
+def _dataset_input(entry: Mapping[str, object]) -> DatasetInput:
+    """The :class:`DatasetInput` of its :meth:`DatasetInput.to_dictionary`."""
+    tags = [InputTag(key, value) for key, value in entry["tags"].items()]
+    return DatasetInput(Dataset(**entry["dataset"]), tags)
+
+
 class _SpoolingStore(RestStore):
     """MLflow's REST store for one server that never lets a lost server stop a stage.
 
-    A write (metrics, params, tags, a run's status, an artifact through :meth:`log_artifact`)
+    A write (metrics, params, tags, dataset inputs, a run's status, an artifact through :meth:`log_artifact`)
     that finds the server gone after MLflow's bounded retries marks it lost, with one warning line, and goes to
     the :class:`Spool`, as does every later write, without trying the network. A thread asks the server every
     :func:`retry_seconds` whether it answers again; the next write then sends the spool first (one line says
@@ -568,6 +585,20 @@ class _SpoolingStore(RestStore):
             "tags": [[t.key, t.value] for t in tags],
         }
         self._write(record, functools.partial(super().log_batch, run_id, metrics, params, tags))
+
+    def log_inputs(
+        self,
+        run_id: str,
+        datasets: list[DatasetInput] | None = None,
+        models: list[LoggedModelInput] | None = None,
+    ) -> None:
+        record = {
+            "op": "inputs",
+            "run_id": run_id,
+            "datasets": [dataset.to_dictionary() for dataset in datasets or []],
+            "models": [model.model_id for model in models or []],
+        }
+        self._write(record, functools.partial(super().log_inputs, run_id, datasets, models))
 
     def update_run_info(
         self, run_id: str, run_status: int | None, end_time: int | None, run_name: str | None
@@ -962,7 +993,8 @@ def stage_run(
     """Record this stage process as the child run ``stage`` of its pipeline's parent run.
 
     ``repo_root`` is the DVC workspace the stage runs in (it holds ``params.yaml``). The child gets ``params``
-    flattened (``train.lr``) and whole (artifact ``params.yaml``), the tags ``stage``, MLflow's
+    flattened (``train.lr``) and whole (artifact ``params.yaml``), the manifests those params name as MLflow
+    datasets (:func:`~pipeline.mlflow_inputs.log_stage_inputs`), the tags ``stage``, MLflow's
     ``mlflow.source.git.commit`` and :func:`source_tags`, ``dvc_exp`` (the DVC experiment), ``recyclelora.table``,
     ``slurm.job_id`` and ``slurm.node`` (when known) and system metrics; with ``resume_child`` it continues the latest child ``stage`` of the parent that did not finish, if any. Stop signals raise
     :class:`~recyclelora.signals.Interrupted` inside the block. An ``Interrupted`` or ``KeyboardInterrupt``
@@ -1022,6 +1054,7 @@ def stage_run(
                         store.note_previous(previous, client.get_run(previous).data.metrics)
                     mlflow.log_params(flat)
                     mlflow.log_dict(dict(params), PARAMS_FILE)
+                    log_stage_inputs(child.info.run_id, params, workspace)
                 yield child
             except BaseException as error:
                 status = "KILLED" if isinstance(error, (Interrupted, KeyboardInterrupt)) else "FAILED"
