@@ -23,11 +23,11 @@ Lost server: tracking never costs training
     The stages bound MLflow's HTTP retries (:data:`HTTP_RETRY_DEFAULTS`, unless the user set them): a dead
     server costs a call about 2 s, not MLflow's 4 minutes. A server that stops answering inside a stage
     (:class:`_SpoolingStore`) is reported in one warning line; what the stage logs from then on (metrics,
-    params, tags, run status, small artifacts) is appended to the :class:`Spool`, ``mlflow-spool/`` at the
-    main repository root (Git and DVC ignore it), without touching the network. A thread asks the server every
-    ``RECYCLELORA_MLFLOW_RETRY_SECONDS`` (30) whether it answers again; the next write then sends the spool
-    (one line says so). A stage that ends with records kept says so in one line; ``python -m pipeline sync``
-    sends them, and every stage's start tries too.
+    params, tags, dataset inputs, run status, small artifacts) is appended to the :class:`Spool`,
+    ``mlflow-spool/`` at the main repository root (Git and DVC ignore it), without touching the network. A
+    thread asks the server every ``RECYCLELORA_MLFLOW_RETRY_SECONDS`` (30) whether it answers again; the next
+    write then sends the spool (one line says so). A stage that ends with records kept says so in one line;
+    ``python -m pipeline sync`` sends them, and every stage's start tries too.
 
 Every run a stage opens is ended
     :func:`stage_run` turns stop signals (SIGINT, SIGTERM, SIGUSR1/2) into
@@ -56,7 +56,11 @@ Parent run (:func:`stage_run`)
 What the MLflow UI shows
     The experiment carries ``mlflow.experimentKind = custom_model_development``, the kind MLflow 3's UI
     reads to open on training runs, not its GenAI overview (3.17's UI follows its *GenAI / Model training*
-    switch instead: ``#/experiments/<id>?workflowType=machine_learning``). A new parent is named
+    switch instead: ``#/experiments/<id>?workflowType=machine_learning``), and a description
+    (``mlflow.note.content``). Parent and children carry MLflow's source tags: ``mlflow.source.git.commit``
+    (:func:`git_commit`), ``mlflow.source.name`` (``dvc.yaml``, ``dvc.yaml:<stage>``), and ``dvc_exp`` the DVC
+    experiment; a child's Dataset column lists the manifests its stage read (:mod:`pipeline.mlflow_inputs`:
+    contexts ``training``, ``validation``, ``evaluation``). A new parent is named
     ``<method>-<ranks>-<backbone>-s<seed>`` (``rrqr-16+4-vits14-s0``, ``frozen-vits14-s0``;
     :func:`readable_run_name`) and gets all of ``params.yaml`` as params; each stage that succeeds copies its
     headline metrics (:func:`is_headline_metric`) onto it, its child keeps the detail.
@@ -94,7 +98,19 @@ from urllib.parse import urlparse
 import mlflow
 import requests
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, RunInfo, RunStatus, RunTag
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModelInput,
+    Metric,
+    Param,
+    Run,
+    RunInfo,
+    RunStatus,
+    RunTag,
+    SourceType,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.store.tracking.rest_store import RestStore
@@ -102,6 +118,7 @@ from mlflow.telemetry.client import set_telemetry_client
 from mlflow.tracking._tracking_service import utils as tracking_utils
 from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
 from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 from mlflow.utils.validation import (
     MAX_ENTITY_KEY_LENGTH,
     MAX_METRICS_PER_BATCH,
@@ -110,6 +127,8 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
+from pipeline.dvcfile import DVC_FILE
+from pipeline.mlflow_inputs import log_stage_inputs
 from recyclelora.adapters.initialisers import INITIALISERS
 from recyclelora.config import read_yaml
 from recyclelora.errors import InvalidInputError, UserError
@@ -132,6 +151,15 @@ TABLE_TAG = "recyclelora.table"
 #: Experiment tag MLflow 3's UI reads: ``custom_model_development`` opens it on runs, not the GenAI overview.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+#: The experiment's description in the MLflow UI (set where it has none, so a user's edit stays).
+EXPERIMENT_NOTE_TAG = "mlflow.note.content"
+EXPERIMENT_NOTE = (
+    "RecycleLoRA's DVC pipeline (dvc.yaml, params.yaml). One parent run per `dvc repro` / `dvc exp run`, "
+    "named <method>-<ranks>-<backbone>-s<seed>, with all of params.yaml and the headline metrics (mean_mIoU, "
+    "mIoU/<target>, val_mIoU); one child run per stage (data, weights, init, train, merge, evaluate, export, "
+    "analyze) with the params it reads, its metrics and the manifests it read as datasets. The tags "
+    "mlflow.source.git.commit and dvc_exp say which commit and DVC experiment a run comes from."
+)
 #: Child metrics copied onto the parent (with ``mIoU/<target>``): evaluate's score, train's last validation,
 #: size and speed, analyze's rank efficiency.
 HEADLINE_METRICS = frozenset(
@@ -338,8 +366,9 @@ class Spool:
     file lock, so concurrent stages share it) and the copies of artifacts in ``files/``.
 
     A record names its server (``uri``), run and operation: ``batch`` (metrics ``[key, value, timestamp,
-    step]``, params and tags ``[key, value]``), ``update`` (status, end time, name) or ``artifact`` (a copy and
-    its artifact folder). :meth:`send` replays them in order and keeps what could not be sent.
+    step]``, params and tags ``[key, value]``), ``update`` (status, end time, name), ``inputs`` (datasets as
+    :meth:`DatasetInput.to_dictionary` gives them, logged model ids) or ``artifact`` (a copy and its artifact
+    folder). :meth:`send` replays them in order and keeps what could not be sent.
     """
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
@@ -448,6 +477,10 @@ def _replay(store: RestStore, uri: str, group: list[dict], folder: Path) -> None
             str(copy), first["artifact_path"]
         )
         shutil.rmtree(copy.parent)
+    elif first["op"] == "inputs":
+        datasets = [_dataset_input(entry) for entry in first["datasets"]]
+        models = [LoggedModelInput(model_id) for model_id in first["models"]]
+        RestStore.log_inputs(store, run_id, datasets, models)
     else:
         metrics = [Metric(*entry) for record in group for entry in record["metrics"]]
         params = {key: value for record in group for key, value in record["params"]}
@@ -460,12 +493,18 @@ def _replay(store: RestStore, uri: str, group: list[dict], folder: Path) -> None
             RestStore.log_batch(store, run_id, chunk, [], [])
 
 
+def _dataset_input(entry: Mapping[str, object]) -> DatasetInput:
+    """The :class:`DatasetInput` of its :meth:`DatasetInput.to_dictionary`."""
+    tags = [InputTag(key, value) for key, value in entry["tags"].items()]
+    return DatasetInput(Dataset(**entry["dataset"]), tags)
+
+
 class _SpoolingStore(RestStore):
     """MLflow's REST store for one server that never lets a lost server stop a stage.
 
-    A write (metrics, params, tags, a run's status, an artifact through :meth:`log_artifact`) that finds the
-    server gone after MLflow's bounded retries marks it lost, with one warning line, and goes to the
-    :class:`Spool`, as does every later write, without trying the network. A thread asks the server every
+    A write (metrics, params, tags, dataset inputs, a run's status, an artifact through :meth:`log_artifact`)
+    that finds the server gone after MLflow's bounded retries marks it lost, with one warning line, and goes to
+    the :class:`Spool`, as does every later write, without trying the network. A thread asks the server every
     :func:`retry_seconds` whether it answers again; the next write then sends the spool first (one line says
     so). While lost, reading a run this process has seen gives its last copy (MLflow reads it to print the
     run's address when it ends it); other reads raise :class:`TrackingServerLost`. The latest value of each
@@ -546,6 +585,20 @@ class _SpoolingStore(RestStore):
             "tags": [[t.key, t.value] for t in tags],
         }
         self._write(record, functools.partial(super().log_batch, run_id, metrics, params, tags))
+
+    def log_inputs(
+        self,
+        run_id: str,
+        datasets: list[DatasetInput] | None = None,
+        models: list[LoggedModelInput] | None = None,
+    ) -> None:
+        record = {
+            "op": "inputs",
+            "run_id": run_id,
+            "datasets": [dataset.to_dictionary() for dataset in datasets or []],
+            "models": [model.model_id for model in models or []],
+        }
+        self._write(record, functools.partial(super().log_inputs, run_id, datasets, models))
 
     def update_run_info(
         self, run_id: str, run_status: int | None, end_time: int | None, run_name: str | None
@@ -788,8 +841,9 @@ def is_headline_metric(key: str) -> bool:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created if missing, tagged as model development; a SQLite store keeps
-    artifacts in ``mlartifacts/`` beside its file."""
+    """The id of experiment ``name``, created if missing, tagged as model development and described
+    (:data:`EXPERIMENT_NOTE`, where it has no description); a SQLite store keeps artifacts in ``mlartifacts/``
+    beside its file."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = None
@@ -797,7 +851,9 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
             location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR).as_uri()
         try:
             return client.create_experiment(
-                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                name,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, EXPERIMENT_NOTE_TAG: EXPERIMENT_NOTE},
             )
         except MlflowException as error:  # another stage process created it in the meantime
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -810,6 +866,8 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
         )
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before the tag, or by another tool
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if EXPERIMENT_NOTE_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_NOTE_TAG, EXPERIMENT_NOTE)
     return experiment.experiment_id
 
 
@@ -910,6 +968,13 @@ def _end_runs(
         client.set_terminated(parent_id, parent_status)
 
 
+def source_tags(stage: str | None) -> dict[str, str]:
+    """MLflow's source tags of a run: ``dvc.yaml`` for the parent (``stage=None``), ``dvc.yaml:<stage>`` (DVC's
+    address of the stage) for a child."""
+    name = DVC_FILE if stage is None else f"{DVC_FILE}:{stage}"
+    return {MLFLOW_SOURCE_NAME: name, MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL)}
+
+
 def slurm_tags(environ: Mapping[str, str]) -> dict[str, str | None]:
     """``slurm.job_id`` and ``slurm.node`` of a stage that runs in a SLURM job (``None`` outside one)."""
     return {"slurm.job_id": environ.get("SLURM_JOB_ID"), "slurm.node": environ.get("SLURMD_NODENAME")}
@@ -928,9 +993,10 @@ def stage_run(
     """Record this stage process as the child run ``stage`` of its pipeline's parent run.
 
     ``repo_root`` is the DVC workspace the stage runs in (it holds ``params.yaml``). The child gets ``params``
-    flattened (``train.lr``) and whole (artifact ``params.yaml``), the tags ``stage``, ``git_commit``,
-    ``dvc_exp``, ``recyclelora.table``, ``slurm.job_id`` and ``slurm.node`` (when known) and system metrics;
-    with ``resume_child`` it continues the latest child ``stage`` of the parent that did not finish, if any. Stop signals raise
+    flattened (``train.lr``) and whole (artifact ``params.yaml``), the manifests those params name as MLflow
+    datasets (:func:`~pipeline.mlflow_inputs.log_stage_inputs`), the tags ``stage``, MLflow's
+    ``mlflow.source.git.commit`` and :func:`source_tags`, ``dvc_exp`` (the DVC experiment), ``recyclelora.table``,
+    ``slurm.job_id`` and ``slurm.node`` (when known) and system metrics; with ``resume_child`` it continues the latest child ``stage`` of the parent that did not finish, if any. Stop signals raise
     :class:`~recyclelora.signals.Interrupted` inside the block. An ``Interrupted`` or ``KeyboardInterrupt``
     ends child and parent KILLED, any other exception FAILED, and propagates; success copies the headline
     metrics onto the parent and ends the child FINISHED, and with ``final=True`` the parent too. Signals wait
@@ -951,7 +1017,7 @@ def stage_run(
             client = MlflowClient(uri)
             exp_name = os.environ.get("DVC_EXP_NAME")
             tags = {
-                "git_commit": git_commit(workspace),
+                MLFLOW_GIT_COMMIT: git_commit(workspace),
                 "dvc_exp": exp_name,
                 PIPELINE_KEY_TAG: key,
                 TABLE_TAG: os.environ.get(TABLE_ENV),
@@ -963,7 +1029,7 @@ def stage_run(
                 parent = _parent_run(
                     client,
                     get_or_create_experiment(client, experiment, uri),
-                    tags,
+                    tags | source_tags(None),
                     run_name=readable_run_name(whole) or exp_name or f"pipeline-{key[:8]}",
                     params_file=workspace / PARAMS_FILE,
                     params=flatten_params(whole),
@@ -981,13 +1047,14 @@ def stage_run(
                         experiment_id=parent.info.experiment_id,
                         run_name=stage,
                         parent_run_id=parent_id,
-                        tags=tags | {"stage": stage},
+                        tags=tags | source_tags(stage) | {"stage": stage},
                         log_system_metrics=True,
                     )
                     if store is not None and previous:
                         store.note_previous(previous, client.get_run(previous).data.metrics)
                     mlflow.log_params(flat)
                     mlflow.log_dict(dict(params), PARAMS_FILE)
+                    log_stage_inputs(child.info.run_id, params, workspace)
                 yield child
             except BaseException as error:
                 status = "KILLED" if isinstance(error, (Interrupted, KeyboardInterrupt)) else "FAILED"

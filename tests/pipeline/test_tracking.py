@@ -338,7 +338,7 @@ def test_stage_processes_share_one_parent(
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"
         assert child.data.tags["stage"] == child.info.run_name
-        assert child.data.tags["git_commit"] == head(repo)
+        assert child.data.tags["mlflow.source.git.commit"] == head(repo)
         assert child.data.tags["dvc_exp"] == "exp-shared"
         assert child.data.params["train.lr"] == "0.001" and child.data.params["base.seed"] == "0"
         history = client.get_metric_history(child.info.run_id, "loss")
