@@ -49,13 +49,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
+from pipeline.presets import read_preset
 from pipeline.sweep import options as opt
 from pipeline.sweep import queue_command, require_mlflow_server, run_slurm
 from pipeline.sweep.grid import Experiment
 from pipeline.tracking import TABLE_ENV, TABLE_TAG, find_repo_root, get_or_create_experiment, tracking_uri
 from recyclelora.adapters.initialisers import INITIALISERS
 from recyclelora.cli.common import user_errors
-from pipeline.presets import read_preset
 from recyclelora.eval.bootstrap import BootstrapInterval, paired_bootstrap, paired_bootstrap_mean
 from recyclelora.io import atomic_path, atomic_write_text
 
