@@ -96,7 +96,9 @@ def expand_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
             continue
         found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise ValueError(f"folder {path} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}) directly inside it")
+            raise ValueError(
+                f"folder {path} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}) directly inside it"
+            )
         expanded.extend(found)
     return expanded
 
