@@ -73,6 +73,7 @@ def test_pyfunc_label_maps_are_the_cli_predictions(work: Path, tmp_path: Path) -
 
 def package(root: Path, work: Path, monkeypatch: pytest.MonkeyPatch, *, register: bool) -> Path:
     """Run the package stage in a tiny workspace at ``root`` on ``work``'s checkpoint and made-up scores."""
+    root.mkdir(exist_ok=True)
     make_workspace(root, monkeypatch)
     apply_preset(root / "params.yaml", str(TINY))
     edit_params(root / "params.yaml", "eval.crop", SIZE)
