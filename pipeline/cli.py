@@ -134,6 +134,21 @@ def export(out: Out, checkpoint: Checkpoint, metrics: Metrics, params: Params = 
     console.print(f"{out}: {record['size_mb']:.1f} MB, relative error {record['max_rel_diff']:.2e}")
 
 
+@app.command("package")
+def package(
+    out: Out,
+    checkpoint: Checkpoint,
+    eval_metrics: Annotated[Path, typer.Option(help="The evaluate stage's metric file, linked to the model.")],
+    params: Params = Path("params.yaml"),
+) -> None:
+    """The merged model as an MLflow model, logged with its scores; registered if asked (params: track)."""
+    with stage_errors():
+        from pipeline.stages import run_package
+
+        info = run_package(params, checkpoint, eval_metrics, out)
+    console.print(f"MLflow model {info.model_uri} -> {out}")
+
+
 @app.command("analyze")
 def analyze(
     checkpoint: Checkpoint,

@@ -1,7 +1,7 @@
 """``params.yaml`` of the DVC pipeline: every section typed and validated before any stage does work.
 
 Sections: ``base`` (seed), ``datasets`` (what the ``data`` stage produces), ``data``, ``model``, ``train``,
-``eval`` (:func:`recyclelora.config.run_config`) and ``export``. An unknown section or key, or a refused
+``eval`` (:func:`recyclelora.config.run_config`), ``export`` and ``track``. An unknown section or key, or a refused
 value, raises :class:`~recyclelora.config.ParamsError` naming it (``params.model.adapter: AdapterConfig.init
 must be one of [...], got 'x'``).
 """
@@ -18,7 +18,7 @@ from recyclelora.data.synth import SynthConfig
 from recyclelora.errors import InvalidInputError
 from recyclelora.validation import validate_fields
 
-SECTIONS: tuple[str, ...] = ("base", "datasets", "data", "model", "train", "eval", "export")
+SECTIONS: tuple[str, ...] = ("base", "datasets", "data", "model", "train", "eval", "export", "track")
 #: Datasets ``recyclelora.data.download.download_dataset`` can fetch (GTAV publicly, Cityscapes with a login).
 DOWNLOADABLE: tuple[str, ...] = ("gta5", "cityscapes")
 
@@ -90,6 +90,19 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class TrackConfig:
+    """What the pipeline records in MLflow beyond its runs."""
+
+    register_model: bool = field(
+        default=False,
+        metadata={"help": "stage package registers the model as models:/recyclelora-<run name>"},
+    )
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+@dataclass(frozen=True)
 class PipelineParams:
     """The validated ``params.yaml``; ``raw`` keeps the parsed file for logging what a stage read."""
 
@@ -97,6 +110,7 @@ class PipelineParams:
     datasets: DatasetsConfig
     run: RunConfig
     export: ExportConfig
+    track: TrackConfig
     raw: dict[str, Any]
 
     def sections(self, *names: str) -> dict[str, Any]:
@@ -125,5 +139,6 @@ def load_pipeline_params(path: str | Path) -> PipelineParams:
         datasets=build_config(DatasetsConfig, raw.get("datasets") or {}, "params.datasets"),
         run=run,
         export=build_config(ExportConfig, raw.get("export") or {}, "params.export"),
+        track=build_config(TrackConfig, raw.get("track") or {}, "params.track"),
         raw=raw,
     )

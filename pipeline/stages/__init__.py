@@ -18,6 +18,7 @@ __all__ = [
     "run_export",
     "run_init",
     "run_merge",
+    "run_package",
     "run_train",
     "run_weights",
 ]
@@ -33,5 +34,6 @@ if TYPE_CHECKING:
     from pipeline.stages.export import run_export
     from pipeline.stages.init import run_init
     from pipeline.stages.merge import run_merge
+    from pipeline.stages.package import run_package
     from pipeline.stages.train import run_train
     from pipeline.stages.weights import run_weights

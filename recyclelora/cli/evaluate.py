@@ -108,14 +108,13 @@ def load_predictor(
     model: Path, backend: Backend, device: torch.device, backbone_weights: str | None, config: InferenceConfig
 ) -> Predict:
     """A predictor for ``model`` on ``backend``; an ONNX model's fixed input size must be the window size."""
-    from recyclelora.eval.predictors import OnnxPredictor, TorchPredictor
-    from recyclelora.models import Segmentor
+    from recyclelora.eval.predict import torch_predictor
+    from recyclelora.eval.predictors import OnnxPredictor
 
     if backend is Backend.torch:
         if model.suffix == ".onnx":
             raise InvalidInputError(f"{model} is an ONNX model: evaluate it with --backend onnxruntime")
-        segmentor = Segmentor.from_checkpoint(model, backbone_weights=backbone_weights)
-        return TorchPredictor(segmentor, device)
+        return torch_predictor(model, device, backbone_weights)
     if model.suffix != ".onnx":
         raise InvalidInputError(
             f"--backend onnxruntime needs an .onnx model, got {model}: export one with "

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -24,7 +25,9 @@ from recyclelora.data.transform_config import IMAGENET_MEAN, IMAGENET_STD, Resiz
 from recyclelora.data.transforms import image_tensor, normalize
 from recyclelora.errors import InvalidInputError
 from recyclelora.eval.evaluate import PROTOCOL_SLIDING, PredictionWriter
+from recyclelora.eval.predictors import TorchPredictor
 from recyclelora.eval.sliding import Predict, SlidingWindowConfig, slide_inference, whole_inference
+from recyclelora.models.segmentor import Segmentor
 
 #: Sub-folder of the output folder that receives the trainId PNGs (overlays go to ``<folder>_overlay``).
 PREDICTION_FOLDER = "pred"
@@ -61,6 +64,26 @@ class InferencePredictor:
         return scores
 
 
+def torch_predictor(
+    checkpoint: str | os.PathLike[str], device: torch.device | str, backbone_weights: str | None = None
+) -> TorchPredictor:
+    """A checkpoint (merged, or unmerged with its ``backbone_weights``; safetensors only) run on ``device``."""
+    return TorchPredictor(Segmentor.from_checkpoint(checkpoint, backbone_weights=backbone_weights), device)
+
+
+def image_input(
+    pixels: np.ndarray, device: torch.device | str, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """An ``(H, W, 3)`` uint8 RGB image as the normalised ``(3, H, W)`` float tensor ``predict`` is given."""
+    return normalize(image_tensor(pixels), tuple(mean), tuple(std)).to(device)
+
+
+@torch.inference_mode()
+def label_map(predict: Predict, image: torch.Tensor) -> torch.Tensor:
+    """The trainIds ``(H, W)`` (argmax of the scores) ``predict`` gives one :func:`image_input` image."""
+    return predict(image.unsqueeze(0)).argmax(1)[0]
+
+
 #: File endings of the images a folder given to :func:`predict_images` contributes.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -75,7 +98,9 @@ def expand_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
             continue
         found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise InvalidInputError(f"folder {path} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}) directly inside it")
+            raise InvalidInputError(
+                f"folder {path} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}) directly inside it"
+            )
         expanded.extend(found)
     return expanded
 
@@ -118,12 +143,11 @@ def predict_images(
     writer = PredictionWriter(out, overlays, mean, std)
     written = []
     columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar, torch.inference_mode():
+    with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("predict", total=len(paths))
         for path in paths:
-            pixels = read_image(path, max_pixels=max_pixels)
-            image = normalize(image_tensor(pixels), tuple(mean), tuple(std)).to(device)
-            pred = predict(image.unsqueeze(0)).argmax(1)[0]
+            image = image_input(read_image(path, max_pixels=max_pixels), device, mean, std)
+            pred = label_map(predict, image)
             writer.write(PREDICTION_FOLDER, path.stem, pred, image)
             written.append(Path(out) / PREDICTION_FOLDER / f"{path.stem}.png")
             bar.advance(task)

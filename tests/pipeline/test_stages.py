@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 import pipeline.stages.train as train_stage
 from pipeline import compare, stages
 from pipeline.cli import app
-from pipeline.params import BaseConfig, DatasetsConfig, ExportConfig, load_pipeline_params
+from pipeline.params import BaseConfig, DatasetsConfig, ExportConfig, TrackConfig, load_pipeline_params
 from pipeline.presets import FREE_FORM, apply_preset, available_presets, read_preset
 from pipeline.stages._common import BACKBONE_FILE, with_backbone
 from pipeline.stages.data import check_manifests
@@ -103,7 +103,7 @@ def test_project_params_validate_and_list_every_setting() -> None:
         "base": BaseConfig, "datasets": DatasetsConfig, "datasets.synth": SynthConfig, "data": None,
         "data.transform": TrainTransformConfig, "data.val_transform": EvalTransformConfig,
         "model.backbone": BackboneConfig, "model.head": HeadConfig, "model.adapter": AdapterConfig,
-        "train": TrainConfig, "eval": EvalConfig, "export": ExportConfig,
+        "train": TrainConfig, "eval": EvalConfig, "export": ExportConfig, "track": TrackConfig,
     }  # fmt: skip
     for section, cls in sections.items():
         if cls is None:
