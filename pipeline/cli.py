@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from pipeline.sweep.command import sweep
-from recyclelora.cli.common import console, root_app, user_errors
+from recyclelora.cli.common import console, errors, root_app, user_errors
 from recyclelora.errors import require_extra
 
 app = root_app(
@@ -172,6 +173,32 @@ def sync(params: Params = Path("params.yaml")) -> None:
 
         sent = sync_spool(params.resolve().parent)
     console.print(f"{sent} MLflow record(s) sent; {spool_path(params.resolve().parent)} holds none")
+
+
+@app.command("check")
+def check(params: Params = Path("params.yaml")) -> None:
+    """Check params.yaml and every preset beside it (presets/) written over it, model names included: one line
+    per problem, exit code 1 if any. Nothing is written."""
+    from pipeline.params import load_pipeline_params
+    from pipeline.presets import available_presets, check_presets
+    from recyclelora.errors import UserError
+    from recyclelora.models.backbone import check_model_name
+
+    def check_file(path: Path) -> None:
+        check_model_name(load_pipeline_params(path).run.model.backbone.name)
+
+    with user_errors():
+        problems: dict[str, str] = {}
+        try:
+            check_file(params)
+        except UserError as error:
+            problems[str(params)] = str(error)
+        problems |= {f"preset {name}": text for name, text in check_presets(params, check_file).items()}
+        for where, text in problems.items():
+            errors.print(f"[red]error:[/red] {escape(where)}: {escape(text)}", highlight=False, soft_wrap=True)
+        if problems:
+            raise typer.Exit(1)
+    console.print(f"{params} and its {len(available_presets(params))} presets are valid")
 
 
 @app.command("preset")

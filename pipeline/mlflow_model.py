@@ -23,7 +23,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import Schema, TensorSpec
 
 from recyclelora.config import EvalConfig
-from recyclelora.data.transforms import EvalTransformConfig
+from recyclelora.data.transform_config import EvalTransformConfig
 from recyclelora.eval.predict import (
     InferenceConfig,
     InferencePredictor,

@@ -14,7 +14,7 @@ from typing import Any
 
 from recyclelora.config import ParamsError, RunConfig, build_config, read_params, run_config
 from recyclelora.data.raw import RAW_DATASETS
-from recyclelora.data.synth import SynthConfig
+from recyclelora.data.synth_config import SynthConfig
 from recyclelora.errors import InvalidInputError
 from recyclelora.validation import validate_fields
 

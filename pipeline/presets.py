@@ -12,7 +12,8 @@ over it by the same rules (:func:`read_preset`). The four paper settings are one
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from ruamel.yaml.comments import CommentedSeq
 
 from pipeline.params import load_pipeline_params
 from recyclelora.config import ParamsError, read_yaml
+from recyclelora.errors import UserError
 from recyclelora.io import atomic_path
 
 PRESETS_DIR = "presets"
@@ -119,19 +121,45 @@ def _round_trip() -> YAML:
     return rt
 
 
+def _overlaid(params_path: Path, name: str) -> tuple[YAML, Any, list[str]]:
+    """params.yaml's document (comments kept) with preset ``name`` written over it, and the keys it changed."""
+    preset = read_preset(preset_file(params_path, name))
+    rt = _round_trip()
+    document = rt.load(params_path.read_text())
+    changed: list[str] = []
+    _overlay(document, preset, "", changed)
+    return rt, document, changed
+
+
 def apply_preset(params_path: str | Path, name: str) -> list[str]:
     """Write preset ``name`` over ``params_path``; returns the dotted keys whose value changed.
 
     Nothing is written when a preset key is unknown or the resulting params do not validate.
     """
     params_path = Path(params_path)
-    preset = read_preset(preset_file(params_path, name))
-    rt = _round_trip()
-    document = rt.load(params_path.read_text())
-    changed: list[str] = []
-    _overlay(document, preset, "", changed)
+    rt, document, changed = _overlaid(params_path, name)
     with atomic_path(params_path) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             rt.dump(document, handle)
         load_pipeline_params(tmp)
     return changed
+
+
+def check_presets(
+    params_path: str | Path, check: Callable[[Path], object] = load_pipeline_params
+) -> dict[str, str]:
+    """``{preset: problem}`` for each preset beside ``params_path`` whose params, written over it, ``check``
+    refuses with a user error (nothing is written)."""
+    params_path = Path(params_path)
+    problems: dict[str, str] = {}
+    for name in available_presets(params_path):
+        try:
+            rt, document, _ = _overlaid(params_path, name)
+            with tempfile.TemporaryDirectory() as folder:
+                written = Path(folder) / "params.yaml"
+                with open(written, "w", encoding="utf-8") as handle:
+                    rt.dump(document, handle)
+                check(written)
+        except (FileNotFoundError, UserError) as error:
+            problems[name] = str(error)
+    return problems

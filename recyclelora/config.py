@@ -11,7 +11,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from recyclelora.data.images import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
+from recyclelora.data.pixel_limits import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
 from recyclelora.data.transform_config import EvalTransformConfig, ResizeConfig
 from recyclelora.errors import InvalidInputError
 from recyclelora.models.config import ModelConfig

@@ -18,9 +18,9 @@ import torch
 
 from pipeline.stages._common import BACKBONE_FILE, open_stage, write_json
 from pipeline.tracking import log_small_artifacts
+from recyclelora.digest import state_dict_sha256
 from recyclelora.io import atomic_dir, save_safetensors, sha256_file
 from recyclelora.models.backbone import BackboneConfig, ViTBackbone
-from recyclelora.models.build import state_dict_sha256
 
 RECORD_FILE = "backbone.json"
 RANDOM_SEED = 0

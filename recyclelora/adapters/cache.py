@@ -19,20 +19,12 @@ from safetensors import SafetensorError, safe_open
 
 from recyclelora.adapters.config import AdapterConfig
 from recyclelora.adapters.factors import ALGORITHM_VERSION, Factors
+from recyclelora.digest import tensor_sha256
 from recyclelora.errors import InvalidInputError
 from recyclelora.io import save_safetensors
 
 FORMAT = "recyclelora-init"
 _FIELDS = ("a_main", "b_main", "a_sub", "b_sub")
-
-
-def tensor_sha256(tensor: torch.Tensor) -> str:
-    """SHA-256 over dtype, shape and raw bytes of a tensor."""
-    data = tensor.detach().to("cpu").contiguous()
-    digest = hashlib.sha256(f"{data.dtype}|{tuple(data.shape)}|".encode())
-    if data.numel():
-        digest.update(data.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
-    return digest.hexdigest()
 
 
 def _spec(config: AdapterConfig, weight_hashes: dict[str, str]) -> dict:

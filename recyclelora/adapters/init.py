@@ -17,7 +17,10 @@ from recyclelora.adapters.factors import (
     Factors,
     check_ranks,
     factors_from_columns,
+    lora_factors,
     rrqr_columns,
+    rrqr_factors,
+    svd_factors,
 )
 
 #: With ``workers=None``, models with fewer adapted weight elements than this decompose in-process
@@ -38,8 +41,14 @@ def _die_with_parent(parent: int) -> None:
 def layer_factors(
     weight: torch.Tensor, config: AdapterConfig, generator: torch.Generator | None = None
 ) -> Factors:
-    """The initial factors of one weight under ``config.init`` and its effective ranks."""
-    return config.initialiser.factors(weight, *config.effective_ranks, config.scaling, generator)
+    """The initial factors of one weight under ``config.init`` (its :data:`~recyclelora.adapters.initialisers.FactorRule`) and effective ranks."""
+    rule = config.initialiser.rule
+    main, sub = config.effective_ranks
+    if rule == "rrqr":
+        return rrqr_factors(weight, main, sub)
+    if rule == "random":
+        return lora_factors(weight, main, generator=generator)
+    return svd_factors(weight, main, config.scaling, minor=rule == "svd_minor")
 
 
 def compute_factors(

@@ -5,23 +5,19 @@ and how it computes them.
 ``rrqr`` is RecycleLoRA (main adapter on the minor RRQR directions, sub adapter on the major ones);
 ``rrqr-main`` / ``rrqr-sub`` keep one of the two. The single-adapter baselines use one adapter of rank
 ``rank_main + rank_sub`` in the main slot, so every method trains the same number of parameters.
-This module imports no torch: the factor functions import their maths when called.
+This module imports no torch: :func:`recyclelora.adapters.init.layer_factors` computes what each rule names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    import torch
-
-    from recyclelora.adapters.factors import Factors
+from typing import Literal
 
 #: How ``(rank_main, rank_sub)`` become the layers' ``(main, sub)`` ranks.
 RankLayout = Literal["dual", "main", "sub", "single"]
-FactorFn = Callable[["torch.Tensor", int, int, float, "torch.Generator | None"], "Factors"]
+#: Which factors a layer starts from (:func:`recyclelora.adapters.init.layer_factors` computes them): RRQR of
+#: ``W0``, its top or bottom singular triplets, or LoRA's random ``A`` with ``B = 0``.
+FactorRule = Literal["rrqr", "svd_major", "svd_minor", "random"]
 
 
 @dataclass(frozen=True)
@@ -33,8 +29,8 @@ class Initialiser:
     layout: RankLayout
     deterministic: bool
     uses_scaling: bool
-    factors: FactorFn
-    """``(W0, main rank, sub rank, scaling s, generator) -> Factors`` of one weight, at the effective ranks."""
+    rule: FactorRule
+    """How the factors of one weight are computed, at the effective ranks."""
     parallel: bool = False
     """Worth running on worker processes, one matrix each (RRQR's BLAS calls run single-threaded there)."""
 
@@ -48,35 +44,14 @@ class Initialiser:
         }[self.layout]
 
 
-def _rrqr(weight: torch.Tensor, rank_main: int, rank_sub: int, scaling: float, generator: object) -> Factors:
-    from recyclelora.adapters.factors import rrqr_factors
-
-    return rrqr_factors(weight, rank_main, rank_sub)
-
-
-def _svd(minor: bool) -> FactorFn:
-    def factors(weight: torch.Tensor, rank: int, _: int, scaling: float, generator: object) -> Factors:
-        from recyclelora.adapters.factors import svd_factors
-
-        return svd_factors(weight, rank, scaling, minor=minor)
-
-    return factors
-
-
-def _random(weight: torch.Tensor, rank: int, _: int, scaling: float, generator: torch.Generator | None) -> Factors:
-    from recyclelora.adapters.factors import lora_factors
-
-    return lora_factors(weight, rank, generator=generator)
-
-
 INITIALISERS: dict[str, Initialiser] = {
     entry.name: entry
     for entry in (
-        Initialiser("rrqr", "RecycleLoRA", "dual", True, False, _rrqr, parallel=True),
-        Initialiser("rrqr-main", "RecycleLoRA, main only", "main", True, False, _rrqr, parallel=True),
-        Initialiser("rrqr-sub", "RecycleLoRA, sub only", "sub", True, False, _rrqr, parallel=True),
-        Initialiser("lora", "LoRA", "single", False, False, _random),
-        Initialiser("pissa", "PiSSA", "single", True, True, _svd(minor=False)),
-        Initialiser("milora", "MiLoRA", "single", True, True, _svd(minor=True)),
+        Initialiser("rrqr", "RecycleLoRA", "dual", True, False, "rrqr", parallel=True),
+        Initialiser("rrqr-main", "RecycleLoRA, main only", "main", True, False, "rrqr", parallel=True),
+        Initialiser("rrqr-sub", "RecycleLoRA, sub only", "sub", True, False, "rrqr", parallel=True),
+        Initialiser("lora", "LoRA", "single", False, False, "random"),
+        Initialiser("pissa", "PiSSA", "single", True, True, "svd_major"),
+        Initialiser("milora", "MiLoRA", "single", True, True, "svd_minor"),
     )
 }

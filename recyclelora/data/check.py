@@ -24,8 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from recyclelora.data.classes import IGNORE_INDEX, NUM_CLASSES
 from recyclelora.data.dataset import load_pair
-from recyclelora.data.images import DEFAULT_MAX_PIXELS, check_max_pixels
 from recyclelora.data.manifest import Sample, read_manifest
+from recyclelora.data.pixel_limits import DEFAULT_MAX_PIXELS, check_max_pixels
 from recyclelora.data.prepare import default_workers
 from recyclelora.errors import InvalidInputError
 from recyclelora.io import atomic_write_text, default_cache_dir, sha256_bytes, sha256_file

@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from recyclelora.data.images import DEFAULT_MAX_PIXELS, ImageFileError, check_max_pixels, read_pair
+from recyclelora.data.images import ImageFileError, read_pair
 from recyclelora.data.manifest import Sample, read_manifest
+from recyclelora.data.pixel_limits import DEFAULT_MAX_PIXELS, check_max_pixels
 from recyclelora.data.subset import check_subset
 from recyclelora.data.transforms import SegmentationTransform
 from recyclelora.errors import InvalidInputError

@@ -38,17 +38,11 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image
 
+from recyclelora.data.pixel_limits import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
 from recyclelora.errors import InvalidInputError
 
 PathLike = str | os.PathLike[str]
 
-#: Pillow refuses to open an image above this many pixels (twice ``Image.MAX_IMAGE_PIXELS``); a larger
-#: ``max_pixels`` could never take effect.
-PILLOW_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
-#: Largest image (width x height) read by default: 64 megapixels, 8192 x 8192, about 2.5 times the largest
-#: camera photos of the supported datasets (Mapillary Vistas: phone and action-camera photos, about 25 MP at
-#: most; Cityscapes 2 MP). Its RGB array takes 192 MB and its float32 scores at 19 classes 4.9 GB.
-DEFAULT_MAX_PIXELS = 8192 * 8192
 #: EXIF orientation (tag 0x0112) -> the transpose that makes the stored pixels upright (the EXIF 2.3 table, as
 #: in ``PIL.ImageOps.exif_transpose``); 1 and unknown values need none.
 EXIF_TRANSPOSE: dict[int, Image.Transpose] = {
@@ -74,20 +68,6 @@ _WHITE = (255, 255, 255, 255)
 class ImageFileError(InvalidInputError):
     """An image or label file that is missing, corrupt, too large or of a kind that cannot be read as it is
     meant; the message names the file and what to do."""
-
-
-def check_max_pixels(max_pixels: int, where: str = "max_pixels") -> int:
-    """``max_pixels`` if it is an integer in 1..:data:`PILLOW_MAX_PIXELS`, else a ValueError naming ``where``."""
-    if (
-        isinstance(max_pixels, bool)
-        or not isinstance(max_pixels, int)
-        or not 1 <= max_pixels <= PILLOW_MAX_PIXELS
-    ):
-        raise InvalidInputError(
-            f"{where}={max_pixels!r} must be a whole number of pixels from 1 to {PILLOW_MAX_PIXELS} "
-            f"(Pillow's decompression-bomb limit); the default is {DEFAULT_MAX_PIXELS}"
-        )
-    return max_pixels
 
 
 @contextlib.contextmanager

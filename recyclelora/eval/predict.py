@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from recyclelora.data.classes import NUM_CLASSES
-from recyclelora.data.images import DEFAULT_MAX_PIXELS, check_max_pixels, open_image, read_image
+from recyclelora.data.images import open_image, read_image
+from recyclelora.data.pixel_limits import DEFAULT_MAX_PIXELS, check_max_pixels
 from recyclelora.data.transform_config import IMAGENET_MEAN, IMAGENET_STD, ResizeConfig
 from recyclelora.data.transforms import image_tensor, normalize
 from recyclelora.errors import InvalidInputError

@@ -20,7 +20,8 @@ __getattr__, __dir__ = lazy_attributes(
     __name__,
     names_from("recyclelora.models.backbone", ("ViTBackbone",))
     | names_from("recyclelora.models.backbone_config", ("BackboneConfig",))
-    | names_from("recyclelora.models.build", ("BuiltSegmentor", "build_segmentor", "state_dict_sha256"))
+    | names_from("recyclelora.models.build", ("BuiltSegmentor", "build_segmentor"))
+    | names_from("recyclelora.digest", ("state_dict_sha256",))
     | names_from("recyclelora.models.config", ("ModelConfig",))
     | names_from("recyclelora.models.checkpoint", (
         "CheckpointInfo", "read_checkpoint_info", "save_segmentor",
@@ -31,8 +32,9 @@ __getattr__, __dir__ = lazy_attributes(
 )  # fmt: skip
 
 if TYPE_CHECKING:
+    from recyclelora.digest import state_dict_sha256
     from recyclelora.models.backbone import BackboneConfig, ViTBackbone
-    from recyclelora.models.build import BuiltSegmentor, build_segmentor, state_dict_sha256
+    from recyclelora.models.build import BuiltSegmentor, build_segmentor
     from recyclelora.models.checkpoint import (
         CheckpointInfo,
         read_checkpoint_info,

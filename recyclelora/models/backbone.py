@@ -97,6 +97,15 @@ def _pos_embed_dinov2(vit: VisionTransformer, x: Tensor) -> Tensor:
     return vit.pos_drop(x)
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a ``model.backbone.name`` that timm's registry does not know (the config cannot: it imports no
+    torch)."""
+    if not timm.is_model(name):
+        raise InvalidInputError(
+            f"model.backbone.name={name!r} is not a timm model: list candidates with timm.list_models('*dinov2*')."
+        )
+
+
 class ViTBackbone(nn.Module):
     """``features = [neck_k(block_{i_k}(x)) for k in 0..3]``: a ViT's block outputs as a 4-level pyramid.
 
@@ -113,6 +122,7 @@ class ViTBackbone(nn.Module):
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
+        check_model_name(config.name)
         self.config = config
         kwargs: dict[str, Any] = dict(config.model_kwargs, img_size=config.img_size)
         if config.patch_size is not None:

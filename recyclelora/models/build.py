@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from recyclelora.adapters import Factors, inject_adapters
-from recyclelora.adapters.cache import tensor_sha256
 from recyclelora.adapters.inject import apply_factors
+from recyclelora.digest import state_dict_sha256
 from recyclelora.models.backbone import ViTBackbone
 from recyclelora.models.config import ModelConfig
 from recyclelora.models.heads import build_head
@@ -28,12 +25,6 @@ class BuiltSegmentor:
     model: Segmentor
     init_factors: dict[str, Factors] | None
     backbone_sha256: str
-
-
-def state_dict_sha256(module: nn.Module) -> str:
-    """SHA-256 over the sorted names and per-tensor hashes of a module's state dict."""
-    entries = {name: tensor_sha256(tensor) for name, tensor in module.state_dict().items()}
-    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
 def build_segmentor(

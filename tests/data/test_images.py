@@ -16,16 +16,8 @@ import pytest
 from PIL import ExifTags, Image, ImageOps
 
 from recyclelora.cli.evaluate import DEFAULT_MAX_PIXELS as cli_default
-from recyclelora.data.images import (
-    DEFAULT_MAX_PIXELS,
-    EXIF_TRANSPOSE,
-    PILLOW_MAX_PIXELS,
-    ImageFileError,
-    check_max_pixels,
-    read_image,
-    read_label,
-    read_pair,
-)
+from recyclelora.data.images import EXIF_TRANSPOSE, ImageFileError, read_image, read_label, read_pair
+from recyclelora.data.pixel_limits import DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS, check_max_pixels
 
 H, W = 24, 32
 PICTURE = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)

@@ -90,7 +90,6 @@ def test_input_not_a_multiple_of_the_patch_is_refused() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"name": "not_a_model"}, "name='not_a_model' is not a timm model"),
         ({"weights": "imagenet"}, "weights='imagenet' is neither"),
         ({"weights": "embedded", "name": "vit_base_patch14_dinov2"}, "needs name='vit_small_patch14_dinov2'"),
         ({"img_size": 0}, "BackboneConfig.img_size must be an integer >= 1, got 0"),
@@ -107,6 +106,13 @@ def test_input_not_a_multiple_of_the_patch_is_refused() -> None:
 def test_config_rejects_bad_values(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides)
+
+
+def test_a_name_timm_does_not_know_is_refused_when_built() -> None:
+    """The config imports no torch, so timm's registry is asked when the backbone is built."""
+    config = tiny_config(name="not_a_model")
+    with pytest.raises(ValueError, match="model.backbone.name='not_a_model' is not a timm model"):
+        ViTBackbone(config)
 
 
 def test_out_indices_beyond_depth_rejected_when_built() -> None:

@@ -14,13 +14,13 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from pipeline.stages import analyze, data, evaluate, export, init, merge, train, weights
+from pipeline.stages import analyze, data, evaluate, export, init, merge, package, train, weights
 from tests.pipeline.workspace import GIT, tiny_repo
 
 PROJECT = Path(__file__).resolve().parents[2]
 MODULES = {
     "data": data, "weights": weights, "init": init, "train": train, "merge": merge, "evaluate": evaluate,
-    "export": export, "analyze": analyze,
+    "export": export, "package": package, "analyze": analyze,
 }  # fmt: skip
 ENV_DROPPED = ("MLFLOW_TRACKING_URI", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "RECYCLELORA_PARENT_RUN_ID",
                "RECYCLELORA_MLFLOW_DB")  # fmt: skip
@@ -57,10 +57,16 @@ def test_dvc_yaml_matches_the_stage_modules() -> None:
                 )
         for entry in stage.get("metrics", []):
             assert all(options == {"cache": False} for options in entry.values())
-    # the decomposition never depends on training settings
+    # the decomposition never depends on training settings; neither it nor the converted ViT on the neck, the
+    # blocks feeding it or stochastic depth, which change neither's output
     assert not any(
         key == "train" or key.startswith(("train.", "data", "base")) for key in stages["init"]["params"]
     )
+    for name in ("weights", "init"):
+        keys = stages[name]["params"]
+        assert {"model.backbone.name", "model.backbone.weights", "model.backbone.img_size"} <= set(keys)
+        assert not {"model", "model.backbone", "model.head"} & set(keys), keys
+        assert not any(key.rpartition(".")[2] in ("pyramid", "out_indices", "drop_path_rate") for key in keys)
     plots = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["plots"]
     curves = [next(iter(plot.values())) for plot in plots if isinstance(plot, dict)]
     assert curves and all(curve["x"] == "step" for curve in curves)

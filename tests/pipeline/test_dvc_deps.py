@@ -1,4 +1,6 @@
-"""dvc.yaml's code deps cover each stage's code: the in-repo import closure of its module, found with ast."""
+"""dvc.yaml's code deps are exactly each stage's code: the in-repo import closure of its module, found with ast.
+A missing dep would keep a stage from rerunning after an edit that changes its outputs; a surplus one reruns it
+after an edit that cannot."""
 
 from __future__ import annotations
 
@@ -121,3 +123,23 @@ def test_every_stage_depends_on_the_code_it_imports() -> None:
     assert EXEMPT <= set().union(*closures.values())
     header = (PROJECT / "dvc.yaml").read_text().split("\nstages:")[0]
     assert all(module in header for module in EXEMPT)
+
+
+def code_files(dep: str) -> set[str]:
+    """The Python files a code dep names: the file, or every file under the folder."""
+    path = PROJECT / dep
+    files = path.rglob("*.py") if path.is_dir() else [path]
+    return {file.relative_to(PROJECT).as_posix() for file in files}
+
+
+def test_no_stage_depends_on_code_it_cannot_import() -> None:
+    """A code dep is a file of the stage's import closure, or a folder all of whose files are in it."""
+    surplus = {}
+    for name, stage in pipeline_stages().items():
+        closure = import_closure(f"pipeline.stages.{name}")
+        code = [dep for dep in stage["deps"] if dep.partition("/")[0] in PACKAGES]
+        surplus[name] = sorted(f for dep in code for f in code_files(dep) - closure)
+    assert not any(surplus.values()), (
+        "dvc.yaml stages depend on code they never import (list the imported files instead of the folder):\n"
+        + ("\n".join(f"  {name}: {', '.join(files)}" for name, files in surplus.items() if files))
+    )

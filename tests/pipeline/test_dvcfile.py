@@ -36,7 +36,7 @@ def test_each_stage_logs_the_params_dvc_yaml_lists(workspace: Path) -> None:
                 value = value[part]
             listed[key] = value
         assert client.get_run(run_id).data.params == flatten_params(listed), stage
-    assert stage_params("init", workspace / "params.yaml")[0] == "model.backbone"
+    assert stage_params("init", workspace / "params.yaml")[0] == "model.backbone.name"
     assert stage_params("merge", workspace / "params.yaml") == ()
 
 

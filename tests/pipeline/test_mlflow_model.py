@@ -24,7 +24,7 @@ from pipeline.mlflow_model import SIGNATURE, model_config, pyfunc_arguments
 from pipeline.presets import apply_preset
 from recyclelora.config import EvalConfig
 from recyclelora.data.images import read_image
-from recyclelora.data.transforms import EvalTransformConfig
+from recyclelora.data.transform_config import EvalTransformConfig
 from tests.cli import SIZE, invoke, save_tiny_checkpoint, single_thread, write_dataset
 from tests.pipeline.test_stages import TINY, edit_params
 from tests.pipeline.workspace import PROJECT, make_workspace

@@ -46,3 +46,25 @@ def test_paper_settings_differ_from_their_base_only_where_the_paper_does() -> No
         setting = read_preset(PROJECT / "presets" / f"{name}.yaml")
         assert setting["data"]["transform"] == base["data"]["transform"] | {"pad_at": "after_normalize"}
         assert setting["model"] == base["model"] and setting["train"] == base["train"]
+
+
+def test_check_names_each_bad_file_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    """``python -m pipeline check``: params.yaml and every preset over it, the model name asked of timm."""
+    from pipeline.cli import app
+    from tests.cli import runner
+
+    params = tmp_path / "params.yaml"
+    params.write_text((PROJECT / "params.yaml").read_text())
+    _write(tmp_path / "presets" / "fine.yaml", "train: {lr: 0.001}\n")
+    result = runner.invoke(app, ["check", "--params", str(params)])
+    assert result.exit_code == 0 and "and its 1 presets are valid" in " ".join(result.stdout.split()), result.output
+
+    _write(tmp_path / "presets" / "typo.yaml", "train: {lrr: 0.001}\n")
+    _write(tmp_path / "presets" / "unknown_model.yaml", "model: {backbone: {name: vit_smal_patch14_dinov2, weights: hub}}\n")
+    before = params.read_text()
+    result = runner.invoke(app, ["check", "--params", str(params)])
+    lines = [" ".join(line.split()) for line in result.stderr.split("error: ")[1:]]  # rich wraps long lines
+    assert result.exit_code == 1 and len(lines) == 2, result.output
+    assert lines[0].startswith("preset typo: preset key 'train.lrr' is not in params.yaml"), lines
+    assert lines[1].startswith("preset unknown_model: model.backbone.name='vit_smal_patch14_dinov2'"), lines
+    assert params.read_text() == before

@@ -38,9 +38,10 @@ from recyclelora.config import EvalConfig, ParamsError
 from recyclelora.data.manifest import read_manifest
 from recyclelora.data.synth import SynthConfig
 from recyclelora.data.transform_config import EvalTransformConfig, ResizeConfig, TrainTransformConfig
+from recyclelora.digest import state_dict_sha256
 from recyclelora.io import PARTIAL_SUFFIX
 from recyclelora.models.backbone import BackboneConfig, ViTBackbone
-from recyclelora.models.build import build_segmentor, state_dict_sha256
+from recyclelora.models.build import build_segmentor
 from recyclelora.models.checkpoint import save_segmentor
 from recyclelora.models.heads import HeadConfig
 from recyclelora.train.config import TrainConfig

@@ -4,16 +4,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from recyclelora._lazy import lazy_attributes, names_from
-from recyclelora.errors import require_extra
 from recyclelora.models.heads.config import HeadConfig
 from recyclelora.models.heads.registry import HEADS, Head
 
 if TYPE_CHECKING:
     from recyclelora.models.heads.base import ParamGroups, SegHead, weight_decay_groups
+    from recyclelora.models.heads.build import build_head
     from recyclelora.models.heads.light import LightHead
     from recyclelora.models.heads.mask2former import (
         Mask2FormerHead,
@@ -26,21 +25,13 @@ if TYPE_CHECKING:
 __getattr__, __dir__ = lazy_attributes(
     __name__,
     names_from("recyclelora.models.heads.base", ("ParamGroups", "SegHead", "weight_decay_groups"))
+    | names_from("recyclelora.models.heads.build", ("build_head",))
     | names_from("recyclelora.models.heads.light", ("LightHead",))
     | names_from(
         "recyclelora.models.heads.mask2former",
         ("Mask2FormerHead", "Mask2FormerOutput", "semantic_to_mask_labels"),
     ),
 )
-
-
-def build_head(config: HeadConfig, in_channels: Sequence[int]) -> SegHead:
-    """Build the head of :data:`HEADS` that ``config.kind`` names over features of ``in_channels`` channels
-    (finest first); a missing optional dependency raises a one-line error naming the extra to install."""
-    head = HEADS[config.kind]
-    if head.extra is not None:
-        require_extra(*head.extra, f"The {head.label} head (model.head.kind: {head.name})")
-    return head.build(config, in_channels)
 
 
 __all__ = [
