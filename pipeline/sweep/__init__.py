@@ -50,8 +50,8 @@ def queue_command(experiment: Experiment, targets: Sequence[str]) -> list[str]:
 
 def queue_rows(prefix: str, rev: str, restart: Any, jobs: int) -> list[Row]:
     """The ``<prefix>-`` experiments of ``dvc exp show`` as rows; restarts dead queue workers (``restart()``)
-    while some wait and fewer than ``jobs`` run, as :func:`pipeline.compare.wait_for` does."""
-    from pipeline.compare import experiments
+    while some wait and fewer than ``jobs`` run, as :func:`pipeline.compare.runner.wait_for` does."""
+    from pipeline.compare.results import experiments
 
     shown = experiments(prefix, rev)
     states = [row.get("State") for row in shown]
@@ -77,7 +77,7 @@ def run_queue(
     environ: Mapping[str, str],
 ) -> None:
     """Queue the experiments, start ``jobs`` DVC queue workers and, with ``wait``, watch them."""
-    from pipeline.compare import head_commit, start_workers, worker_env
+    from pipeline.compare.runner import head_commit, start_workers, worker_env
 
     env = worker_env(jobs, prefix, environ)
     rev = head_commit()

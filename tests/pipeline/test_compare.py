@@ -243,7 +243,7 @@ def test_curve_queues_each_budget_as_the_preset_with_its_steps(tmp_path: Path) -
 
 def test_curve_finds_experiments_by_prefix_and_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     names = ["curve60-lora-s0", "curve600-rrqr-s1", "curvex-lora-s0", "cmp-lora-s0", "curve60", None]
-    monkeypatch.setattr(compare.dvc.api, "exp_show", lambda revs: [{"Experiment": name} for name in names])
+    monkeypatch.setattr(compare.results.dvc.api, "exp_show", lambda revs: [{"Experiment": name} for name in names])
     assert [row["Experiment"] for row in compare.curve_experiments("curve")] == names[:2]
     assert [row["Experiment"] for row in compare.experiments("curve60")] == names[:1]
     assert [row["Experiment"] for row in compare.experiments("cu.ve60")] == []  # the prefix is not a regex
@@ -252,7 +252,7 @@ def test_curve_finds_experiments_by_prefix_and_budget(monkeypatch: pytest.Monkey
 def test_queue_workers_share_the_cores_and_need_a_server_side_by_side(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(compare.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(compare.runner.os, "cpu_count", lambda: 16)
     assert compare.worker_env(1, "cmp", {"PATH": "/bin"}) == {"PATH": "/bin", "RECYCLELORA_TABLE": "cmp"}
     server = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
     assert compare.worker_env(4, "cmp", server)["OMP_NUM_THREADS"] == "4"
@@ -279,8 +279,8 @@ def test_waiting_restarts_the_workers_while_experiments_queue_with_too_few_runni
         rows("Success", "Running", "Running"),  # nothing waits
         rows("Success", "Success", None),  # done; None: a finished experiment whose queue entry is gone
     ])  # fmt: skip
-    monkeypatch.setattr(compare, "experiments", lambda prefix, rev: next(polls))
-    monkeypatch.setattr(compare.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(compare.runner, "experiments", lambda prefix, rev: next(polls))
+    monkeypatch.setattr(compare.runner.time, "sleep", lambda seconds: None)
     restarts = []
     done = compare.wait_for("cmp", "HEAD", 30.0, lambda: restarts.append(1), jobs=2)
     assert [row["State"] for row in done] == ["Success", "Success", None]
