@@ -115,6 +115,7 @@ def queue(
 
 
 @app.command()
+@opt.with_slurm_options
 def run(
     method: Methods = None,
     seed: Seeds = None,
@@ -124,17 +125,8 @@ def run(
     jobs: Jobs = 1,
     poll: Poll = 30.0,
     executor: opt.Executor = opt.ExecutorName.queue,
-    partition: opt.Partition = None,
-    account: opt.Account = None,
-    qos: opt.Qos = None,
-    time: opt.Time = opt.DEFAULTS.time,
-    cpus_per_node: opt.CpusPerNode = opt.DEFAULTS.cpus_per_node,
-    gpus_per_node: opt.GpusPerNode = opt.DEFAULTS.gpus_per_node,
-    mem_gb: opt.MemGb = None,
-    nodes: opt.Nodes = opt.DEFAULTS.nodes,
-    signal_delay_s: opt.SignalDelay = opt.DEFAULTS.signal_delay_s,
-    max_requeues: opt.MaxRequeues = opt.DEFAULTS.max_requeues,
-    sbatch: opt.Sbatch = None,
+    *,
+    slurm: opt.SlurmFactory,
 ) -> None:
     """Queue, run (`dvc queue start`, or one SLURM job each with `--executor slurm`), wait, and write the table.
 
@@ -145,21 +137,14 @@ def run(
         rev = head_commit()
         methods, seeds, overrides = method or list(METHODS), seed or list(SEEDS), budget_overrides(preset)
         if executor == opt.ExecutorName.slurm:
-            slurm = opt.slurm_options(
-                partition,
-                account,
-                qos,
-                time,
-                cpus_per_node,
-                gpus_per_node,
-                mem_gb,
-                nodes,
-                signal_delay_s,
-                max_requeues,
-                sbatch,
-            )
+            slurm_options = slurm()
             run_slurm(
-                new_experiments(methods, seeds, overrides, prefix), TARGET_STAGES, prefix, slurm, True, poll
+                new_experiments(methods, seeds, overrides, prefix),
+                TARGET_STAGES,
+                prefix,
+                slurm_options,
+                True,
+                poll,
             )
         else:
             env = worker_env(jobs, prefix)
@@ -181,6 +166,7 @@ def table(
 
 
 @app.command()
+@opt.with_slurm_options
 def curve(
     method: Annotated[
         list[str] | None, typer.Option("--method", help=f"Repeat; default: {list(CURVE_METHODS)}.")
@@ -202,17 +188,8 @@ def curve(
     jobs: Jobs = 1,
     poll: Poll = 30.0,
     executor: opt.Executor = opt.ExecutorName.queue,
-    partition: opt.Partition = None,
-    account: opt.Account = None,
-    qos: opt.Qos = None,
-    time: opt.Time = opt.DEFAULTS.time,
-    cpus_per_node: opt.CpusPerNode = opt.DEFAULTS.cpus_per_node,
-    gpus_per_node: opt.GpusPerNode = opt.DEFAULTS.gpus_per_node,
-    mem_gb: opt.MemGb = None,
-    nodes: opt.Nodes = opt.DEFAULTS.nodes,
-    signal_delay_s: opt.SignalDelay = opt.DEFAULTS.signal_delay_s,
-    max_requeues: opt.MaxRequeues = opt.DEFAULTS.max_requeues,
-    sbatch: opt.Sbatch = None,
+    *,
+    slurm: opt.SlurmFactory,
 ) -> None:
     """How the methods' scores and their difference to RecycleLoRA grow with training: queue every method x
     seed at each budget (the preset with `train.iterations` = steps), run them (on DVC's queue, or one SLURM
@@ -223,19 +200,7 @@ def curve(
             budgets = [int(s) for s in steps or CURVE_STEPS]
             methods, seeds = method or list(CURVE_METHODS), seed or list(SEEDS)
             if executor == opt.ExecutorName.slurm:
-                slurm = opt.slurm_options(
-                    partition,
-                    account,
-                    qos,
-                    time,
-                    cpus_per_node,
-                    gpus_per_node,
-                    mem_gb,
-                    nodes,
-                    signal_delay_s,
-                    max_requeues,
-                    sbatch,
-                )
+                slurm_options = slurm()
                 points = [
                     experiment
                     for budget in budgets
@@ -243,7 +208,7 @@ def curve(
                         methods, seeds, budget_overrides(preset, budget), f"{prefix}{budget}"
                     )
                 ]
-                run_slurm(points, TARGET_STAGES, prefix, slurm, True, poll)
+                run_slurm(points, TARGET_STAGES, prefix, slurm_options, True, poll)
             else:
                 env = worker_env(jobs, prefix)
                 for budget in budgets:

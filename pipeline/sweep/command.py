@@ -12,6 +12,7 @@ from recyclelora.cli.common import user_errors
 from recyclelora.errors import InvalidInputError
 
 
+@opt.with_slurm_options
 def sweep(
     sets: Annotated[
         list[str] | None,
@@ -31,17 +32,8 @@ def sweep(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Resubmit the failed jobs of SLURM sweep --prefix only.")
     ] = False,
-    partition: opt.Partition = None,
-    account: opt.Account = None,
-    qos: opt.Qos = None,
-    time: opt.Time = opt.DEFAULTS.time,
-    cpus_per_node: opt.CpusPerNode = opt.DEFAULTS.cpus_per_node,
-    gpus_per_node: opt.GpusPerNode = opt.DEFAULTS.gpus_per_node,
-    mem_gb: opt.MemGb = None,
-    nodes: opt.Nodes = opt.DEFAULTS.nodes,
-    signal_delay_s: opt.SignalDelay = opt.DEFAULTS.signal_delay_s,
-    max_requeues: opt.MaxRequeues = opt.DEFAULTS.max_requeues,
-    sbatch: opt.Sbatch = None,
+    *,
+    slurm: opt.SlurmFactory,
 ) -> None:
     """Run a grid of params overrides as DVC experiments of the current commit, on DVC's queue or on SLURM."""
     from pipeline.sweep import run_queue, run_slurm
@@ -58,8 +50,4 @@ def sweep(
         if executor == opt.ExecutorName.queue:
             run_queue(experiments, target or [], prefix, jobs, wait, poll, os.environ)
             return
-        slurm = opt.slurm_options(
-            partition, account, qos, time, cpus_per_node, gpus_per_node, mem_gb, nodes, signal_delay_s,
-            max_requeues, sbatch,
-        )  # fmt: skip
-        run_slurm(experiments, target or [], prefix, slurm, wait, poll, os.environ, retry_failed)
+        run_slurm(experiments, target or [], prefix, slurm(), wait, poll, os.environ, retry_failed)

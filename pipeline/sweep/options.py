@@ -1,10 +1,14 @@
 """The command-line options of a sweep's executor, shared by ``python -m pipeline sweep`` and
-``python -m pipeline.compare run`` / ``curve``; :func:`slurm_options` builds (and validates) them."""
+``python -m pipeline.compare run`` / ``curve``: :func:`with_slurm_options` adds the SLURM ones to a command,
+:func:`slurm_options` builds (and validates) them."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -61,3 +65,42 @@ def slurm_options(
         partition, account, qos, time, cpus_per_node, gpus_per_node, mem_gb, nodes, signal_delay_s,
         max_requeues, tuple(sbatch or ()),
     )  # fmt: skip
+
+
+#: The SLURM options, in this order after a command's own: (parameter, annotation, default).
+_SLURM_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("partition", Partition, None),
+    ("account", Account, None),
+    ("qos", Qos, None),
+    ("time", Time, DEFAULTS.time),
+    ("cpus_per_node", CpusPerNode, DEFAULTS.cpus_per_node),
+    ("gpus_per_node", GpusPerNode, DEFAULTS.gpus_per_node),
+    ("mem_gb", MemGb, None),
+    ("nodes", Nodes, DEFAULTS.nodes),
+    ("signal_delay_s", SignalDelay, DEFAULTS.signal_delay_s),
+    ("max_requeues", MaxRequeues, DEFAULTS.max_requeues),
+    ("sbatch", Sbatch, None),
+)
+#: What a command wrapped by :func:`with_slurm_options` gets as ``slurm``: the validated options, when called.
+SlurmFactory = Callable[[], SlurmOptions]
+_R = TypeVar("_R")
+
+
+def with_slurm_options(command: Callable[..., _R]) -> Callable[..., _R]:
+    """``command`` (a Typer command with a keyword-only parameter ``slurm``) with the SLURM options
+    (``--partition`` ... ``--sbatch``) after its own; it is called with ``slurm``, a function returning their
+    :func:`slurm_options`, so that they are validated only when the command runs on SLURM."""
+    own = inspect.signature(command, eval_str=True)
+    options = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, annotation, default in _SLURM_OPTIONS
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> _R:
+        slurm = {name: values.pop(name) for name, _, _ in _SLURM_OPTIONS}
+        return command(**values, slurm=functools.partial(slurm_options, **slurm))
+
+    parameters = [parameter for parameter in own.parameters.values() if parameter.name != "slurm"]
+    wrapper.__signature__ = own.replace(parameters=[*parameters, *options])  # type: ignore[attr-defined]
+    return wrapper

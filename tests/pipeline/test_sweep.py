@@ -3,6 +3,7 @@ SLURM options' validation and the refusals, each one line. The SLURM runs are in
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.sweep import options as opt
 from pipeline.sweep import require_mlflow_server
 from pipeline.sweep.grid import Experiment, expand, shared_stages, uncached_outs
 from pipeline.sweep.job import DONE, FAILED, REQUEUED, RUNNING, Task, job_env, write_status
@@ -59,6 +61,28 @@ def test_shared_stages_are_those_no_swept_key_reaches_upstream_or_in_their_param
     assert shared_stages(DVC_YAML, ["params.yaml:datasets.synth.width"]) == ["weights", "init"]
     assert shared_stages(DVC_YAML, ["train.lr"], ["weights"]) == ["weights"]  # only what the targets need
     assert uncached_outs(DVC_YAML, ["data", "weights"]) == ["checksums/gta5.sha256"]
+
+
+def test_sweep_and_compare_take_the_slurm_options_from_one_definition_built_only_when_asked() -> None:
+    from pipeline.compare.cli import curve, run
+    from pipeline.sweep.command import sweep
+
+    fields = list(SlurmOptions.__dataclass_fields__)
+    for command in (sweep, run, curve):
+        assert list(inspect.signature(command).parameters)[-len(fields) :] == fields  # last, in --help too
+    built = []
+
+    @opt.with_slurm_options
+    def command(*, slurm: opt.SlurmFactory) -> None:
+        built.append(slurm)
+
+    defaults = {name: p.default for name, p in inspect.signature(command).parameters.items()}
+    # a bad value is refused only when the command asks for the options (it runs on SLURM)
+    command(**defaults | {"partition": "gpu", "time": "bogus", "sbatch": ["constraint=a100"]})
+    with pytest.raises(ValueError, match="--time 'bogus'"):
+        built[0]()
+    command(**defaults | {"partition": "gpu", "sbatch": ["constraint=a100"]})
+    assert built[1]() == SlurmOptions(partition="gpu", sbatch=("constraint=a100",))
 
 
 def test_slurm_options_are_validated_one_line_each() -> None:
