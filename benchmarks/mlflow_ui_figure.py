@@ -31,7 +31,9 @@ def figure(shots: Path, out: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("shots", type=Path, help="folder of the test's runs.png and model.png")
     parser.add_argument("out", type=Path, help="the PNG to write")
     args = parser.parse_args()
