@@ -1,0 +1,41 @@
+"""Sweeps on a real SLURM (``.ci/slurm-up.sh`` starts a one-node one; CI's slow lane has it): tiny experiments
+as SLURM jobs through submitit beside an MLflow server on 127.0.0.1. What the tests share: whether SLURM is up,
+their marks, and the environment a sweep command runs in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline.workspace import RUN_ENV
+
+
+def slurm_is_up() -> bool:
+    if not (os.environ.get("SLURM_CONF") and shutil.which("sbatch") and shutil.which("sinfo")):
+        return False
+    done = subprocess.run(
+        ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, check=False, timeout=30
+    )
+    return done.returncode == 0 and any(s.strip("*~#") in ("idle", "mixed") for s in done.stdout.split())
+
+
+#: Every cluster test's marks: the slow lane, and skipped unless a SLURM is up.
+SLURM_TEST = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not slurm_is_up(), reason='no SLURM up: run `eval "$(.ci/slurm-up.sh)"` (root) first'),
+]
+
+
+def sweep_env(tracking_uri: str) -> dict[str, str]:
+    """This environment without a pipeline run's variables, tracking to ``tracking_uri``; ``python`` on the PATH
+    is this interpreter (the SLURM jobs run it)."""
+    return {k: v for k, v in os.environ.items() if k not in RUN_ENV} | {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }

@@ -5,25 +5,20 @@ tensors of an uninterrupted run."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import dvc.api
-import pytest
 import torch
 from safetensors.torch import load
 
-from tests.cluster.test_slurm_sweep import slurm_is_up
+from tests.cluster import SLURM_TEST, sweep_env
 from tests.pipeline.test_tracking import mlflow_server  # noqa: F401 (the fixture: one real mlflow server)
-from tests.pipeline.workspace import RUN_ENV, tiny_repo
+from tests.pipeline.workspace import tiny_repo
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not slurm_is_up(), reason='no SLURM up: run `eval "$(.ci/slurm-up.sh)"` (root) first'),
-]
+pytestmark = SLURM_TEST
 ITERATIONS = 120
 
 
@@ -41,11 +36,7 @@ def test_a_signalled_job_is_requeued_and_resumes_to_the_uninterrupted_tensors(
 ) -> None:
     # two repositories, so that the reference's run cache cannot stand in for the preempted run's training
     repos = {prefix: tiny_repo(tmp_path / prefix) for prefix in ("pre", "ref")}
-    env = {k: v for k, v in os.environ.items() if k not in RUN_ENV} | {
-        "MLFLOW_TRACKING_URI": mlflow_server,
-        "DVC_NO_ANALYTICS": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
+    env = sweep_env(mlflow_server)
     sweeps = {}
     for prefix in ("pre", "ref"):
         command = [sys.executable, "-m", "pipeline", "sweep", "--executor", "slurm", "--prefix", prefix]

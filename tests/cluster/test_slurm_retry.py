@@ -4,21 +4,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.cluster.test_slurm_sweep import slurm_is_up
+from tests.cluster import SLURM_TEST, sweep_env
 from tests.pipeline.test_tracking import mlflow_server  # noqa: F401 (the fixture: one real mlflow server)
-from tests.pipeline.workspace import RUN_ENV, tiny_repo
+from tests.pipeline.workspace import tiny_repo
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not slurm_is_up(), reason='no SLURM up: run `eval "$(.ci/slurm-up.sh)"` (root) first'),
-]
+pytestmark = SLURM_TEST
 
 
 def test_a_failed_experiment_is_listed_and_retried_alone(
@@ -26,11 +20,7 @@ def test_a_failed_experiment_is_listed_and_retried_alone(
     mlflow_server: str,  # noqa: F811
 ) -> None:
     repo = tiny_repo(tmp_path / "repo")
-    env = {k: v for k, v in os.environ.items() if k not in RUN_ENV} | {
-        "MLFLOW_TRACKING_URI": mlflow_server,
-        "DVC_NO_ANALYTICS": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
+    env = sweep_env(mlflow_server)
     sweep = [sys.executable, "-m", "pipeline", "sweep", "--executor", "slurm", "--wait", "--poll", "2"]
     first = subprocess.run(
         [*sweep, "-S", "model.adapter.init=lora,bogus", "--target", "init"],

@@ -4,34 +4,19 @@ experiments as SLURM jobs through submitit, an MLflow server on 127.0.0.1, and t
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from mlflow import MlflowClient
 
+from tests.cluster import SLURM_TEST, sweep_env
 from tests.pipeline.test_tracking import mlflow_server  # noqa: F401 (the fixture: one real mlflow server)
-from tests.pipeline.workspace import RUN_ENV, tiny_repo
+from tests.pipeline.workspace import tiny_repo
 
-
-def slurm_is_up() -> bool:
-    if not (os.environ.get("SLURM_CONF") and shutil.which("sbatch") and shutil.which("sinfo")):
-        return False
-    done = subprocess.run(
-        ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, check=False, timeout=30
-    )
-    return done.returncode == 0 and any(s.strip("*~#") in ("idle", "mixed") for s in done.stdout.split())
-
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not slurm_is_up(), reason='no SLURM up: run `eval "$(.ci/slurm-up.sh)"` (root) first'),
-]
+pytestmark = SLURM_TEST
 
 
 def exp_rows(shown: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -52,11 +37,7 @@ def test_a_slurm_sweep_runs_each_experiment_as_a_job_and_brings_it_home(
     mlflow_server: str,  # noqa: F811
 ) -> None:
     repo = tiny_repo(tmp_path / "repo")
-    env = {k: v for k, v in os.environ.items() if k not in RUN_ENV} | {
-        "MLFLOW_TRACKING_URI": mlflow_server,
-        "DVC_NO_ANALYTICS": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # `python` is this one
-    }
+    env = sweep_env(mlflow_server)
     command = [
         sys.executable,
         "-m",
