@@ -4,6 +4,7 @@ their marks, and the environment a sweep command runs in."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -39,3 +40,15 @@ def sweep_env(tracking_uri: str) -> dict[str, str]:
         "DVC_NO_ANALYTICS": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
+
+
+def job_log_tail(sweep: Path, lines: int = 80) -> str:
+    """The last ``lines`` of each job's stderr log in ``sweep`` (its folder under ``.dvc/tmp/slurm``), for a
+    failing assertion to show what the job printed."""
+    logs = json.loads((sweep / "sweep.json").read_text())["logs"]
+    tails = []
+    for name, out in logs.items():
+        err = Path(out).with_suffix(".err")
+        text = err.read_text(errors="replace").splitlines()[-lines:] if err.is_file() else ["(no log)"]
+        tails.append(f"--- {name}: {err}\n" + "\n".join(text))
+    return "\n".join(tails)

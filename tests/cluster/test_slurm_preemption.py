@@ -14,7 +14,7 @@ import dvc.api
 import torch
 from safetensors.torch import load
 
-from tests.cluster import SLURM_TEST, sweep_env
+from tests.cluster import SLURM_TEST, job_log_tail, sweep_env
 from tests.pipeline.test_tracking import mlflow_server  # noqa: F401 (the fixture: one real mlflow server)
 from tests.pipeline.workspace import tiny_repo
 
@@ -49,7 +49,7 @@ def test_a_signalled_job_is_requeued_and_resumes_to_the_uninterrupted_tensors(
     job = json.loads((sweeps["pre"] / "sweep.json").read_text())["jobs"]["pre"]
     checkpoints = sweeps["pre"] / "workspaces" / "pre" / "models" / "train.partial" / "checkpoints"
     deadline = time.monotonic() + 1200
-    while not list(checkpoints.glob("step_*")):
+    while not (checkpoints / "latest").is_file():  # a whole checkpoint, not the folder of one being written
         assert time.monotonic() < deadline, "training never wrote a checkpoint"
         time.sleep(0.2)
     subprocess.run(["scancel", "--signal=USR2", job], check=True, env=env)
@@ -64,7 +64,8 @@ def test_a_signalled_job_is_requeued_and_resumes_to_the_uninterrupted_tensors(
         assert time.monotonic() < deadline, seen
         time.sleep(1)
     records = {prefix: json.loads(path.read_text()) for prefix, path in status.items()}
-    assert [records[p]["state"] for p in ("pre", "ref")] == ["done", "done"], records
+    logs = "\n".join(job_log_tail(sweeps[p]) for p in sweeps)
+    assert [records[p]["state"] for p in ("pre", "ref")] == ["done", "done"], f"{records}\n{logs}"
     assert "requeued" in seen and records["pre"]["job_id"] == job  # same job, requeued
 
     commits = {p: _exp_ref(repos[p], p) for p in repos}
