@@ -29,6 +29,8 @@ from recyclelora.io import atomic_write_text
 from recyclelora.validation import validate_fields
 
 SWEEP_FILE = "sweep.json"
+#: The lines of a job's log that say why it failed: a stage's one ``error:`` line and DVC's ``ERROR:`` lines.
+_ERROR_LINE = re.compile(r"(?:error|ERROR): .+")
 #: The SLURM time formats ``--time`` takes: minutes, H:MM:SS, D-H:MM:SS.
 _TIME = re.compile(r"(?P<only>\d+)|(?:(?P<days>\d+)-)?(?P<hours>\d+):(?P<minutes>\d\d):(?P<seconds>\d\d)")
 _SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
@@ -48,6 +50,17 @@ def minutes(time: str) -> int:
     if total <= 0:
         raise InvalidInputError(f"--time {time!r} is no time at all: give the job's time limit, e.g. 1:30:00")
     return -(-total // 60)
+
+
+def said(log: str | Path, limit: int = 2) -> str:
+    """`` (saying: <line> / <line>)``: the last ``limit`` error lines of a job's stderr log (the ``.err`` beside
+    ``log``, its ``.out``), so that a failure listing shows its cause; empty without a log or an error line."""
+    try:
+        text = Path(log).with_suffix(".err").read_text(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if _ERROR_LINE.fullmatch(line.strip())]
+    return f" (saying: {' / '.join(lines[-limit:])})" if lines else ""
 
 
 @dataclass(frozen=True)
@@ -178,12 +191,13 @@ class Sweep:
                 )
             elif state == FAILED:
                 kept = f"; workspace kept: {status['workspace']}"
-                rows.append(
-                    Row(name, progress.FAILED, job, status["node"], f"{status['error']}; log: {log}{kept}")
-                )
+                rows.append(Row(name, progress.FAILED, job, status["node"],
+                                f"{status['error']}{said(log)}; log: {log}{kept}"))  # fmt: skip
             else:
                 gone = "left SLURM's queue without finishing (cancelled, killed, or its shared job failed)"
-                rows.append(Row(name, progress.FAILED, job, status.get("node", ""), f"{gone}; log: {log}"))
+                rows.append(
+                    Row(name, progress.FAILED, job, status.get("node", ""), f"{gone}{said(log)}; log: {log}")
+                )
         return rows
 
     def submit(self, names: Sequence[str], options: SlurmOptions, repo: Path) -> None:

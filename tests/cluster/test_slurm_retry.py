@@ -35,6 +35,7 @@ def test_a_failed_experiment_is_listed_and_retried_alone(
     assert failure.startswith(f"failed: sweep-bogus (job {record['jobs']['sweep-bogus']}): ")
     assert f"log: {log}" in failure and f"workspace kept: {folder / 'workspaces' / 'sweep-bogus'}" in failure
     assert "bogus" in Path(log.replace(".out", ".err")).read_text()  # the stage's own error is in the log
+    assert "bogus" in failure.partition(" (saying: ")[2]  # and the listing quotes it
     retry = "fix them, then `python -m pipeline sweep --executor slurm --retry-failed --prefix sweep`"
     assert first.stderr.strip().splitlines() == [
         f"error: 1 of 3 job(s) failed (listed above with their logs): {retry}"

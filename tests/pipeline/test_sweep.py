@@ -160,7 +160,12 @@ def test_job_states_come_from_their_records_and_slurms_queue(
     }  # fmt: skip
     sweep = Sweep.create(tmp_path / "sw", record)
     sweep.record["jobs"] = dict(zip(names, ["11", "12", "13", "14", "15"], strict=True))
-    sweep.record["logs"] = {name: f"{name}.out" for name in names}
+    sweep.record["logs"] = {name: str(tmp_path / f"{name}.out") for name in names}
+    (tmp_path / "sw-d.err").write_text(  # what a failed stage and DVC print, then submitit's traceback
+        "Running stage 'train':\nerror: train.iterations must be >= 1, got 0\n"
+        "ERROR: failed to reproduce 'train': failed to run: python -m pipeline train, exited with 1\n"
+        "Traceback (most recent call last):\nRuntimeError: `dvc exp run` exited 255\n"
+    )
     tasks = {name: Task(name, (), (), tmp_path, "abc", tmp_path, sweep.folder) for name in names}
     write_status(tasks["sw-shared"], DONE)
     write_status(tasks["sw-a"], RUNNING)
@@ -170,8 +175,12 @@ def test_job_states_come_from_their_records_and_slurms_queue(
     assert {name: row.state for name, row in rows.items()} == {
         "sw-shared": "done", "sw-a": "running", "sw-b": "queued", "sw-c": "failed", "sw-d": "failed",
     }  # fmt: skip
-    assert rows["sw-c"].detail == "`dvc exp run` exited 1; log: sw-c.out; workspace kept: /ws/sw-c"
+    assert rows["sw-c"].detail == f"`dvc exp run` exited 1; log: {tmp_path / 'sw-c.out'}; workspace kept: /ws/sw-c"
     assert rows["sw-d"].detail.startswith("left SLURM's queue without finishing")
+    assert rows["sw-d"].detail.endswith(  # the last two error lines of its log (sw-c has none)
+        " (saying: error: train.iterations must be >= 1, got 0 / ERROR: failed to reproduce 'train': failed to "
+        f"run: python -m pipeline train, exited with 1); log: {tmp_path / 'sw-d.out'}"
+    )
 
     finished = [row for row in rows.values() if row.state != "running" and row.name != "sw-b"]
     with pytest.raises(
@@ -180,6 +189,6 @@ def test_job_states_come_from_their_records_and_slurms_queue(
         watch(lambda: finished, 0.0, "retry")
     listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("failed: ")]
     assert listed == [
-        "failed: sw-c (job 14): `dvc exp run` exited 1; log: sw-c.out; workspace kept: /ws/sw-c",
+        f"failed: sw-c (job 14): `dvc exp run` exited 1; log: {tmp_path / 'sw-c.out'}; workspace kept: /ws/sw-c",
         f"failed: sw-d (job 15): {rows['sw-d'].detail}",
     ]
