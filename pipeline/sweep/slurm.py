@@ -11,6 +11,7 @@ than one experiment and stages they all share (:func:`pipeline.sweep.grid.shared
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ from recyclelora.validation import validate_fields
 SWEEP_FILE = "sweep.json"
 #: The lines of a job's log that say why it failed: a stage's one ``error:`` line and DVC's ``ERROR:`` lines.
 _ERROR_LINE = re.compile(r"(?:error|ERROR): .+")
+_TAIL_BYTES = 64 * 1024
 #: The SLURM time formats ``--time`` takes: minutes, H:MM:SS, D-H:MM:SS.
 _TIME = re.compile(r"(?P<only>\d+)|(?:(?P<days>\d+)-)?(?P<hours>\d+):(?P<minutes>\d\d):(?P<seconds>\d\d)")
 _SBATCH_KEY = re.compile(r"[a-z][a-z0-9-]*")
@@ -56,7 +58,9 @@ def said(log: str | Path, limit: int = 2) -> str:
     """`` (saying: <line> / <line>)``: the last ``limit`` error lines of a job's stderr log (the ``.err`` beside
     ``log``, its ``.out``), so that a failure listing shows its cause; empty without a log or an error line."""
     try:
-        text = Path(log).with_suffix(".err").read_text(errors="replace")
+        with open(Path(log).with_suffix(".err"), "rb") as handle:  # its end only: a long run's log is large
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - _TAIL_BYTES))
+            text = handle.read().decode(errors="replace")
     except OSError:
         return ""
     lines = [line.strip() for line in text.splitlines() if _ERROR_LINE.fullmatch(line.strip())]
