@@ -30,6 +30,10 @@ from recyclelora.io import atomic_write_text
 
 #: States of a status file; a job without one is still queued, a requeued one waits to run again.
 RUNNING, DONE, FAILED, REQUEUED = "running", "done", "failed", "requeued"
+#: DVC's lock files in a workspace. Only its job runs DVC there, so any it finds on starting are a killed run's:
+#: DVC drops a stale entry only when no process has its PID, which a requeued job (a new PID namespace on some
+#: clusters) may well reuse, and then it refuses to run ("... is busy, it is being blocked by: (PID ...)").
+DVC_LOCKS = (".dvc/tmp/rwlock", ".dvc/tmp/rwlock.lock", ".dvc/tmp/lock")
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,11 @@ def copy_files(names: Iterable[str], source: Path, destination: Path) -> None:
 
 def prepare(task: Task) -> None:
     """Clone the commit into the workspace (once), share the user's DVC cache and take over what the shared job
-    made: its ``dvc.lock`` and uncached outputs, and its stages' cached outputs (``dvc checkout``)."""
+    made: its ``dvc.lock`` and uncached outputs, and its stages' cached outputs (``dvc checkout``). A workspace
+    already there (a requeued job's) only loses the DVC locks its killed run left (:data:`DVC_LOCKS`)."""
     if (task.workspace / ".git").is_dir():
+        for name in DVC_LOCKS:
+            (task.workspace / name).unlink(missing_ok=True)
         return
     shutil.rmtree(task.workspace, ignore_errors=True)  # a clone cut short
     task.workspace.parent.mkdir(parents=True, exist_ok=True)

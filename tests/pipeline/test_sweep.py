@@ -4,6 +4,7 @@ SLURM options' validation and the refusals, each one line. The SLURM runs are in
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from pipeline.sweep import options as opt
 from pipeline.sweep import require_mlflow_server
 from pipeline.sweep.grid import Experiment, expand, shared_stages, uncached_outs
-from pipeline.sweep.job import DONE, FAILED, REQUEUED, RUNNING, Task, job_env, write_status
+from pipeline.sweep.job import DONE, FAILED, REQUEUED, RUNNING, Task, job_env, prepare, write_status
 from pipeline.sweep.progress import SweepFailed, watch
 from pipeline.sweep.slurm import SlurmOptions, Sweep, minutes
 
@@ -192,3 +193,35 @@ def test_job_states_come_from_their_records_and_slurms_queue(
         f"failed: sw-c (job 14): `dvc exp run` exited 1; log: {tmp_path / 'sw-c.out'}; workspace kept: /ws/sw-c",
         f"failed: sw-d (job 15): {rows['sw-d'].detail}",
     ]
+
+
+def test_a_requeued_job_drops_the_dvc_locks_its_killed_run_left(tmp_path: Path) -> None:
+    """A killed run's rwlock entry names its dvc's PID; when a live process has that PID (reused, e.g. in a
+    requeued job's new PID namespace) DVC refuses to run the stage. The requeued job's workspace is its own, so
+    it removes DVC's lock files before it runs DVC again, and keeps everything else."""
+    from dvc.fs import LocalFileSystem
+    from dvc.lock import LockError
+    from dvc.rwlock import rwlock
+
+    task = Task("sw-a", (), (), tmp_path, "abc", tmp_path, tmp_path / "sw")
+    tmp = task.workspace / ".dvc" / "tmp"
+    (task.workspace / ".git").mkdir(parents=True)
+    tmp.mkdir(parents=True)
+    out = str(task.workspace / "models" / "train")
+    stale = {"pid": os.getppid(), "cmd": "dvc exp run -n sw-a"}  # a live PID, not this process
+    (tmp / "rwlock").write_text(json.dumps({"read": {}, "write": {out: stale}}))
+    (tmp / "lock").write_text(f"{os.getppid()}\n")
+    kept = [tmp / "btime", task.workspace / "models" / "train.partial" / "checkpoints" / "latest"]
+    for path in kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("step_0000002")
+
+    def run_stage() -> None:
+        with rwlock(str(tmp), LocalFileSystem(), "dvc exp run -n sw-a", [], [out], False):
+            pass
+
+    with pytest.raises(LockError, match="is busy"):
+        run_stage()
+    prepare(task)
+    run_stage()  # DVC takes the lock and releases it
+    assert all(path.read_text() == "step_0000002" for path in kept)
