@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,16 @@ def job_log_tail(sweep: Path, lines: int = 80) -> str:
         text = err.read_text(errors="replace").splitlines()[-lines:] if err.is_file() else ["(no log)"]
         tails.append(f"--- {name}: {err}\n" + "\n".join(text))
     return "\n".join(tails)
+
+
+def exp_rows(shown: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{experiment name: {"params": flat params.yaml, "metrics": flat metrics}}`` of ``dvc exp show --json``."""
+    rows = {}
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment["revs"]:
+                data = rev["data"]
+                params = data["params"]["params.yaml"]["data"]
+                metrics = {k: v for m in data["metrics"].values() for k, v in (m.get("data") or {}).items()}
+                rows[rev["name"]] = {"params": params, "metrics": metrics}
+    return rows

@@ -8,28 +8,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from mlflow import MlflowClient
 
-from tests.cluster import SLURM_TEST, sweep_env
+from tests.cluster import SLURM_TEST, exp_rows, sweep_env
 from tests.pipeline.test_tracking import mlflow_server  # noqa: F401 (the fixture: one real mlflow server)
 from tests.pipeline.workspace import tiny_repo
 
 pytestmark = SLURM_TEST
-
-
-def exp_rows(shown: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{experiment name: {"params": flat params.yaml, "metrics": flat metrics}}`` of ``dvc exp show --json``."""
-    rows = {}
-    for baseline in shown:
-        for experiment in baseline.get("experiments") or []:
-            for rev in experiment["revs"]:
-                data = rev["data"]
-                params = data["params"]["params.yaml"]["data"]
-                metrics = {k: v for m in data["metrics"].values() for k, v in (m.get("data") or {}).items()}
-                rows[rev["name"]] = {"params": params, "metrics": metrics}
-    return rows
 
 
 def test_a_slurm_sweep_runs_each_experiment_as_a_job_and_brings_it_home(
