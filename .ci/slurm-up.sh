@@ -74,7 +74,9 @@ if ! munge -n >/dev/null 2>&1; then
 fi
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-running "$dir/slurmctld.pid" || { say "starting slurmctld"; slurmctld -f "$conf"; }
+# -c: a fresh controller forgets the jobs of an earlier boot (this machine's /tmp may outlive its daemons),
+# which would otherwise run again beside the tests.
+running "$dir/slurmctld.pid" || { say "starting slurmctld"; slurmctld -c -f "$conf"; }
 running "$dir/slurmd.pid" || { say "starting slurmd"; slurmd -f "$conf"; }
 
 for _ in $(seq 60); do
