@@ -32,6 +32,8 @@ from recyclelora.validation import validate_fields
 SWEEP_FILE = "sweep.json"
 #: The lines of a job's log that say why it failed: a stage's one ``error:`` line and DVC's ``ERROR:`` lines.
 _ERROR_LINE = re.compile(r"(?:error|ERROR): .+")
+#: What SLURM writes into a job's log when it requeues the job: the lines before it are an earlier run's.
+_REQUEUED = re.compile(r"DUE TO (?:JOB REQUEUE|PREEMPTION)")
 _TAIL_BYTES = 64 * 1024
 #: The SLURM time formats ``--time`` takes: minutes, H:MM:SS, D-H:MM:SS.
 _TIME = re.compile(r"(?P<only>\d+)|(?:(?P<days>\d+)-)?(?P<hours>\d+):(?P<minutes>\d\d):(?P<seconds>\d\d)")
@@ -56,14 +58,16 @@ def minutes(time: str) -> int:
 
 def said(log: str | Path, limit: int = 2) -> str:
     """`` (saying: <line> / <line>)``: the last ``limit`` error lines of a job's stderr log (the ``.err`` beside
-    ``log``, its ``.out``), so that a failure listing shows its cause; empty without a log or an error line."""
+    ``log``, its ``.out``) since SLURM last requeued it, so that a failure listing shows its cause; empty without
+    a log or an error line."""
     try:
         with open(Path(log).with_suffix(".err"), "rb") as handle:  # its end only: a long run's log is large
             handle.seek(max(0, handle.seek(0, os.SEEK_END) - _TAIL_BYTES))
             text = handle.read().decode(errors="replace")
     except OSError:
         return ""
-    lines = [line.strip() for line in text.splitlines() if _ERROR_LINE.fullmatch(line.strip())]
+    last_run = _REQUEUED.split(text)[-1]  # a requeued job's log holds the earlier runs' lines (a stop's) too
+    lines = [line.strip() for line in last_run.splitlines() if _ERROR_LINE.fullmatch(line.strip())]
     return f" (saying: {' / '.join(lines[-limit:])})" if lines else ""
 
 

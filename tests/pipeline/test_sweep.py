@@ -17,7 +17,7 @@ from pipeline.sweep import require_mlflow_server
 from pipeline.sweep.grid import Experiment, expand, shared_stages, uncached_outs
 from pipeline.sweep.job import DONE, FAILED, REQUEUED, RUNNING, Task, job_env, prepare, write_status
 from pipeline.sweep.progress import SweepFailed, watch
-from pipeline.sweep.slurm import SlurmOptions, Sweep, minutes
+from pipeline.sweep.slurm import SlurmOptions, Sweep, minutes, said
 
 PROJECT = Path(__file__).resolve().parents[2]
 DVC_YAML = PROJECT / "dvc.yaml"
@@ -162,7 +162,9 @@ def test_job_states_come_from_their_records_and_slurms_queue(
     sweep = Sweep.create(tmp_path / "sw", record)
     sweep.record["jobs"] = dict(zip(names, ["11", "12", "13", "14", "15"], strict=True))
     sweep.record["logs"] = {name: str(tmp_path / f"{name}.out") for name in names}
-    (tmp_path / "sw-d.err").write_text(  # what a failed stage and DVC print, then submitit's traceback
+    (tmp_path / "sw-d.err").write_text(  # an earlier run's stop; then a failed stage, DVC, submitit's traceback
+        "error: training stopped by SIGUSR2 at step 5 of 120: checkpoint saved in ...\n"
+        "slurmstepd-vm: error: *** JOB 15 ON vm CANCELLED AT 2026-12-02T07:13:54 DUE TO JOB REQUEUE ***\n"
         "Running stage 'train':\nerror: train.iterations must be >= 1, got 0\n"
         "ERROR: failed to reproduce 'train': failed to run: python -m pipeline train, exited with 1\n"
         "Traceback (most recent call last):\nRuntimeError: `dvc exp run` exited 255\n"
@@ -225,3 +227,27 @@ def test_a_requeued_job_drops_the_dvc_locks_its_killed_run_left(tmp_path: Path) 
     prepare(task)
     run_stage()  # DVC takes the lock and releases it
     assert all(path.read_text() == "step_0000002" for path in kept)
+
+
+@pytest.mark.parametrize(
+    ("log", "quoted"),
+    [
+        ("error: a\nINFO b\nerror: c\nERROR: d\nValueError: e\n", " (saying: error: c / ERROR: d)"),
+        (
+            (
+                "error: stopped by SIGUSR2\n*** JOB 7 ON vm CANCELLED AT 2026-12-02T07:13:54 DUE TO JOB REQUEUE ***\n"
+                "ERROR: failed to reproduce 'train'\n"
+            ),
+            " (saying: ERROR: failed to reproduce 'train')",
+        ),
+        ("error: stopped by SIGTERM\n*** JOB 7 ON vm CANCELLED AT 2026-12-02T07:13:54 DUE TO PREEMPTION ***\n", ""),
+        (None, ""),
+    ],
+    ids=["last-two", "since-requeue", "nothing-since-preemption", "no-log"],
+)
+def test_said_quotes_the_last_error_lines_of_the_jobs_last_run(
+    tmp_path: Path, log: str | None, quoted: str
+) -> None:
+    if log is not None:
+        (tmp_path / "7_0_log.err").write_text(log)
+    assert said(tmp_path / "7_0_log.out") == quoted
