@@ -100,19 +100,26 @@ def run_slurm(
     poll: float,
     environ: Mapping[str, str] = os.environ,
     retry_failed: bool = False,
+    status: bool = False,
 ) -> None:
     """Submit the SLURM sweep ``prefix`` of the repository in the working directory (or, with
-    ``retry_failed``, its failed jobs) and, with ``wait``, watch it."""
+    ``retry_failed``, its failed jobs) and, with ``wait``, watch it. With ``status`` submit nothing: show the
+    sweep's jobs once, or watch them with ``wait``."""
     from pipeline.sweep import slurm
 
     repo = Path.cwd()
     folder = repo / SWEEPS_DIR / prefix
-    if retry_failed:
+    if status:
+        sweep = slurm.existing(folder, "show")
+    elif retry_failed:
         sweep = slurm.retry_failed(options, repo, folder, environ)
     else:
         sweep = slurm.submit(experiments, targets, options, repo, folder, environ)
-    jobs = ", ".join(f"{name} {sweep.record['jobs'][name]}" for name in sweep.names())
-    progress.console.print(f"submitted to SLURM ({folder}): {jobs}", highlight=False, soft_wrap=True)
+    if not status:
+        jobs = ", ".join(f"{name} {sweep.record['jobs'][name]}" for name in sweep.names())
+        progress.console.print(f"submitted to SLURM ({folder}): {jobs}", highlight=False, soft_wrap=True)
     if wait:
         retry = f"fix them, then `python -m pipeline sweep --executor slurm --retry-failed --prefix {prefix}`"
         progress.watch(sweep.rows, poll, retry)
+    elif status:
+        progress.show(sweep.rows())

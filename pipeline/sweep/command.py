@@ -32,6 +32,12 @@ def sweep(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Resubmit the failed jobs of SLURM sweep --prefix only.")
     ] = False,
+    status: Annotated[
+        bool,
+        typer.Option(
+            "--status", help="Submit nothing: show SLURM sweep --prefix's jobs (with --wait, until all are back)."
+        ),
+    ] = False,
     *,
     slurm: opt.SlurmFactory,
 ) -> None:
@@ -42,7 +48,12 @@ def sweep(
     with user_errors():
         if retry_failed and executor != opt.ExecutorName.slurm:
             raise InvalidInputError("--retry-failed resubmits a SLURM sweep's failed jobs: add --executor slurm")
-        if not sets and not retry_failed:
+        if status and (executor != opt.ExecutorName.slurm or sets or retry_failed):
+            raise InvalidInputError(
+                "--status shows a SLURM sweep submitted before: use it with --executor slurm --prefix NAME only "
+                "(no -S, no --retry-failed)"
+            )
+        if not sets and not retry_failed and not status:
             raise InvalidInputError(
                 "no -S KEY=V1,V2 given: name the params to sweep, e.g. -S model.adapter.init=lora,rrqr"
             )
@@ -50,4 +61,4 @@ def sweep(
         if executor == opt.ExecutorName.queue:
             run_queue(experiments, target or [], prefix, jobs, wait, poll, os.environ)
             return
-        run_slurm(experiments, target or [], prefix, slurm(), wait, poll, os.environ, retry_failed)
+        run_slurm(experiments, target or [], prefix, slurm(), wait, poll, os.environ, retry_failed, status)

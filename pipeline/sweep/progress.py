@@ -31,9 +31,10 @@ class SweepFailed(UserError):
     """Some experiments of the sweep failed (listed above the error, each with its log)."""
 
 
-def table(rows: Sequence[Row], elapsed: float) -> Table:
+def table(rows: Sequence[Row], elapsed: float | None = None) -> Table:
     counts = ", ".join(f"{sum(row.state == state for row in rows)} {state}" for state in _STYLES)
-    view = Table(title=f"sweep: {counts} ({elapsed:.0f} s)", title_justify="left")
+    watched = f" ({elapsed:.0f} s)" if elapsed is not None else ""
+    view = Table(title=f"sweep: {counts}{watched}", title_justify="left")
     for column in ("experiment", "state", "job", "node", "log / error"):
         view.add_column(column, overflow="fold")
     for row in rows:
@@ -52,14 +53,21 @@ def watch(poll: Callable[[], list[Row]], seconds: float, what: str) -> list[Row]
             if not any(row.state in (QUEUED, RUNNING) for row in rows):
                 break
             time.sleep(seconds)
-    console.print(table(rows, time.monotonic() - start))
-    failed = [row for row in rows if row.state == FAILED]
-    for row in failed:
-        console.print(
-            f"failed: {row.name} (job {row.job or '-'}): {row.detail}", highlight=False, soft_wrap=True
-        )
+    failed = show(rows, time.monotonic() - start)
     if failed:
         raise SweepFailed(
             f"{len(failed)} of {len(rows)} job(s) failed (listed above with their logs): {what}"
         )
     return rows
+
+
+def show(rows: Sequence[Row], elapsed: float | None = None) -> list[Row]:
+    """Print the table of ``rows`` (``elapsed`` seconds of watching in its title), then one ``failed:`` line per
+    failed job with its error and log; return the failed rows."""
+    console.print(table(rows, elapsed))
+    failed = [row for row in rows if row.state == FAILED]
+    for row in failed:
+        console.print(
+            f"failed: {row.name} (job {row.job or '-'}): {row.detail}", highlight=False, soft_wrap=True
+        )
+    return failed

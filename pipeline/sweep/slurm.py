@@ -275,15 +275,18 @@ def submit(
     return sweep
 
 
+def existing(folder: Path, what: str) -> Sweep:
+    """The sweep recorded in ``folder``; FileNotFoundError when there is none to ``what`` (retry, show)."""
+    if not (folder / SWEEP_FILE).exists():
+        raise FileNotFoundError(f"{folder / SWEEP_FILE} does not exist: no SLURM sweep with this --prefix to {what}")
+    return Sweep(folder)
+
+
 def retry_failed(options: SlurmOptions, repo: Path, folder: Path, environ: Mapping[str, str]) -> Sweep:
     """Resubmit the jobs of the sweep in ``folder`` that are neither done nor in SLURM's queue (failed, or never
     ran because the shared job failed), each in a fresh workspace; finished experiments stay as they are."""
     require_mlflow_server("--executor slurm", environ)
-    if not (folder / SWEEP_FILE).exists():
-        raise FileNotFoundError(
-            f"{folder / SWEEP_FILE} does not exist: no SLURM sweep with this --prefix to retry"
-        )
-    sweep = Sweep(folder)
+    sweep = existing(folder, "retry")
     queued = queued_jobs()
     again = [
         name for name in sweep.names()

@@ -251,3 +251,51 @@ def test_said_quotes_the_last_error_lines_of_the_jobs_last_run(
     if log is not None:
         (tmp_path / "7_0_log.err").write_text(log)
     assert said(tmp_path / "7_0_log.out") == quoted
+
+
+def test_status_shows_a_submitted_sweep_without_submitting(tmp_path: Path) -> None:
+    """``--status`` reads the sweep of ``--prefix`` (an ``squeue`` script on PATH says job 12 runs): the table
+    once and the failures, exit 0; with ``--wait`` once nothing is queued, exit 1; refused with ``-S``, on the
+    queue executor, and for a prefix without a sweep, one line each; nothing is submitted."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\n[ -e \"$(dirname \"$0\")/empty\" ] || echo '12 RUNNING'\n")
+    (bin_dir / "squeue").chmod(0o755)
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho submitted >&2\nexit 1\n")  # submitting fails loudly
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(PROJECT),
+           "COLUMNS": "200"}  # fmt: skip
+    names = ["sw-a", "sw-b"]
+    record = {"rev": "abc", "targets": [], "shared": [], "carry": [],
+              "experiments": [{"name": name, "overrides": [f"x={name}"]} for name in names]}  # fmt: skip
+    folder = Sweep.create(tmp_path / ".dvc" / "tmp" / "slurm" / "sw", record).folder
+    submitted = {**json.loads((folder / "sweep.json").read_text()), "jobs": {"sw-a": "11", "sw-b": "12"},
+                 "logs": {name: f"{name}.out" for name in names}}  # fmt: skip
+    (folder / "sweep.json").write_text(json.dumps(submitted))
+    tasks = {name: Task(name, (), (), tmp_path, "abc", tmp_path, folder) for name in names}
+    write_status(tasks["sw-a"], FAILED, error="`dvc exp run` exited 1", workspace="/ws/sw-a")
+    write_status(tasks["sw-b"], RUNNING)
+
+    def sweep_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "pipeline", "sweep", "--prefix", "sw", *args]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                              check=False)  # fmt: skip
+
+    once = sweep_cli("--executor", "slurm", "--status")
+    assert once.returncode == 0, once.stdout + once.stderr
+    assert "sweep: 0 queued, 1 running, 0 done, 1 failed" in once.stdout
+    assert "failed: sw-a (job 11): `dvc exp run` exited 1; log: sw-a.out; workspace kept: /ws/sw-a" in once.stdout
+    assert "submitted" not in once.stdout + once.stderr
+
+    (bin_dir / "empty").touch()  # job 12 has left the queue without recording an end
+    waited = sweep_cli("--executor", "slurm", "--status", "--wait", "--poll", "0.1")
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+    assert waited.stderr.strip().startswith("error: 2 of 2 job(s) failed (listed above with their logs)")
+
+    for args, message in (
+        (["--executor", "slurm", "--status", "-S", "base.seed=0,1"], "--status shows a SLURM sweep submitted"),
+        (["--status"], "--status shows a SLURM sweep submitted"),
+        (["--executor", "slurm", "--status", "--prefix", "nope"], "no SLURM sweep with this --prefix to show"),
+    ):
+        done = sweep_cli(*args)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
