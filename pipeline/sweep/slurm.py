@@ -56,12 +56,17 @@ def minutes(time: str) -> int:
     return -(-total // 60)
 
 
+def stderr_log(log: str | Path) -> Path:
+    """The ``.err`` log submitit writes beside a job's ``.out`` log (the one ``sweep.json`` records)."""
+    return Path(log).with_suffix(".err")
+
+
 def said(log: str | Path, limit: int = 2) -> str:
     """`` (saying: <line> / <line>)``: the last ``limit`` error lines of a job's stderr log (the ``.err`` beside
     ``log``, its ``.out``) since SLURM last requeued it, so that a failure listing shows its cause; empty without
     a log or an error line."""
     try:
-        with open(Path(log).with_suffix(".err"), "rb") as handle:  # its end only: a long run's log is large
+        with open(stderr_log(log), "rb") as handle:  # its end only: a long run's log is large
             handle.seek(max(0, handle.seek(0, os.SEEK_END) - _TAIL_BYTES))
             text = handle.read().decode(errors="replace")
     except OSError:

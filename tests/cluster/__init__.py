@@ -1,6 +1,6 @@
 """Sweeps on a real SLURM (``.ci/slurm-up.sh`` starts a one-node one; CI's slow lane has it): tiny experiments
 as SLURM jobs through submitit beside an MLflow server on 127.0.0.1. What the tests share: whether SLURM is up,
-their marks, and the environment a sweep command runs in."""
+their marks, the environment a sweep command runs in, the jobs' log tails and ``dvc exp show``'s rows."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.sweep.slurm import stderr_log
 from tests.pipeline.workspace import RUN_ENV
 
 
@@ -49,7 +50,7 @@ def job_log_tail(sweep: Path, lines: int = 80) -> str:
     logs = json.loads((sweep / "sweep.json").read_text())["logs"]
     tails = []
     for name, out in logs.items():
-        err = Path(out).with_suffix(".err")
+        err = stderr_log(out)
         text = err.read_text(errors="replace").splitlines()[-lines:] if err.is_file() else ["(no log)"]
         tails.append(f"--- {name}: {err}\n" + "\n".join(text))
     return "\n".join(tails)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.sweep.slurm import stderr_log
 from tests.cluster import SLURM_TEST, sweep_env
 from tests.pipeline.test_tracking import mlflow_server  # noqa: F401 (the fixture: one real mlflow server)
 from tests.pipeline.workspace import tiny_repo
@@ -34,7 +35,7 @@ def test_a_failed_experiment_is_listed_and_retried_alone(
     log = record["logs"]["sweep-bogus"]
     assert failure.startswith(f"failed: sweep-bogus (job {record['jobs']['sweep-bogus']}): ")
     assert f"log: {log}" in failure and f"workspace kept: {folder / 'workspaces' / 'sweep-bogus'}" in failure
-    assert "bogus" in Path(log.replace(".out", ".err")).read_text()  # the stage's own error is in the log
+    assert "bogus" in stderr_log(log).read_text()  # the stage's own error is in the log
     assert "bogus" in failure.partition(" (saying: ")[2]  # and the listing quotes it
     retry = "fix them, then `python -m pipeline sweep --executor slurm --retry-failed --prefix sweep`"
     assert first.stderr.strip().splitlines() == [
