@@ -10,6 +10,7 @@ uses (mlflow, and torch for most).
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -85,11 +86,15 @@ def train(
     params: Params = Path("params.yaml"),
     progress: ShowProgress = True,
 ) -> None:
-    """Train (params: base.seed, data, model, train); a crashed run with unchanged inputs resumes."""
+    """Train (params: base.seed, data, model, train); a crashed run with unchanged inputs resumes. With
+    RECYCLELORA_NPROC_PER_NODE=N (or in a SLURM job of several nodes), N torchrun processes per node train."""
     with stage_errors():
-        from pipeline.stages import run_train
+        from pipeline.stages.train import launch, run_train
 
+        launch(params, ["-m", "pipeline", *sys.argv[1:]])
         summary = run_train(params, weights, init_cache, out, metrics, progress=progress)
+    if summary is None:  # a rank > 0: rank 0 says it
+        return
     console.print(
         f"{summary['iterations']} iterations in {summary['seconds']:.0f} s, "
         f"loss {summary['final_loss']} -> {out}"

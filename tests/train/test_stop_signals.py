@@ -53,11 +53,13 @@ def write_params(folder: Path, manifest: Path, **train_overrides: object) -> Pat
     return path
 
 
-def start_when_checkpointed(command: list[str], run_dir: Path, logs: Path, cwd: Path = ROOT) -> subprocess.Popen:
-    """Start ``command`` in ``cwd`` in a session of its own (``logs/stdout``, ``logs/stderr``); return once the
-    first checkpoint of ``run_dir`` is on disk, the process still training."""
+def start_when_checkpointed(
+    command: list[str], run_dir: Path, logs: Path, cwd: Path = ROOT, env: dict[str, str] = ENV
+) -> subprocess.Popen:
+    """Start ``command`` in ``cwd`` with ``env`` in a session of its own (``logs/stdout``, ``logs/stderr``);
+    return once the first checkpoint of ``run_dir`` is on disk, the process still training."""
     with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
-        process = subprocess.Popen(command, cwd=cwd, env=ENV, stdout=out, stderr=err, start_new_session=True)
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True)
     deadline = time.monotonic() + START_S
     while not (run_dir / "checkpoints" / "latest").is_file():
         if process.poll() is not None or time.monotonic() > deadline:
