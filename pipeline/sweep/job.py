@@ -54,6 +54,7 @@ class Task:
     shared: bool = False
     shared_stages: tuple[str, ...] = ()
     carry: tuple[str, ...] = ()
+    processes: int = 1
 
     @property
     def workspace(self) -> Path:
@@ -135,11 +136,14 @@ def prepare(task: Task) -> None:
 
 def job_env(task: Task, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The stages' environment: ``environ`` (sbatch passes the submitter's) with the sweep's table tag
-    (``RECYCLELORA_TABLE=<prefix>``) and, unless set, one thread per CPU SLURM gave the job."""
+    (``RECYCLELORA_TABLE=<prefix>``), the training processes per node (:data:`~recyclelora.train.launch.NPROC_ENV`)
+    and, unless set, the CPUs SLURM gave the job as threads, shared by those processes."""
     from pipeline.tracking import TABLE_ENV  # MLflow loads in the job only, not for `--help`
+    from recyclelora.train.launch import NPROC_ENV
 
-    env = {**environ, TABLE_ENV: task.sweep.name}
-    env.setdefault("OMP_NUM_THREADS", environ.get("SLURM_CPUS_PER_TASK", "1"))
+    env = {**environ, TABLE_ENV: task.sweep.name, NPROC_ENV: str(task.processes)}
+    cpus = int(environ.get("SLURM_CPUS_PER_TASK", "1"))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // task.processes)))
     return env
 
 
@@ -161,8 +165,12 @@ class Job:
         self.task = task
         self.process: subprocess.Popen[str] | None = None
 
-    def __call__(self) -> str:
+    def __call__(self) -> str | None:
         task = self.task
+        if int(os.environ.get("SLURM_PROCID", "0")) > 0:
+            # a job of several nodes runs this once per node: the first runs DVC, whose train stage starts the
+            # training processes on every node (recyclelora.train.launch); the others have nothing to do
+            return None
         write_status(task, RUNNING)
         try:
             prepare(task)

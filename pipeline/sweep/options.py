@@ -42,6 +42,7 @@ CpusPerNode = Annotated[int, typer.Option(help=_help("cpus_per_node"))]
 GpusPerNode = Annotated[int, typer.Option(help=_help("gpus_per_node"))]
 MemGb = Annotated[float | None, typer.Option(help=_help("mem_gb"))]
 Nodes = Annotated[int, typer.Option(help=_help("nodes"))]
+ProcessesPerNode = Annotated[int | None, typer.Option(help=_help("processes_per_node"))]
 SignalDelay = Annotated[int, typer.Option(help=_help("signal_delay_s"))]
 MaxRequeues = Annotated[int, typer.Option(help=_help("max_requeues"))]
 Sbatch = Annotated[list[str] | None, typer.Option("--sbatch", help=_help("sbatch") + "; repeat.")]
@@ -56,14 +57,15 @@ def slurm_options(
     gpus_per_node: int,
     mem_gb: float | None,
     nodes: int,
+    processes_per_node: int | None,
     signal_delay_s: int,
     max_requeues: int,
     sbatch: list[str] | None,
 ) -> SlurmOptions:
     """The validated :class:`~pipeline.sweep.slurm.SlurmOptions` of the command line's values."""
     return SlurmOptions(
-        partition, account, qos, time, cpus_per_node, gpus_per_node, mem_gb, nodes, signal_delay_s,
-        max_requeues, tuple(sbatch or ()),
+        partition, account, qos, time, cpus_per_node, gpus_per_node, mem_gb, nodes, processes_per_node,
+        signal_delay_s, max_requeues, tuple(sbatch or ()),
     )  # fmt: skip
 
 
@@ -77,6 +79,7 @@ _SLURM_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("gpus_per_node", GpusPerNode, DEFAULTS.gpus_per_node),
     ("mem_gb", MemGb, None),
     ("nodes", Nodes, DEFAULTS.nodes),
+    ("processes_per_node", ProcessesPerNode, None),
     ("signal_delay_s", SignalDelay, DEFAULTS.signal_delay_s),
     ("max_requeues", MaxRequeues, DEFAULTS.max_requeues),
     ("sbatch", Sbatch, None),

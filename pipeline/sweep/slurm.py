@@ -89,7 +89,11 @@ class SlurmOptions:
     cpus_per_node: int = field(default=1, metadata={"help": "CPUs of each job.", "ge": 1})
     gpus_per_node: int = field(default=0, metadata={"help": "GPUs of each job.", "ge": 0})
     mem_gb: float | None = field(default=None, metadata={"help": "Memory of each job in GB.", "gt": 0})
-    nodes: int = field(default=1, metadata={"help": "Nodes of each job.", "ge": 1, "le": 1})
+    nodes: int = field(default=1, metadata={"help": "Nodes of each job.", "ge": 1})
+    processes_per_node: int | None = field(
+        default=None,
+        metadata={"help": "Training processes per node (torchrun's); default: --gpus-per-node, or 1.", "ge": 1},
+    )
     signal_delay_s: int = field(
         default=120,
         metadata={"help": "Seconds before the time limit SLURM sends USR2 to checkpoint.", "ge": 0},
@@ -107,6 +111,16 @@ class SlurmOptions:
                 raise InvalidInputError(f"--{name} {value!r} must be one name without spaces, e.g. --{name} gpu")
         minutes(self.time)
         self.extra()
+        if self.processes > self.cpus_per_node:
+            raise InvalidInputError(
+                f"--processes-per-node {self.processes} exceeds --cpus-per-node {self.cpus_per_node}: each training "
+                "process needs a CPU; ask for more CPUs or fewer processes"
+            )
+
+    @property
+    def processes(self) -> int:
+        """Training processes per node: :attr:`processes_per_node`, else one per GPU, else 1."""
+        return self.processes_per_node or self.gpus_per_node or 1
 
     def extra(self) -> dict[str, str]:
         """``--sbatch`` options as submitit's additional parameters (``{"constraint": "a100"}``)."""
@@ -238,6 +252,7 @@ class Sweep:
                 shared,
                 tuple(record["shared"]),
                 tuple(record["carry"]),
+                options.processes,
             )
             executor.update_parameters(**options.parameters(name, after))
             job = executor.submit(Job(task))

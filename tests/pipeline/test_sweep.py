@@ -15,9 +15,10 @@ import pytest
 from pipeline.sweep import options as opt
 from pipeline.sweep import require_mlflow_server
 from pipeline.sweep.grid import Experiment, expand, shared_stages, uncached_outs
-from pipeline.sweep.job import DONE, FAILED, REQUEUED, RUNNING, Task, job_env, prepare, write_status
+from pipeline.sweep.job import DONE, FAILED, REQUEUED, RUNNING, Job, Task, job_env, prepare, write_status
 from pipeline.sweep.progress import SweepFailed, watch
 from pipeline.sweep.slurm import SlurmOptions, Sweep, minutes, said
+from recyclelora.train.launch import NPROC_ENV, processes_per_node
 
 PROJECT = Path(__file__).resolve().parents[2]
 DVC_YAML = PROJECT / "dvc.yaml"
@@ -88,7 +89,7 @@ def test_sweep_and_compare_take_the_slurm_options_from_one_definition_built_only
 
 def test_slurm_options_are_validated_one_line_each() -> None:
     options = SlurmOptions(
-        partition="gpu", time="1:30:00", gpus_per_node=2, mem_gb=32, sbatch=("constraint=a100",)
+        partition="gpu", time="1:30:00", cpus_per_node=2, gpus_per_node=2, mem_gb=32, sbatch=("constraint=a100",)
     )
     parameters = options.parameters("sw-lora", "41")
     assert parameters["time"] == 90 and parameters["mem"] == "32GB" and parameters["gpus_per_node"] == 2
@@ -107,7 +108,9 @@ def test_slurm_options_are_validated_one_line_each() -> None:
         ({"time": "0"}, "no time at all"),
         ({"time": "2-12"}, "--time '2-12' is not minutes, H:MM:SS or D-H:MM:SS"),
         ({"cpus_per_node": 0}, "slurm.cpus_per_node must be"),
-        ({"nodes": 2}, "slurm.nodes must be"),
+        ({"nodes": 0}, "slurm.nodes must be"),
+        ({"processes_per_node": 0}, "slurm.processes_per_node must be"),
+        ({"gpus_per_node": 4}, "--processes-per-node 4 exceeds --cpus-per-node 1"),
         ({"partition": "a b"}, "--partition 'a b' must be one name"),
         ({"sbatch": ("constraint",)}, "--sbatch 'constraint' is not KEY=VALUE"),
     ]:
@@ -123,10 +126,32 @@ def test_jobs_tag_their_runs_with_the_sweep_and_take_slurms_cpus(tmp_path: Path)
         "SLURM_CPUS_PER_TASK": "4",
         "PATH": "/bin",
         "RECYCLELORA_TABLE": "sw",
+        NPROC_ENV: "1",
         "OMP_NUM_THREADS": "4",
     }
     assert job_env(task, {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "2"
     assert task.command() == ["dvc", "exp", "run", "-n", "sw-lora"]
+
+
+def test_a_job_of_several_processes_starts_them_sharing_its_cpus(tmp_path: Path) -> None:
+    """--processes-per-node (default: one per GPU) reaches the train stage's launcher; the job's CPUs are split
+    between its processes as their threads."""
+    assert SlurmOptions().processes == 1 and SlurmOptions(cpus_per_node=8, gpus_per_node=4).processes == 4
+    options = SlurmOptions(cpus_per_node=4, gpus_per_node=4, processes_per_node=2, nodes=2)
+    assert options.processes == 2 and options.parameters("x", None)["nodes"] == 2
+    task = Task("sw", (), (), tmp_path, "HEAD", tmp_path, tmp_path / "sw", processes=2)
+    env = job_env(task, {"SLURM_CPUS_PER_TASK": "4"})
+    assert env[NPROC_ENV] == "2" and env["OMP_NUM_THREADS"] == "2"
+    assert processes_per_node(env) == 2
+
+
+def test_only_the_first_node_of_a_job_runs_its_experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """submitit runs a job's function once per node; the other nodes' calls return at once, writing nothing (the
+    first node's train stage starts their training processes)."""
+    task = Task("sw", (), (), tmp_path, "HEAD", tmp_path, tmp_path / "sw")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert Job(task)() is None
+    assert not task.status.exists() and not task.workspace.exists()
 
 
 def test_a_slurm_sweep_without_an_mlflow_server_is_refused_in_one_line(tmp_path: Path) -> None:
