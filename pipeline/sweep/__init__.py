@@ -108,7 +108,7 @@ def run_slurm(
     from pipeline.sweep import slurm
 
     repo = Path.cwd()
-    folder = repo / SWEEPS_DIR / prefix
+    folder = (Path(options.workdir).resolve() if options.workdir else repo / SWEEPS_DIR) / prefix
     if status:
         sweep = slurm.existing(folder, "show")
     elif retry_failed:
@@ -118,8 +118,14 @@ def run_slurm(
     if not status:
         jobs = ", ".join(f"{name} {sweep.record['jobs'][name]}" for name in sweep.names())
         progress.console.print(f"submitted to SLURM ({folder}): {jobs}", highlight=False, soft_wrap=True)
-    if wait:
-        retry = f"fix them, then `python -m pipeline sweep --executor slurm --retry-failed --prefix {prefix}`"
-        progress.watch(sweep.rows, poll, retry)
-    elif status:
-        progress.show(sweep.rows())
+    try:
+        if wait:
+            retry = f"fix them, then `python -m pipeline sweep --executor slurm --retry-failed --prefix {prefix}`"
+            progress.watch(sweep.rows, poll, retry)
+        elif status:
+            progress.show(sweep.rows())
+    finally:
+        if wait or status:
+            home = sweep.bring_home(repo)
+            if home:
+                progress.console.print(f"pulled from {sweep.record['source']}: {', '.join(home)}", highlight=False)

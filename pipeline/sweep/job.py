@@ -40,6 +40,9 @@ DVC_LOCKS = (".dvc/tmp/rwlock", ".dvc/tmp/rwlock.lock", ".dvc/tmp/lock")
 class Task:
     """One job: run ``name``'s experiment (or, with ``shared``, reproduce ``targets`` only) at ``rev``.
 
+    ``repo`` is what the job clones and pushes its experiment to: the user's repository, or with ``fetch`` (the
+    ref holding ``rev`` there) a Git remote's URL. ``processes``: training processes per node.
+
     ``shared_stages`` were reproduced by the shared job, which hands over ``carry`` (``dvc.lock`` and those
     stages' outputs DVC does not cache, which its run cache cannot restore either) in ``<sweep>/shared/``.
     """
@@ -47,7 +50,7 @@ class Task:
     name: str
     overrides: tuple[str, ...]
     targets: tuple[str, ...]
-    repo: Path
+    repo: str | Path
     rev: str
     cache: Path
     sweep: Path
@@ -55,6 +58,7 @@ class Task:
     shared_stages: tuple[str, ...] = ()
     carry: tuple[str, ...] = ()
     processes: int = 1
+    fetch: str | None = None
 
     @property
     def workspace(self) -> Path:
@@ -126,6 +130,8 @@ def prepare(task: Task) -> None:
     shutil.rmtree(task.workspace, ignore_errors=True)  # a clone cut short
     task.workspace.parent.mkdir(parents=True, exist_ok=True)
     _run(["git", "clone", "-q", "--no-checkout", str(task.repo), str(task.workspace)], task.sweep)
+    if task.fetch:  # a remote's commit may be on no branch: the sweep pushed it to this ref
+        _run(["git", "fetch", "-q", "origin", task.fetch], task.workspace)
     _run(["git", "checkout", "-q", "--detach", task.rev], task.workspace)
     _run(["dvc", "config", "--local", "cache.dir", str(task.cache)], task.workspace)
     _run(["dvc", "config", "--local", "cache.shared", "group"], task.workspace)

@@ -46,6 +46,8 @@ ProcessesPerNode = Annotated[int | None, typer.Option(help=_help("processes_per_
 SignalDelay = Annotated[int, typer.Option(help=_help("signal_delay_s"))]
 MaxRequeues = Annotated[int, typer.Option(help=_help("max_requeues"))]
 Sbatch = Annotated[list[str] | None, typer.Option("--sbatch", help=_help("sbatch") + "; repeat.")]
+GitRemote = Annotated[str | None, typer.Option(help=_help("git_remote"))]
+Workdir = Annotated[str | None, typer.Option(help=_help("workdir"))]
 
 
 def slurm_options(
@@ -61,11 +63,13 @@ def slurm_options(
     signal_delay_s: int,
     max_requeues: int,
     sbatch: list[str] | None,
+    git_remote: str | None,
+    workdir: str | None,
 ) -> SlurmOptions:
     """The validated :class:`~pipeline.sweep.slurm.SlurmOptions` of the command line's values."""
     return SlurmOptions(
         partition, account, qos, time, cpus_per_node, gpus_per_node, mem_gb, nodes, processes_per_node,
-        signal_delay_s, max_requeues, tuple(sbatch or ()),
+        signal_delay_s, max_requeues, tuple(sbatch or ()), git_remote, workdir,
     )  # fmt: skip
 
 
@@ -83,6 +87,8 @@ _SLURM_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("signal_delay_s", SignalDelay, DEFAULTS.signal_delay_s),
     ("max_requeues", MaxRequeues, DEFAULTS.max_requeues),
     ("sbatch", Sbatch, None),
+    ("git_remote", GitRemote, None),
+    ("workdir", Workdir, None),
 )
 #: What a command wrapped by :func:`with_slurm_options` gets as ``slurm``: the validated options, when called.
 SlurmFactory = Callable[[], SlurmOptions]

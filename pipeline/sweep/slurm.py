@@ -78,7 +78,7 @@ def said(log: str | Path, limit: int = 2) -> str:
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    """What each job asks SLURM for (validated when built: one line per bad value)."""
+    """What each job asks SLURM for, and where it works (validated when built: one line per bad value)."""
 
     partition: str | None = field(default=None, metadata={"help": "Partition (sbatch --partition)."})
     account: str | None = field(default=None, metadata={"help": "Account to charge (sbatch --account)."})
@@ -102,6 +102,17 @@ class SlurmOptions:
         default=3, metadata={"help": "Requeues after reaching the time limit.", "ge": 0}
     )
     sbatch: tuple[str, ...] = field(default=(), metadata={"help": "Other sbatch options, KEY=VALUE."})
+    git_remote: str | None = field(
+        default=None,
+        metadata={
+            "help": "Git remote (name or URL) the jobs clone the commit from and push their experiments to, for "
+            "nodes that cannot see this repository; the sweep pulls the experiments home."
+        },
+    )
+    workdir: str | None = field(
+        default=None,
+        metadata={"help": "Shared folder of the sweep's record, logs and workspaces; default: .dvc/tmp/slurm."},
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self, "slurm")
@@ -109,6 +120,10 @@ class SlurmOptions:
             value = getattr(self, name)
             if value is not None and (not value or re.search(r"\s", value)):
                 raise InvalidInputError(f"--{name} {value!r} must be one name without spaces, e.g. --{name} gpu")
+        if self.git_remote is not None and (not self.git_remote or re.search(r"\s", self.git_remote)):
+            raise InvalidInputError(
+                f"--git-remote {self.git_remote!r} must be a Git remote's name or URL, e.g. --git-remote origin"
+            )
         minutes(self.time)
         self.extra()
         if self.processes > self.cpus_per_node:
@@ -163,6 +178,16 @@ def dvc_cache_dir(repo: Path) -> Path:
     """The user's DVC cache (``dvc cache dir``), which every job's clone uses."""
     done = subprocess.run(["dvc", "cache", "dir"], cwd=repo, check=True, capture_output=True, text=True)
     return Path(done.stdout.strip())
+
+
+#: Where a sweep with a Git remote pushes its commit there for the jobs to fetch: ``<this>/<prefix>``.
+SWEEP_REFS = "refs/recyclelora/sweeps"
+
+
+def remote_url(repo: Path, remote: str) -> str:
+    """The URL of ``repo``'s Git remote ``remote``, or ``remote`` itself when it is no remote's name (a URL)."""
+    done = subprocess.run(["git", "remote", "get-url", remote], cwd=repo, capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else remote
 
 
 def queued_jobs() -> dict[str, str]:
@@ -227,6 +252,22 @@ class Sweep:
                 )
         return rows
 
+    def bring_home(self, repo: Path) -> list[str]:
+        """Pull the finished experiments from the sweep's Git remote into ``repo`` (``dvc exp pull --no-cache``:
+        their outputs are in the shared cache); none without a remote. The names pulled."""
+        if not self.record.get("fetch"):
+            return []
+        done = [name for name in self.names() if name != self.shared_name and self.status(name).get("state") == DONE]
+        if done:
+            pull = ["dvc", "exp", "pull", "--no-cache", self.record["source"], *done]
+            pulled = subprocess.run(pull, cwd=repo, capture_output=True, text=True, check=False)
+            if pulled.returncode:
+                raise UserError(
+                    f"cannot pull the finished experiments from {self.record['source']} "
+                    f"({' '.join(pulled.stderr.split())[-300:]}): run `{' '.join(pull)}` once it is reachable"
+                )
+        return done
+
     def submit(self, names: Sequence[str], options: SlurmOptions, repo: Path) -> None:
         """Submit the jobs ``names`` (the shared one first, the others after it when it is among them)."""
         submitit = require_extra("submitit", "cluster", "Sweeps on SLURM")
@@ -245,7 +286,7 @@ class Sweep:
                 name,
                 tuple(experiment["overrides"]),
                 tuple(targets),
-                repo,
+                record.get("source", str(repo)),  # a sweep recorded before remotes: the repository
                 record["rev"],
                 cache,
                 self.folder,
@@ -253,6 +294,7 @@ class Sweep:
                 tuple(record["shared"]),
                 tuple(record["carry"]),
                 options.processes,
+                record.get("fetch"),
             )
             executor.update_parameters(**options.parameters(name, after))
             job = executor.submit(Job(task))
@@ -276,8 +318,11 @@ def submit(
         {override.split("=", 1)[0] for experiment in experiments for override in experiment.overrides}
     )
     shared = shared_stages(repo / "dvc.yaml", keys, targets) if len(experiments) > 1 else []
+    remote = options.git_remote and remote_url(repo, options.git_remote)
     record = {
         "rev": _git(repo, "rev-parse", "HEAD"),
+        "source": remote or str(repo),
+        "fetch": remote and f"{SWEEP_REFS}/{folder.name}",
         "targets": list(targets),
         "shared": shared,
         "carry": ["dvc.lock", *uncached_outs(repo / "dvc.yaml", shared)] if shared else [],
@@ -291,6 +336,14 @@ def submit(
             soft_wrap=True,
         )
     sweep = Sweep.create(folder, record)
+    if remote:  # the nodes cannot see repo: they fetch the commit from the remote and push their experiments there
+        pushed = subprocess.run(["git", "push", "-q", "--force", remote, f"{record['rev']}:{record['fetch']}"],
+                                cwd=repo, capture_output=True, text=True, check=False)  # fmt: skip
+        if pushed.returncode:
+            shutil.rmtree(folder)
+            raise UserError(
+                f"cannot push the sweep's commit to --git-remote {remote}: {' '.join(pushed.stderr.split())[-300:]}"
+            )
     sweep.submit(sweep.names(), options, repo)
     return sweep
 

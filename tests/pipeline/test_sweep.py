@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ from pipeline.sweep import require_mlflow_server
 from pipeline.sweep.grid import Experiment, expand, shared_stages, uncached_outs
 from pipeline.sweep.job import DONE, FAILED, REQUEUED, RUNNING, Job, Task, job_env, prepare, write_status
 from pipeline.sweep.progress import SweepFailed, watch
-from pipeline.sweep.slurm import SlurmOptions, Sweep, minutes, said
+from pipeline.sweep.slurm import SlurmOptions, Sweep, minutes, said, submit
+from recyclelora.errors import UserError
 from recyclelora.train.launch import NPROC_ENV, processes_per_node
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -324,3 +326,49 @@ def test_status_shows_a_submitted_sweep_without_submitting(tmp_path: Path) -> No
     ):
         done = sweep_cli(*args)
         assert done.returncode == 1 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+def _git(cwd: Path, *args: str) -> str:
+    command = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false", *args]
+    return subprocess.run(command, cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_job_clones_a_commit_on_no_branch_from_the_sweeps_remote_ref(tmp_path: Path) -> None:
+    """With a Git remote the job clones the remote, fetches the ref the sweep pushed the commit to (it may be on
+    no branch) and checks that commit out, never reading the user's repository."""
+    repo, remote = tmp_path / "repo", tmp_path / "remote.git"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
+    _git(repo, "commit", "-qm", "dvc")
+    _git(repo, "checkout", "-q", "--detach")
+    (repo / "params.yaml").write_text("base: {seed: 3}\n")
+    _git(repo, "add", "params.yaml")
+    _git(repo, "commit", "-qm", "on no branch")
+    rev = _git(repo, "rev-parse", "HEAD")
+    _git(tmp_path, "init", "-q", "--bare", str(remote))
+    _git(repo, "push", "-q", str(remote), f"{rev}:refs/recyclelora/sweeps/sw")
+    _git(repo, "push", "-q", str(remote), "HEAD~1:refs/heads/main")
+    shutil.rmtree(repo)  # the nodes cannot see it
+
+    ref = "refs/recyclelora/sweeps/sw"
+    task = Task("sw-a", (), (), str(remote), rev, tmp_path / "cache", tmp_path / "sw", fetch=ref)
+    prepare(task)
+    assert _git(task.workspace, "rev-parse", "HEAD") == rev
+    assert (task.workspace / "params.yaml").read_text() == "base: {seed: 3}\n"
+
+
+def test_a_remote_the_commit_cannot_be_pushed_to_is_refused_in_one_line_leaving_no_sweep(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "dvc.yaml").write_text("stages: {}\n")
+    _git(repo, "add", "dvc.yaml")
+    _git(repo, "commit", "-qm", "x")
+    folder = tmp_path / "shared" / "sw"
+    with pytest.raises(UserError, match=r"^cannot push the sweep's commit to --git-remote /nowhere/r\.git: [^\n]+$"):
+        submit([Experiment("sw-a", ("base.seed=1",))], [], SlurmOptions(git_remote="/nowhere/r.git"), repo, folder,
+               {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})  # fmt: skip
+    assert not folder.exists()
+    with pytest.raises(ValueError, match="--git-remote 'a b' must be a Git remote's name or URL"):
+        SlurmOptions(git_remote="a b")
