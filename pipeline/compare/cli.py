@@ -89,7 +89,18 @@ Methods = Annotated[
     list[str] | None, typer.Option("--method", help=f"Repeat; default: all of {list(METHODS)}.")
 ]
 Seeds = Annotated[list[int] | None, typer.Option("--seed", help=f"Repeat; default: {list(SEEDS)}.")]
-Preset = Annotated[Path | None, typer.Option(help="Params overrides for every experiment.")]
+def _preset(value: Path | None) -> Path | None:
+    """``--preset none``: no overrides, params.yaml as committed (a paper setting's own budget)."""
+    return None if value is not None and value.as_posix() == "none" else value
+
+
+Preset = Annotated[
+    Path | None,
+    typer.Option(
+        help="Params overrides for every experiment; none: params.yaml as committed (a paper preset).",
+        callback=_preset,
+    ),
+]
 Prefix = Annotated[str, typer.Option(help="Experiment names are <prefix>-<method>-s<seed>.")]
 Out = Annotated[Path, typer.Option(help="Markdown table to write.")]
 Jobs = Annotated[

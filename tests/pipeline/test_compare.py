@@ -372,3 +372,19 @@ def test_compare_reads_each_experiments_per_image_table_through_dvc_api(
             np.testing.assert_array_equal(read_back[target.removesuffix("_val")].counts, expected)
     lora = compare.compare_to_reference(rows)["lora"]
     assert all(interval.low > 0 for interval in lora.values())
+
+
+def test_preset_none_runs_the_committed_params_without_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--preset none`` is no preset (a paper setting committed as params.yaml keeps its own budget); a path
+    stays a path."""
+    from typer.testing import CliRunner
+
+    from pipeline.compare import cli
+
+    seen: list[Path | None] = []
+    monkeypatch.setattr(cli, "_table", lambda prefix, rev, out, preset: seen.append(preset))
+    runner = CliRunner()
+    assert runner.invoke(cli.app, ["table", "--preset", "none"]).exit_code == 0
+    assert runner.invoke(cli.app, ["table", "--preset", "presets/table.yaml"]).exit_code == 0
+    assert seen == [None, Path("presets/table.yaml")]
+    assert compare.budget_overrides(None) == []
