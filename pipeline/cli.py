@@ -152,7 +152,7 @@ def package(
         from pipeline.stages import run_package
 
         info = run_package(params, checkpoint, eval_metrics, out)
-    console.print(f"MLflow model {info.model_uri} -> {out}")
+    console.print(f"MLflow model {info.model_uri if info else '(not logged)'} -> {out}")
 
 
 @app.command("analyze")

@@ -327,7 +327,7 @@ def retry_seconds() -> float:
     return seconds
 
 
-def _unreachable(error: BaseException) -> str | None:
+def unreachable(error: BaseException) -> str | None:
     """Why an MLflow error means the server did not answer (refused, timed out, retries spent), e.g.
     ``ConnectionError: [Errno 111] Connection refused``; ``None`` for an answer that refuses the request."""
     seen: BaseException | None = error
@@ -430,7 +430,7 @@ class Spool:
                     _replay(store, uri, group, self.folder)
                     sent += len(group)
                 except (MlflowException, OSError) as error:  # OSError: an artifact's copy is gone
-                    if _unreachable(error):
+                    if unreachable(error):
                         lost.add(uri)
                         kept += group
                     else:
@@ -626,7 +626,7 @@ class _SpoolingStore(RestStore):
                 try:
                     run = super().get_run(run_id)
                 except MlflowException as error:
-                    if not _unreachable(error):
+                    if not unreachable(error):
                         raise
                     self._lose(error)
                 else:
@@ -653,7 +653,7 @@ class _SpoolingStore(RestStore):
                 try:
                     return send()
                 except MlflowException as error:
-                    if not _unreachable(error):
+                    if not unreachable(error):
                         raise
                     self._lose(error)
             self.spool.append(record | {"uri": self.uri}, file)
@@ -664,7 +664,7 @@ class _SpoolingStore(RestStore):
         self._lost = True
         self._answers.clear()
         _warn(
-            f"MLflow server {self.uri} stopped answering ({_unreachable(error)}); the stage goes on and keeps "
+            f"MLflow server {self.uri} stopped answering ({unreachable(error)}); the stage goes on and keeps "
             f"what it logs in {self.spool.file}, sent when the server answers again (asked every {self.every:g} "
             "s) or by `python -m pipeline sync`"
         )
@@ -946,7 +946,7 @@ def _server_needed(uri: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as error:
-        if not _unreachable(error):
+        if not unreachable(error):
             raise
         raise TrackingServerUnreachable(
             f"MLflow server {uri} (MLFLOW_TRACKING_URI) stopped answering while the stage opened its runs: "

@@ -165,3 +165,34 @@ def test_served_registered_model_answers_with_the_cli_label_map(
         server.terminate()
         server.wait(timeout=30)
     np.testing.assert_array_equal(served, cli_label_map(work, image, tmp_path / "cli", WINDOW))
+
+
+def test_a_lost_tracking_server_costs_the_package_stage_its_logging_not_its_model(
+    work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server stops answering when the model is logged: the model folder (the DVC output) is still written
+    and the stage succeeds with one warning saying how to log it later; a server that answers with a refusal is
+    an error as before."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    def lost(**kwargs: object) -> None:
+        try:
+            raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+        except requests.exceptions.ConnectionError as error:
+            raise MlflowException("API request to endpoint /api/2.0/mlflow/logged-models failed") from error
+
+    monkeypatch.setattr(mlflow.pyfunc, "log_model", lost)
+    root = package(tmp_path / "lost", work, monkeypatch, register=True)
+    assert Model.load(root / "out").signature == SIGNATURE
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert "(ConnectionError: [Errno 111] Connection refused)" in warning and "dvc repro -f package" in warning
+    assert MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_registered_models() == []
+
+    def refused(**kwargs: object) -> None:
+        raise MlflowException("Invalid model name", error_code="INVALID_PARAMETER_VALUE")
+
+    monkeypatch.setattr(mlflow.pyfunc, "log_model", refused)
+    with pytest.raises(MlflowException, match="Invalid model name"):
+        package(tmp_path / "refused", work, monkeypatch, register=False)
+    assert not (tmp_path / "refused" / "out").exists()

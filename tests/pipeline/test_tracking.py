@@ -41,7 +41,7 @@ from pipeline.tracking import (
     NotAnMlflowServer,
     Spool,
     TrackingServerUnreachable,
-    _unreachable,
+    unreachable,
     backbone_label,
     bound_http_retries,
     flatten_params,
@@ -761,9 +761,9 @@ def test_stages_bound_mlflow_retries_to_seconds_and_tell_a_silent_server_from_a_
     start = time.monotonic()
     silent = log_to(f"http://127.0.0.1:{closed_port()}")
     assert time.monotonic() - start < 6  # MLflow's defaults: about 4 minutes
-    assert _unreachable(silent) == "ConnectionError: [Errno 111] Connection refused"
+    assert unreachable(silent) == "ConnectionError: [Errno 111] Connection refused"
     with serve_replies({}) as uri:  # answers every POST with 501
-        assert _unreachable(log_to(uri)) is None
+        assert unreachable(log_to(uri)) is None
 
     assert retry_seconds() == 30
     for bad in ("0", "-1", "soon", "inf"):
