@@ -32,13 +32,15 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
 fi
 
 mkdir -p "$dir/spool" "$dir/state" "$dir/log"
-# RealMemory below the machine's, so the node is not drained for having less than it claims; a job that asks
+# cred_expire: also how long a requeued job waits before it may start again (default 120 s; the preemption test
+# waits for it). RealMemory below the machine's, so the node is not drained for having less than it claims; a job that asks
 # for no memory gets its CPUs' share (SLURM's default, all of it, would run one job at a time).
 memory_mib=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
 cat >"$conf.tmp" <<EOF
 ClusterName=local
 SlurmctldHost=$node
 AuthType=auth/munge
+AuthInfo=cred_expire=30
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
