@@ -39,6 +39,18 @@ def test_int8_copy_is_smaller_and_agrees_with_fp32(mode, exported, tmp_path) -> 
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_static_int8_quantizes_the_matrix_products_only(exported, tmp_path) -> None:  # noqa: F811
+    """The static copy's int8 weights are those of MatMul, Gemm and Conv nodes: layer norms keep fp32 weights,
+    and no op but those takes int8 inputs (quantizing every op cost 0.63 mIoU on the default model)."""
+    calibration = [torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))]
+    graph = onnx.load(str(quantize_onnx(exported, tmp_path / "int8.onnx", "static", calibration))).graph
+    int8 = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.INT8}
+    weights = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear" and node.input[0] in int8}
+    consumers = {node.op_type for node in graph.node if weights & set(node.input)}
+    assert consumers and consumers <= {"MatMul", "Gemm", "Conv"}, consumers
+    assert not any(node.op_type == "LayerNormalization" and weights & set(node.input) for node in graph.node)
+
+
 def test_static_int8_needs_calibration_and_a_known_mode(exported, tmp_path) -> None:  # noqa: F811
     with pytest.raises(ValueError, match="calibration"):
         quantize_onnx(exported, tmp_path / "int8.onnx", "static")
