@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -73,13 +75,27 @@ def manifest_input(path: Path, source: str, context: str) -> DatasetInput:
     return DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
+#: Tries of :func:`log_stage_inputs` while another run registers the same dataset: MLflow's server looks for the
+#: dataset, then inserts it, so two runs logging a new dataset at once (a sweep's jobs) can collide on its unique
+#: (experiment, name, digest) key and one gets a 400 error; tried again, it finds the other run's row.
+INPUT_ATTEMPTS = 3
+
+
 def log_stage_inputs(run_id: str, params: Mapping[str, object], workspace: str | os.PathLike[str]) -> None:
     """Log the manifests of :func:`stage_manifests` (paths relative to ``workspace``) as inputs of run
-    ``run_id``; a manifest that does not exist is left to the stage to report."""
+    ``run_id``; a manifest that does not exist is left to the stage to report. A collision with another run
+    inserting the same dataset is tried again (:data:`INPUT_ATTEMPTS`)."""
     inputs = [
         manifest_input(Path(workspace, path), path, context)
         for path, context in stage_manifests(params)
         if Path(workspace, path).is_file()
     ]
-    if inputs:
-        MlflowClient().log_inputs(run_id, datasets=inputs)
+    for attempt in range(1, INPUT_ATTEMPTS + 1):
+        try:
+            if inputs:
+                MlflowClient().log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as error:
+            if attempt == INPUT_ATTEMPTS or "INSERT INTO datasets" not in str(error):
+                raise
+            time.sleep(0.2 * attempt)

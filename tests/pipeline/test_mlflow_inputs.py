@@ -156,3 +156,44 @@ def test_dataset_inputs_logged_while_the_server_is_lost_are_spooled_and_sent_unc
     _replay(replayed, uri, [record], spool.folder)
     RestStore.log_inputs(direct, "r1", [dataset])
     assert replayed.sent == direct.sent and replayed.sent[0][0] == "LogInputs"
+
+
+def test_a_dataset_another_run_inserts_at_the_same_moment_is_logged_on_a_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sweep jobs logging the same new dataset at once: MLflow's server answers one of them 400 (its SQL insert
+    hits the dataset's unique key, as seen in CI). The stage tries again and logs; another refusal is raised."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    from pipeline import mlflow_inputs
+
+    manifest = tmp_path / "data" / "synth_src_train.parquet"
+    manifest.parent.mkdir()
+    pd.DataFrame({"image": ["a.png"]}).to_parquet(manifest)
+    params = {"data": {"train": ["data/synth_src_train.parquet"], "val": []}}
+    collision = RestException({
+        "error_code": "BAD_REQUEST",
+        "message": "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, "
+        "datasets.digest [SQL: INSERT INTO datasets (dataset_uuid, ...) VALUES (?, ...)]",
+    })  # fmt: skip
+    calls: list[str] = []
+
+    def log_inputs(self: MlflowClient, run_id: str, datasets: list) -> None:
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise collision
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", log_inputs)
+    monkeypatch.setattr(mlflow_inputs.time, "sleep", lambda seconds: None)
+    mlflow_inputs.log_stage_inputs("run-1", params, tmp_path)
+    assert calls == ["run-1", "run-1"]
+
+    def refuse(self: MlflowClient, run_id: str, datasets: list) -> None:
+        calls.append(run_id)
+        raise MlflowException("Run 'run-2' not found", error_code="RESOURCE_DOES_NOT_EXIST")
+
+    calls.clear()
+    monkeypatch.setattr(MlflowClient, "log_inputs", refuse)
+    with pytest.raises(MlflowException, match="not found"):
+        mlflow_inputs.log_stage_inputs("run-2", params, tmp_path)
+    assert calls == ["run-2"]
