@@ -343,7 +343,7 @@ def unreachable(error: BaseException) -> str | None:
     return None
 
 
-def _warn(text: str) -> None:
+def warn(text: str) -> None:
     """One ``warning: ...`` line on stderr."""
     print(f"warning: {text}", file=sys.stderr, flush=True)
 
@@ -434,7 +434,7 @@ class Spool:
                         lost.add(uri)
                         kept += group
                     else:
-                        _warn(
+                        warn(
                             f"MLflow server {uri} refused {len(group)} spooled record(s) of run "
                             f"{group[0]['run_id']}, dropped: {getattr(error, 'message', error)}"
                         )
@@ -541,7 +541,7 @@ class _SpoolingStore(RestStore):
         with self._lock:
             sent, _ = self.spool.send(self._for_me)
         if sent:
-            _warn(f"sent {sent} MLflow record(s) that earlier stages kept in {self.spool.file} to {self.uri}")
+            warn(f"sent {sent} MLflow record(s) that earlier stages kept in {self.spool.file} to {self.uri}")
 
     def close(self) -> None:
         """Stop asking a lost server; send the spool if it answers now, else say what stays in it."""
@@ -550,7 +550,7 @@ class _SpoolingStore(RestStore):
             if self._lost and (self._answers.is_set() or self._probe()):
                 self._reconnect()
             if self._lost:
-                _warn(
+                warn(
                     f"{self.spooled} MLflow record(s) of this stage are kept in {self.spool.file}: run "
                     f"`python -m pipeline sync` once {self.uri} answers (the next stage tries too)"
                 )
@@ -663,7 +663,7 @@ class _SpoolingStore(RestStore):
     def _lose(self, error: MlflowException) -> None:
         self._lost = True
         self._answers.clear()
-        _warn(
+        warn(
             f"MLflow server {self.uri} stopped answering ({unreachable(error)}); the stage goes on and keeps "
             f"what it logs in {self.spool.file}, sent when the server answers again (asked every {self.every:g} "
             "s) or by `python -m pipeline sync`"
@@ -691,7 +691,7 @@ class _SpoolingStore(RestStore):
             return
         self._lost = False
         self.spooled = 0
-        _warn(f"MLflow server {self.uri} answers again: sent the {sent} record(s) kept in {self.spool.file}")
+        warn(f"MLflow server {self.uri} answers again: sent the {sent} record(s) kept in {self.spool.file}")
 
     def _for_me(self, uri: str) -> RestStore | None:
         return self if uri == self.uri else None

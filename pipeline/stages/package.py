@@ -12,7 +12,6 @@ the server answers).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from mlflow.models.model import ModelInfo
 
 from pipeline.mlflow_model import model_config, pyfunc_arguments
 from pipeline.stages._common import open_stage
-from pipeline.tracking import flatten_params, unreachable
+from pipeline.tracking import flatten_params, unreachable, warn
 from recyclelora.io import atomic_dir
 
 #: The logged model's name in its run.
@@ -86,10 +85,8 @@ def run_package(params_path: Path, checkpoint: Path, eval_metrics: Path, out: Pa
             reason = unreachable(error)
             if reason is None:  # the server answered and refused: not a lost server
                 raise
-            print(
-                f"warning: the MLflow server stopped answering ({reason}): {out} is written, but the model is "
-                "not logged or registered; run `dvc repro -f package` once the server answers",
-                file=sys.stderr,
-                flush=True,
+            warn(
+                f"the MLflow server stopped answering ({reason}): {out} is written, but the model is not logged "
+                "or registered; run `dvc repro -f package` once the server answers"
             )
             return None

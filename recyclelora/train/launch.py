@@ -4,7 +4,8 @@ per node of a SLURM allocation (``srun``) meeting at the first node (c10d rendez
 How many: :data:`NPROC_ENV` processes per node (one per GPU; default 1), on every node of the SLURM job this runs
 in (``SLURM_JOB_NUM_NODES``; 1 outside SLURM). Each process then joins the group as
 :func:`recyclelora.train.distributed.setup` does under torchrun, so ``train.batch_size`` stays the global batch.
-Free of torch (the command runs ``python -m torch.distributed.run``).
+The command runs this module, whose :func:`torchrun` (the only part that imports torch) ends an orderly stop as
+one process would end it.
 """
 
 from __future__ import annotations
