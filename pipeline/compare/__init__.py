@@ -28,11 +28,21 @@ the table's budget in ``presets/table.yaml``.
 The package, one module a job, each importing only those before it:
 :mod:`~pipeline.compare.plan` (what to run) and :mod:`~pipeline.compare.results` (collecting ``dvc exp show`` rows
 and per-image counts), :mod:`~pipeline.compare.stats` (differences with bootstrap intervals, curve points),
+:mod:`~pipeline.compare.curve_record` (the curve's rows, kept across runs in ``<table>.json``),
 :mod:`~pipeline.compare.render` (Markdown tables, charts), :mod:`~pipeline.compare.publish` (writing them, logging
 them to MLflow), :mod:`~pipeline.compare.runner` (DVC's queue) and :mod:`~pipeline.compare.cli` (the commands).
 This module re-exports their public names.
 """
 
+from pipeline.compare.curve_record import (
+    CurveRow,
+    Score,
+    grown,
+    read_record,
+    record_path,
+    summarise,
+    write_record,
+)
 from pipeline.compare.plan import (
     CURVE_METHODS,
     CURVE_STEPS,
@@ -60,6 +70,7 @@ from pipeline.compare.render import (
     pipe_table,
     plot_curve,
     plot_differences,
+    score_cell,
 )
 from pipeline.compare.results import (
     ANALYSIS_KEYS,
@@ -82,7 +93,7 @@ from pipeline.compare.results import (
     read_dvc,
 )
 from pipeline.compare.runner import (
-    head_commit,
+    commit,
     new_experiments,
     queue_experiments,
     run_queue,
@@ -114,12 +125,15 @@ __all__ = [
     "STEPS_KEY",
     "TARGET_STAGES",
     "CurvePoint",
+    "CurveRow",
     "ImageCounts",
     "Reader",
+    "Score",
     "analysis_cell",
     "budget_overrides",
     "cell",
     "collect",
+    "commit",
     "compare_to_reference",
     "curve_experiments",
     "curve_markdown",
@@ -127,7 +141,7 @@ __all__ = [
     "difference_cell",
     "experiments",
     "finished",
-    "head_commit",
+    "grown",
     "image_counts",
     "log_comparison",
     "markdown_table",
@@ -143,10 +157,15 @@ __all__ = [
     "queue_commands",
     "queue_experiments",
     "read_dvc",
+    "read_record",
+    "record_path",
     "run_queue",
+    "score_cell",
     "start_workers",
+    "summarise",
     "wait_for",
     "worker_env",
     "write_comparison",
     "write_curve",
+    "write_record",
 ]

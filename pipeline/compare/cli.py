@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pipeline.compare.curve_record import grown, record_path, summarise
 from pipeline.compare.plan import (
     CURVE_METHODS,
     CURVE_STEPS,
@@ -24,7 +25,7 @@ from pipeline.compare.plan import (
 from pipeline.compare.publish import log_comparison, write_comparison, write_curve
 from pipeline.compare.render import LABELS
 from pipeline.compare.results import collect, curve_experiments, experiments
-from pipeline.compare.runner import head_commit, new_experiments, queue_experiments, run_queue, worker_env
+from pipeline.compare.runner import commit, new_experiments, queue_experiments, run_queue, worker_env
 from pipeline.compare.stats import compare_to_reference, curve_points
 from pipeline.sweep import options as opt
 from pipeline.sweep import run_slurm
@@ -67,28 +68,36 @@ def _table(prefix: str, rev: str, out: Path, preset: Path | None) -> None:
 
 def _curve(prefix: str, rev: str, out: Path, preset: Path | None) -> None:
     rows = curve_experiments(prefix, rev)
-    points = curve_points(rows)
-    if not points:
+    measured = {
+        steps: summarise(point, f"experiments of {commit(rev)[:7]}")
+        for steps, point in curve_points(rows).items()
+    }
+    if not measured:
         raise InvalidInputError(
             f"no finished experiment named {prefix}<steps>-... based on {rev}: run `python -m pipeline.compare "
             "curve`, or pass the commit they were queued from as --rev"
         )
+    record = record_path(out)
+    curve = grown(record, measured)
     note = (
         f"Mean over the target domains of mIoU (%) after training for each number of steps (`{STEPS_KEY}`, the "
         "learning rate poly-decayed to 0 over each budget), mean ± sample standard deviation over seeds; each "
         f"method minus {LABELS[REFERENCE]} in percentage points with the 95 % paired bootstrap interval over "
         "the target images and the seeds (as in the method table; with one seed, over the images only); the mean "
-        "training time of one run. Params "
-        f"of `params.yaml` with `{preset or 'no preset'}` and the steps (`python -m pipeline.compare curve`)."
+        "training time of one run; the commit the row's experiments were based on. Params "
+        f"of `params.yaml` with `{preset or 'no preset'}` and the steps (`python -m pipeline.compare curve`). "
+        f"A run of some budgets replaces their rows; the others are kept from `{record.name}`."
         + _left_out(rows)
     )
-    _publish(prefix, rev, out, write_curve(points, note, out))
+    _publish(prefix, rev, out, write_curve(curve, note, out))
 
 
 Methods = Annotated[
     list[str] | None, typer.Option("--method", help=f"Repeat; default: all of {list(METHODS)}.")
 ]
 Seeds = Annotated[list[int] | None, typer.Option("--seed", help=f"Repeat; default: {list(SEEDS)}.")]
+
+
 def _preset(value: Path | None) -> Path | None:
     """``--preset none``: no overrides, params.yaml as committed (a paper setting's own budget)."""
     return None if value is not None and value.as_posix() == "none" else value
@@ -145,7 +154,7 @@ def run(
     tagged ``recyclelora.table=<prefix>`` (workers still busy with an earlier queue keep their own environment).
     With ``--jobs N`` each worker gets ``OMP_NUM_THREADS`` = cores / N."""
     with user_errors():
-        rev = head_commit()
+        rev = commit("HEAD")
         methods, seeds, overrides = method or list(METHODS), seed or list(SEEDS), budget_overrides(preset)
         if executor == opt.ExecutorName.slurm:
             slurm_options = slurm()
@@ -207,7 +216,7 @@ def curve(
     job each as the SLURM sweep <prefix>), and write the curve."""
     with user_errors():
         if not table_only:
-            rev = head_commit()
+            rev = commit("HEAD")
             budgets = [int(s) for s in steps or CURVE_STEPS]
             methods, seeds = method or list(CURVE_METHODS), seed or list(SEEDS)
             if executor == opt.ExecutorName.slurm:

@@ -1,6 +1,6 @@
 """Publishing: writing the method table with its chart (``docs/comparison.md``) and the training curve with
-its (``docs/training-curve.md``), and logging the written files as artifacts of an MLflow run
-``compare-<prefix>`` in the stages' experiment, tagged with the table's name."""
+its chart and record (``docs/training-curve.md``, ``.json``), and logging the written files as artifacts of an
+MLflow run ``compare-<prefix>`` in the stages' experiment, tagged with the table's name."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
+from pipeline.compare.curve_record import CurveRow, record_path, write_record
 from pipeline.compare.render import curve_markdown, markdown_table, plot_curve, plot_differences
-from pipeline.compare.stats import CurvePoint
 from pipeline.tracking import TABLE_TAG, get_or_create_experiment
 from recyclelora.eval.bootstrap import BootstrapInterval
 from recyclelora.io import atomic_write_text
@@ -50,8 +50,9 @@ def log_comparison(uri: str, prefix: str, rev: str, files: Sequence[Path]) -> st
     return run.info.run_id
 
 
-def write_curve(points: Mapping[int, CurvePoint], note: str, out: Path) -> list[Path]:
-    """Write the curve's table to ``out`` and its chart to ``out.parent/img/<out.stem>.png``; return both."""
-    chart = plot_curve(points, out.parent / "img" / f"{out.stem}.png")
-    atomic_write_text(out, curve_markdown(points, note, chart.relative_to(out.parent).as_posix()))
-    return [out, chart]
+def write_curve(rows: Mapping[int, CurveRow], note: str, out: Path) -> list[Path]:
+    """Write the curve's table to ``out``, its chart to ``out.parent/img/<out.stem>.png`` and its record to
+    ``out.with_suffix(".json")``; return the three."""
+    chart = plot_curve(rows, out.parent / "img" / f"{out.stem}.png")
+    atomic_write_text(out, curve_markdown(rows, note, chart.relative_to(out.parent).as_posix()))
+    return [out, chart, write_record(rows, record_path(out))]

@@ -14,9 +14,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pipeline.compare.curve_record import CurveRow, Score
 from pipeline.compare.plan import METHODS, REFERENCE
 from pipeline.compare.results import NOT_TARGETS
-from pipeline.compare.stats import CurvePoint
 from recyclelora.adapters.initialisers import INITIALISERS
 from recyclelora.eval.bootstrap import BootstrapInterval
 from recyclelora.io import atomic_path
@@ -54,12 +54,14 @@ def plot_differences(differences: Mapping[str, Mapping[str, BootstrapInterval]],
     return path
 
 
+def score_cell(score: Score) -> str:
+    """``mean ± std`` in percent, ``mean`` alone for one seed."""
+    return f"{100 * score.mean:.1f}" + (f" ± {100 * score.std:.1f}" if score.std is not None else "")
+
+
 def cell(values: Sequence[float]) -> str:
     """``mean ± std`` in percent (sample standard deviation), ``mean`` alone for one value."""
-    mean = 100 * statistics.fmean(values)
-    if len(values) < 2:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+    return score_cell(Score.of(values))
 
 
 #: What the difference table shows and what it does not.
@@ -133,15 +135,16 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-def _curve_methods(points: Mapping[int, CurvePoint]) -> list[str]:
-    """The methods with a finished experiment at some budget, in :data:`METHODS` order."""
-    return [m for m in METHODS if any(m in point.scores for point in points.values())]
+def _curve_methods(rows: Mapping[int, CurveRow]) -> list[str]:
+    """The methods with a score at some budget, in :data:`METHODS` order."""
+    return [m for m in METHODS if any(m in row.scores for row in rows.values())]
 
 
-def curve_markdown(points: Mapping[int, CurvePoint], note: str, chart: str | None = None) -> str:
+def curve_markdown(rows: Mapping[int, CurveRow], note: str, chart: str | None = None) -> str:
     """One row per budget: its seeds, each method's mean-over-targets mIoU (mean ± std over seeds, percent),
-    each method's difference to RecycleLoRA with its interval, and the mean training time of a run."""
-    methods = _curve_methods(points)
+    each method's difference to RecycleLoRA with its interval, the mean training time of a run and where the
+    row was measured."""
+    methods = _curve_methods(rows)
     compared = [m for m in methods if m != REFERENCE]
     columns = [
         "steps",
@@ -149,40 +152,44 @@ def curve_markdown(points: Mapping[int, CurvePoint], note: str, chart: str | Non
         *(LABELS[m] for m in methods),
         *(f"{LABELS[m]} - {LABELS[REFERENCE]}" for m in compared),
         "training s / run",
+        "measured",
     ]
-    rows = []
-    for steps, point in points.items():
-        seeds = max(len(per.get("mean", [])) for per in point.scores.values())
-        cells = [
-            cell(point.scores[m]["mean"]) if point.scores.get(m, {}).get("mean") else "-" for m in methods
+    cells = [
+        [
+            str(steps),
+            str(row.seeds),
+            *(score_cell(row.scores[m]) if m in row.scores else "-" for m in methods),
+            *(difference_cell(row.differences[m]) if m in row.differences else "-" for m in compared),
+            f"{row.seconds:.0f}" if row.seconds is not None else "-",
+            row.source,
         ]
-        cells += [
-            difference_cell(point.differences[m]["mean"]) if m in point.differences else "-" for m in compared
-        ]
-        seconds = [value for per in point.scores.values() for value in per.get("seconds", [])]
-        cells.append(f"{statistics.fmean(seconds):.0f}" if seconds else "-")
-        rows.append([str(steps), str(seeds), *cells])
-    lines = ["# Training budget on the embedded benchmark", "", note, "", *pipe_table(columns, rows)]
+        for steps, row in rows.items()
+    ]
+    lines = ["# Training budget on the embedded benchmark", "", note, "", *pipe_table(columns, cells)]
     if chart:
         lines += ["", f"![mean mIoU and difference to {LABELS[REFERENCE]} by training steps]({chart})"]
     return "\n".join(lines) + "\n"
 
 
-def plot_curve(points: Mapping[int, CurvePoint], path: Path) -> Path:
+def plot_curve(rows: Mapping[int, CurveRow], path: Path) -> Path:
     """Two panels (Agg canvas, PNG) over the training steps (log axis): each method's mean-over-targets mIoU
     with the seeds' standard deviation, and each method's difference to RecycleLoRA with its 95 % interval."""
     figure = Figure(figsize=(10.0, 4.0), layout="constrained")
     scores_axes, difference_axes = figure.subplots(1, 2)
-    for offset, method in enumerate(_curve_methods(points)):
-        budgets = [s for s, point in points.items() if point.scores.get(method, {}).get("mean")]
-        values = [points[s].scores[method]["mean"] for s in budgets]
-        spread = [100 * statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-        means = [100 * statistics.fmean(v) for v in values]
-        shifted = [s * 1.04**offset for s in budgets]  # side by side: methods often overlap
-        scores_axes.errorbar(shifted, means, yerr=spread, marker="o", capsize=4, label=LABELS[method])
-        budgets = [s for s, point in points.items() if method in point.differences]
+    for offset, method in enumerate(_curve_methods(rows)):
+        scores = {steps: row.scores[method] for steps, row in rows.items() if method in row.scores}
+        shifted = [s * 1.04**offset for s in scores]  # side by side: methods often overlap
+        scores_axes.errorbar(
+            shifted,
+            [100 * score.mean for score in scores.values()],
+            yerr=[100 * (score.std or 0.0) for score in scores.values()],
+            marker="o",
+            capsize=4,
+            label=LABELS[method],
+        )
+        budgets = [s for s, row in rows.items() if method in row.differences]
         if budgets:
-            intervals = [points[s].differences[method]["mean"] for s in budgets]
+            intervals = [rows[s].differences[method] for s in budgets]
             line = difference_axes.plot(
                 budgets, [100 * i.difference for i in intervals], marker="o", label=LABELS[method]
             )[0]
@@ -190,7 +197,7 @@ def plot_curve(points: Mapping[int, CurvePoint], path: Path) -> Path:
     difference_axes.axhline(0, color="black", linewidth=0.8)
     for axes in (scores_axes, difference_axes):
         axes.set_xscale("log")
-        axes.set_xticks(list(points), [str(s) for s in points])
+        axes.set_xticks(list(rows), [str(s) for s in rows])
         axes.minorticks_off()
         axes.set_xlabel("training steps")
         axes.legend()

@@ -99,8 +99,15 @@ def run_queue(prefixes: Sequence[str], rev: str, jobs: int, env: Mapping[str, st
         wait_for(prefix, rev, poll, restart, jobs)
 
 
-def head_commit() -> str:
-    """The commit experiments queued now are based on (commits made while they run do not move it)."""
-    return subprocess.run(
-        ["git", "rev-parse", "HEAD"], check=True, capture_output=True, text=True
-    ).stdout.strip()
+def commit(rev: str) -> str:
+    """The commit of Git revision ``rev``; of ``HEAD``, the one experiments queued now are based on (commits made
+    while they run do not move it)."""
+    found = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if found.returncode:
+        raise InvalidInputError(f"--rev {rev}: not a commit of this repository; pass a commit, branch or tag")
+    return found.stdout.strip()

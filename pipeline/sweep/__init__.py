@@ -77,10 +77,10 @@ def run_queue(
     environ: Mapping[str, str],
 ) -> None:
     """Queue the experiments, start ``jobs`` DVC queue workers and, with ``wait``, watch them."""
-    from pipeline.compare.runner import head_commit, start_workers, worker_env
+    from pipeline.compare.runner import commit, start_workers, worker_env
 
     env = worker_env(jobs, prefix, environ)
-    rev = head_commit()
+    rev = commit("HEAD")
     for experiment in experiments:
         subprocess.run(queue_command(experiment, targets), check=True)
     restart = partial(start_workers, jobs, env)

@@ -17,6 +17,8 @@ import yaml
 from mlflow import MlflowClient
 
 from pipeline import compare
+from recyclelora.errors import InvalidInputError
+from recyclelora.eval.bootstrap import BootstrapInterval
 from recyclelora.eval.reports import IMAGE_TABLE_SCHEMA
 
 TARGETS = ("synth_fog_val", "synth_tex_val")
@@ -206,23 +208,69 @@ def test_curve_groups_experiments_by_their_steps_param_and_compares_within_each_
     assert points[200].differences["lora"]["mean"].low > 0  # LoRA's counts are better on every image
 
 
-def test_curve_writes_one_row_per_budget_and_a_chart(tmp_path: Path) -> None:
+def test_curve_writes_one_row_per_budget_a_chart_and_a_record_it_reads_back(tmp_path: Path) -> None:
     rows, read = fabricate_curve(tmp_path / "exps")
     points = compare.curve_points(rows, read)
+    curve = {steps: compare.summarise(point, "experiments of abc1234") for steps, point in points.items()}
+    assert curve[200].scores["lora"] == compare.Score(0.3, 0.0) and curve[200].seconds == 100.0
+    assert curve[60].differences == {"frozen": points[60].differences["frozen"]["mean"]}
     out = tmp_path / "docs" / "training-curve.md"
-    assert compare.write_curve(points, "note", out) == [out, tmp_path / "docs" / "img" / "training-curve.png"]
-    assert (tmp_path / "docs" / "img" / "training-curve.png").read_bytes().startswith(b"\x89PNG")
+    files = compare.write_curve(curve, "note", out)
+    docs = tmp_path / "docs"
+    assert files == [out, docs / "img" / "training-curve.png", docs / "training-curve.json"]
+    assert files[1].read_bytes().startswith(b"\x89PNG")
     lines = out.read_text().splitlines()
     header = (
         "| steps | seeds | Frozen backbone | LoRA | RecycleLoRA | Frozen backbone - RecycleLoRA | "
-        "LoRA - RecycleLoRA | training s / run |"
+        "LoRA - RecycleLoRA | training s / run | measured |"
     )
     assert header in lines
     frozen = compare.difference_cell(points[60].differences["frozen"]["mean"])
     lora = compare.difference_cell(points[200].differences["lora"]["mean"])
-    assert f"| 60 | 3 | 30.0 ± 0.0 | - | 30.0 ± 0.0 | {frozen} | - | 30 |" in lines
-    assert f"| 200 | 3 | - | 30.0 ± 0.0 | 30.0 ± 0.0 | - | {lora} | 100 |" in lines
+    assert f"| 60 | 3 | 30.0 ± 0.0 | - | 30.0 ± 0.0 | {frozen} | - | 30 | experiments of abc1234 |" in lines
+    assert f"| 200 | 3 | - | 30.0 ± 0.0 | 30.0 ± 0.0 | - | {lora} | 100 | experiments of abc1234 |" in lines
     assert lines[-1].endswith("(img/training-curve.png)")
+    assert compare.read_record(files[2]) == curve
+
+
+def test_a_curve_run_replaces_the_budgets_it_ran_and_keeps_the_others(tmp_path: Path) -> None:
+    def row(mean: float, source: str, seeds: int = 1) -> compare.CurveRow:
+        interval = BootstrapInterval(mean - 0.3, mean - 0.4, mean - 0.2, 2000, 0.95)
+        return compare.CurveRow(seeds, {"rrqr": compare.Score(mean, None)}, {"lora": interval}, 10.0, source)
+
+    record = tmp_path / "training-curve.json"
+    assert compare.grown(record, {600: row(0.3, "new")}) == {600: row(0.3, "new")}  # no record yet
+    compare.write_record({600: row(0.29, "old"), 60: row(0.11, "old")}, record)
+    curve = compare.grown(record, {600: row(0.3, "new", 3), 200: row(0.17, "new")})
+    assert list(curve) == [60, 200, 600]
+    assert curve == {60: row(0.11, "old"), 200: row(0.17, "new"), 600: row(0.3, "new", 3)}
+
+
+def test_a_revision_is_resolved_to_its_commit_or_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(
+        ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+         "--allow-empty", "-m", "c"], check=True,
+    )  # fmt: skip
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    monkeypatch.chdir(tmp_path)
+    assert compare.commit("HEAD") == compare.commit(head[:7]) == head
+    with pytest.raises(InvalidInputError, match="--rev nope: not a commit of this repository"):
+        compare.commit("nope")
+
+
+@pytest.mark.parametrize(
+    "text", ["{", '{"version": 2, "budgets": {}}', '{"version": 1, "budgets": {"60": {"seeds": 3}}}']
+)
+def test_a_damaged_curve_record_is_one_line_that_says_how_to_restore_it(tmp_path: Path, text: str) -> None:
+    record = tmp_path / "training-curve.json"
+    record.write_text(text)
+    with pytest.raises(InvalidInputError, match=r"not a training-curve record .*git checkout"):
+        compare.grown(record, {})
 
 
 def test_curve_queues_each_budget_as_the_preset_with_its_steps(tmp_path: Path) -> None:
@@ -243,7 +291,9 @@ def test_curve_queues_each_budget_as_the_preset_with_its_steps(tmp_path: Path) -
 
 def test_curve_finds_experiments_by_prefix_and_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     names = ["curve60-lora-s0", "curve600-rrqr-s1", "curvex-lora-s0", "cmp-lora-s0", "curve60", None]
-    monkeypatch.setattr(compare.results.dvc.api, "exp_show", lambda revs: [{"Experiment": name} for name in names])
+    monkeypatch.setattr(
+        compare.results.dvc.api, "exp_show", lambda revs: [{"Experiment": name} for name in names]
+    )
     assert [row["Experiment"] for row in compare.curve_experiments("curve")] == names[:2]
     assert [row["Experiment"] for row in compare.experiments("curve60")] == names[:1]
     assert [row["Experiment"] for row in compare.experiments("cu.ve60")] == []  # the prefix is not a regex
