@@ -48,10 +48,10 @@ Parent run (:func:`stage_run`)
     pipeline key ``sha256([git commit, DVC_EXP_NAME, sha256(params.yaml)])``, a tag on the parent:
     the oldest parent carrying the key is reused, also when a stage is rerun after a failure;
     ``RECYCLELORA_PARENT_RUN_ID`` names a parent explicitly. Children attach with ``parent_run_id``
-    (``nested=True`` only sees runs of its own process, mlflow #2194). The parent is RUNNING while
-    stages run, FAILED after a stage fails, KILLED after one is stopped and FINISHED when a stage opened
-    with ``final=True`` succeeds; a pipeline without a final stage leaves its parent RUNNING. Uncommitted code edits do
-    not change the key, so such a rerun adds children to the same parent.
+    (``nested=True`` only sees runs of its own process, mlflow #2194). The parent is RUNNING while a
+    stage runs and ends as the stage that ended last did: FINISHED, FAILED or KILLED, so a partial pipeline
+    (``dvc repro train``, a sweep's shared job) leaves no parent RUNNING. Uncommitted code edits do not change
+    the key, so such a rerun adds children to the same parent.
 
 What the MLflow UI shows
     The experiment carries ``mlflow.experimentKind = custom_model_development``, the kind MLflow 3's UI
@@ -954,18 +954,11 @@ def _server_needed(uri: str) -> Iterator[None]:
         ) from error
 
 
-def _end_runs(
-    client: MlflowClient,
-    child: mlflow.ActiveRun | None,
-    parent_id: str,
-    status: str,
-    parent_status: str | None,
-) -> None:
-    """End the child (when it was started) with ``status`` and the parent with ``parent_status`` (if any)."""
+def _end_runs(client: MlflowClient, child: mlflow.ActiveRun | None, parent_id: str, status: str) -> None:
+    """End the child (when it was started) and the parent with ``status``."""
     if child is not None:
         mlflow.end_run(status)
-    if parent_status is not None:
-        client.set_terminated(parent_id, parent_status)
+    client.set_terminated(parent_id, status)
 
 
 def source_tags(stage: str | None) -> dict[str, str]:
@@ -987,7 +980,6 @@ def stage_run(
     *,
     repo_root: str | os.PathLike[str],
     experiment: str = "recyclelora",
-    final: bool = False,
     resume_child: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Record this stage process as the child run ``stage`` of its pipeline's parent run.
@@ -999,7 +991,7 @@ def stage_run(
     ``slurm.job_id`` and ``slurm.node`` (when known) and system metrics; with ``resume_child`` it continues the latest child ``stage`` of the parent that did not finish, if any. Stop signals raise
     :class:`~recyclelora.signals.Interrupted` inside the block. An ``Interrupted`` or ``KeyboardInterrupt``
     ends child and parent KILLED, any other exception FAILED, and propagates; success copies the headline
-    metrics onto the parent and ends the child FINISHED, and with ``final=True`` the parent too. Signals wait
+    metrics onto the parent and ends both FINISHED (the next stage sets the parent RUNNING again). Signals wait
     while runs are opened and ended; one that came while they were ended on success ends them KILLED and
     raises ``Interrupted`` after. A server lost inside the block costs the stage nothing
     (:class:`_SpoolingStore`).
@@ -1059,12 +1051,12 @@ def stage_run(
             except BaseException as error:
                 status = "KILLED" if isinstance(error, (Interrupted, KeyboardInterrupt)) else "FAILED"
                 with deferred_stop_signals():
-                    _end_runs(client, child, parent_id, status, status)
+                    _end_runs(client, child, parent_id, status)
                 raise
             with deferred_stop_signals() as stop:
                 _copy_headline_metrics(_latest_metrics(store, client, child.info.run_id), client, parent_id)
                 status = "KILLED" if stop else "FINISHED"
-                _end_runs(client, child, parent_id, status, status if stop or final else None)
+                _end_runs(client, child, parent_id, status)
     if stop:
         raise Interrupted(
             f"stopped by {signal.Signals(stop.signum).name} while the stage ended its MLflow runs (ended KILLED)",

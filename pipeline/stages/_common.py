@@ -24,7 +24,7 @@ BACKBONE_FILE = "backbone.safetensors"
 
 @contextlib.contextmanager
 def open_stage(
-    stage: str, params_path: str | Path, *, final: bool = False, resume_child: bool = False
+    stage: str, params_path: str | Path, *, resume_child: bool = False
 ) -> Iterator[PipelineParams]:
     """Validate all of ``params_path`` (nothing runs on invalid params), then run as MLflow child ``stage``
     (:func:`~pipeline.tracking.stage_run`: stop signals raise ``Interrupted``, a lost server costs nothing).
@@ -37,7 +37,7 @@ def open_stage(
     params = load_pipeline_params(params_path)
     read = params.sections(*stage_params(stage, params_path))
     root = params_path.resolve().parent
-    with stage_run(stage, read, repo_root=root, final=final, resume_child=resume_child):
+    with stage_run(stage, read, repo_root=root, resume_child=resume_child):
         yield params
 
 

@@ -25,7 +25,7 @@ def run_analyze(
     params_path: Path, checkpoint: Path, reports: Path, metrics: Path
 ) -> dict[str, float | int | None]:
     """The ``analyze`` stage: rank reports of the trained (unmerged) checkpoint and their summary."""
-    with open_stage("analyze", params_path, final=True):
+    with open_stage("analyze", params_path):
         model = Segmentor.from_checkpoint(checkpoint)
         layers = rank_report(model.backbone.vit)
         with atomic_dir(reports) as tmp:

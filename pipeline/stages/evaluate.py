@@ -80,7 +80,7 @@ def run_evaluate(
 ) -> dict:
     """The ``evaluate`` stage: check the target data (cached), write the reports folder atomically and the
     metric file; log both to MLflow."""
-    with open_stage("evaluate", params_path, final=True) as params:
+    with open_stage("evaluate", params_path) as params:
         ensure_checked(params.run.eval.targets, progress=progress, max_pixels=params.run.eval.max_pixels)
         result = evaluate_targets(
             checkpoint,

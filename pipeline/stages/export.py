@@ -48,7 +48,7 @@ def export_checkpoint(
 def run_export(params_path: Path, checkpoint: Path, out: Path, metrics: Path) -> dict[str, float]:
     """The ``export`` stage: write the ONNX file (atomically, by the exporter) and its parity metrics; log the
     metrics, and the model when it is small enough, to MLflow."""
-    with open_stage("export", params_path, final=True) as params:
+    with open_stage("export", params_path) as params:
         config = params.export
         inputs = parity_inputs(
             params.run.eval.targets, params.run.data.val_transform, (config.height, config.width)

@@ -41,7 +41,6 @@ from pipeline.tracking import (
     NotAnMlflowServer,
     Spool,
     TrackingServerUnreachable,
-    unreachable,
     backbone_label,
     bound_http_retries,
     flatten_params,
@@ -50,6 +49,7 @@ from pipeline.tracking import (
     readable_run_name,
     retry_seconds,
     tracking_uri,
+    unreachable,
 )
 from recyclelora.config import read_yaml
 from tests.local_server import serve_replies
@@ -67,16 +67,16 @@ ENV_OWNED = (
     TABLE_ENV,
 )
 
-# A stage process: argv = stage, experiment, "final"|"-", "fail"|"-", seconds to stay open.
+# A stage process: argv = stage, experiment, "fail"|"-", seconds to stay open.
 STAGE = """
 import sys, time
 from pathlib import Path
 import mlflow, yaml
 from pipeline.tracking import log_small_artifacts, stage_run
 
-stage, experiment, final, fail, hold = sys.argv[1:6]
+stage, experiment, fail, hold = sys.argv[1:5]
 params = yaml.safe_load(Path("params.yaml").read_text())
-with stage_run(stage, params, repo_root=Path.cwd(), experiment=experiment, final=final == "final"):
+with stage_run(stage, params, repo_root=Path.cwd(), experiment=experiment):
     for step in range(3):
         mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
     Path("small.txt").write_text("x" * 10)
@@ -176,14 +176,13 @@ def run_stage(
     stage: str,
     experiment: str,
     *,
-    final: bool = False,
     fail: bool = False,
     hold: float = 0.0,
 ) -> subprocess.CompletedProcess[str]:
     """Run one stage as its own Python process in ``repo``, like ``dvc repro`` does."""
     child_env = {k: v for k, v in os.environ.items() if k not in ENV_OWNED}
     child_env |= {"PYTHONPATH": str(PROJECT_ROOT), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"} | env
-    args = [stage, experiment, "final" if final else "-", "fail" if fail else "-", str(hold)]
+    args = [stage, experiment, "fail" if fail else "-", str(hold)]
     return subprocess.run(
         [sys.executable, "-c", STAGE, *args],
         check=False,
@@ -323,8 +322,8 @@ def test_stage_processes_share_one_parent(
 ) -> None:
     repo = make_repo(tmp_path)
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "DVC_EXP_NAME": "exp-shared"}
-    for stage, final, hold in (("prepare", False, 0.0), ("train", True, 0.5)):
-        done = run_stage(repo, env, stage, "shared", final=final, hold=hold)
+    for stage, hold in (("prepare", 0.0), ("train", 0.5)):
+        done = run_stage(repo, env, stage, "shared", hold=hold)
         assert done.returncode == 0, done.stderr
     client = MlflowClient(mlflow_server)
     parents, children = pipeline_runs(client, "shared")
@@ -368,7 +367,7 @@ def test_failed_stage_is_rerun_under_the_same_parent_until_params_change(
     done = run_stage(repo, env, "train", "rerun")
     assert done.returncode == 0, done.stderr
     parents, children = pipeline_runs(client, "rerun")
-    assert [p.info.run_id for p in parents] == [parent.info.run_id] and parents[0].info.status == "RUNNING"
+    assert [p.info.run_id for p in parents] == [parent.info.run_id] and parents[0].info.status == "FINISHED"
     assert [c.info.status for c in children] == ["FAILED", "FINISHED"]
     assert children[1].data.tags["mlflow.parentRunId"] == parent.info.run_id
     (repo / "params.yaml").write_text(PARAMS.replace("0.001", "0.002"))
@@ -386,7 +385,7 @@ def test_failed_stage_is_rerun_under_the_same_parent_until_params_change(
 def test_offline_fallback_records_into_local_store_with_artifacts_beside_it(tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
     env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}", OFFLINE_ENV: "1"}
-    done = run_stage(repo, env, "prepare", "offline", final=True)
+    done = run_stage(repo, env, "prepare", "offline")
     assert done.returncode == 0, done.stderr
     local = f"sqlite:///{tmp_path}/mlflow.db"
     assert local in done.stderr
@@ -571,7 +570,7 @@ def test_stages_turn_mlflow_telemetry_off_unless_the_user_set_it(setting: str | 
 
 # A stage process logging one metric per step through ``log_numbers``: argv = stage, experiment, first step,
 # end step, and the steps (comma-separated) at which it writes ``ready-<step>`` and waits for ``go-<step>``;
-# ``ended`` gets the time its runs were ended. RESUME=1 continues the unfinished child; FINAL=1 ends the parent;
+# ``ended`` gets the time its runs were ended. RESUME=1 continues the unfinished child;
 # CTRL_C_AT_END=1 sends it two SIGINTs as it copies the headline metrics. Errors exit as the CLI's (one line,
 # 128 + signum when stopped).
 STEPS = """
@@ -585,7 +584,7 @@ from recyclelora.cli.common import user_errors
 stage, experiment, first, end = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 pauses = {int(step) for step in sys.argv[5].split(",") if step}
 params = yaml.safe_load(Path("params.yaml").read_text())
-final, resume = os.environ.get("FINAL") == "1", os.environ.get("RESUME") == "1"
+resume = os.environ.get("RESUME") == "1"
 if os.environ.get("CTRL_C_AT_END") == "1":  # two Ctrl-C as the runs are being ended
     import signal
     import pipeline.tracking as tracking
@@ -600,7 +599,7 @@ if os.environ.get("CTRL_C_AT_END") == "1":  # two Ctrl-C as the runs are being e
     tracking._copy_headline_metrics = interrupted_copy
 try:
     with user_errors(), stage_run(
-        stage, params, repo_root=Path.cwd(), experiment=experiment, final=final, resume_child=resume
+        stage, params, repo_root=Path.cwd(), experiment=experiment, resume_child=resume
     ):
         for step in range(first, end):
             if step in pauses:
@@ -659,7 +658,7 @@ def repo_and_server_store(tmp_path: Path) -> tuple[Path, Path, int]:
 def test_a_server_lost_mid_stage_costs_seconds_and_sync_sends_what_was_kept(tmp_path: Path) -> None:
     repo, store, port = repo_and_server_store(tmp_path)
     with running_mlflow_server(store, port) as uri:
-        stage = start_steps(repo, uri, "lost", 0, 40, (10,), FINAL="1")
+        stage = start_steps(repo, uri, "lost", 0, 40, (10,))
         wait_for(repo / "ready-10", stage)
     # the server is gone (its process group stopped); the stage logs 30 more steps (1.5 s of sleep, about 3 s
     # here with the server up) and ends its runs: MLflow's own retries would take 4 minutes a call
@@ -704,7 +703,7 @@ def test_sigterm_ends_child_and_parent_killed_and_a_resumed_child_continues(
     (parent,), (child,) = pipeline_runs(client, "killed")
     assert child.info.status == "KILLED" and parent.info.status == "KILLED"
 
-    resumed = start_steps(repo, mlflow_server, "killed", 4, 8, RESUME="1", FINAL="1")
+    resumed = start_steps(repo, mlflow_server, "killed", 4, 8, RESUME="1")
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     (parent,), children = pipeline_runs(client, "killed")
@@ -735,7 +734,7 @@ def test_a_server_back_mid_stage_gets_what_was_kept_at_once(tmp_path: Path) -> N
         client = MlflowClient(uri)
         (parent,), (child,) = pipeline_runs(client, "back")
         assert losses(client, child.info.run_id) == [(step, 1.0 / (step + 1)) for step in range(30)]
-        assert child.info.status == "FINISHED" and parent.info.status == "RUNNING"  # not a final stage
+        assert child.info.status == "FINISHED" and parent.info.status == "FINISHED"  # as its last stage ended
 
 
 def test_stages_bound_mlflow_retries_to_seconds_and_tell_a_silent_server_from_a_refusal(
@@ -791,7 +790,7 @@ def test_spool_reads_whole_lines_and_groups_consecutive_batches_of_a_run(tmp_pat
 @pytest.mark.slow
 def test_ctrl_c_while_the_runs_are_ended_does_not_cut_the_ending(mlflow_server: str, tmp_path: Path) -> None:
     repo = make_repo(tmp_path)
-    stage = start_steps(repo, mlflow_server, "ctrl-c", 0, 3, CTRL_C_AT_END="1", FINAL="1")
+    stage = start_steps(repo, mlflow_server, "ctrl-c", 0, 3, CTRL_C_AT_END="1")
     _, err = stage.communicate(timeout=120)
     assert stage.returncode == 128 + signal.SIGINT, err
     assert err.splitlines()[-1].startswith(
