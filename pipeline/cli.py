@@ -181,10 +181,21 @@ def sync(params: Params = Path("params.yaml")) -> None:
 
 
 @app.command("check")
-def check(params: Params = Path("params.yaml")) -> None:
+def check(
+    params: Params = Path("params.yaml"),
+    write_comments: Annotated[
+        bool,
+        typer.Option(
+            "--write-comments",
+            help="Once params.yaml is valid, rewrite it from its own values with the comments generated from "
+            "the config fields' help (after editing a help text).",
+        ),
+    ] = False,
+) -> None:
     """Check params.yaml and every preset beside it (presets/) written over it, model names included: one line
-    per problem, exit code 1 if any. Nothing is written."""
+    per problem, exit code 1 if any. Nothing is written unless --write-comments is given."""
     from pipeline.params import load_pipeline_params
+    from pipeline.params_text import write_params
     from pipeline.presets import available_presets, check_presets
     from recyclelora.errors import UserError
     from recyclelora.models.backbone import check_model_name
@@ -198,6 +209,10 @@ def check(params: Params = Path("params.yaml")) -> None:
             check_file(params)
         except UserError as error:
             problems[str(params)] = str(error)
+        else:
+            if write_comments:
+                changed = write_params(params)
+                console.print(f"{params}: comments {'rewritten' if changed else 'already up to date'}")
         problems |= {f"preset {name}": text for name, text in check_presets(params, check_file).items()}
         for where, text in problems.items():
             errors.print(f"[red]error:[/red] {escape(where)}: {escape(text)}", highlight=False, soft_wrap=True)
@@ -211,7 +226,8 @@ def preset(
     name: Annotated[str, typer.Argument(help="Preset name (presets/<NAME>.yaml) or a YAML file.")],
     params: Params = Path("params.yaml"),
 ) -> None:
-    """Write a preset (e.g. the paper's G->CBM setting) over params.yaml, keeping its comments."""
+    """Write a preset (e.g. the paper's G->CBM setting) over params.yaml; its comments are generated from the
+    config fields' help."""
     from pipeline.presets import apply_preset
 
     with user_errors():

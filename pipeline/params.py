@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from recyclelora.config import ParamsError, RunConfig, build_config, read_params, run_config
 from recyclelora.data.raw import RAW_DATASETS
@@ -19,6 +19,8 @@ from recyclelora.errors import InvalidInputError
 from recyclelora.validation import validate_fields
 
 SECTIONS: tuple[str, ...] = ("base", "datasets", "data", "model", "train", "eval", "export", "track")
+#: int8 copies the export stage can write (``recyclelora.export.QUANT_MODES``, which imports torch).
+Int8Mode = Literal["static", "dynamic"]
 #: Datasets ``recyclelora.data.download.download_dataset`` can fetch (GTAV publicly, Cityscapes with a login).
 DOWNLOADABLE: tuple[str, ...] = ("gta5", "cityscapes")
 
@@ -28,7 +30,8 @@ class BaseConfig:
     """Settings shared by every stage."""
 
     seed: int = field(
-        default=0, metadata={"help": "seeds training: data order, augmentation, random inits", "ge": 0}
+        default=0,
+        metadata={"help": "seeds training (train.seed): data order, augmentation, random inits", "ge": 0},
     )
 
     def __post_init__(self) -> None:
@@ -37,23 +40,28 @@ class BaseConfig:
 
 @dataclass(frozen=True)
 class DatasetsConfig:
-    """What the ``data`` stage writes into its output folder: the embedded benchmark and/or real datasets."""
+    """Stage ``data``: what is generated or prepared into data/prepared (manifests
+    ``<dataset>_<split>.parquet``): the embedded benchmark and/or real datasets."""
 
     synth: SynthConfig | None = field(
-        default_factory=SynthConfig, metadata={"help": "the embedded benchmark's size; null = none"}
+        default_factory=SynthConfig,
+        metadata={"help": "the embedded benchmark (procedural street scenes); null = none"},
     )
     synth_seed: int = field(
-        default=0, metadata={"help": "seed of the benchmark's scenes (not base.seed)", "ge": 0}
+        default=0, metadata={"help": "seed of the benchmark's scenes, independent of base.seed", "ge": 0}
     )
     real: dict[str, str | None] = field(
         default_factory=dict,
-        metadata={"help": f"dataset name -> raw folder as distributed; null downloads it ({DOWNLOADABLE})"},
+        metadata={
+            "help": f"real datasets, {{name: raw folder as distributed}}: {', '.join(RAW_DATASETS)}; null "
+            f"downloads it ({', '.join(DOWNLOADABLE)})"
+        },
     )
     download_dir: str = field(
-        default="data/downloads", metadata={"help": "where downloaded archives and raw files are kept"}
+        default="data/downloads", metadata={"help": "where downloaded archives are kept and unpacked"}
     )
     workers: int | None = field(
-        default=None, metadata={"help": "processes for generation/preparation", "ge": 1}
+        default=None, metadata={"help": "processes generating/preparing the data; null = all cores", "ge": 1}
     )
 
     def __post_init__(self) -> None:
@@ -73,16 +81,30 @@ class DatasetsConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """The ONNX export of the merged model and its parity check against PyTorch."""
+    """Stage ``export``: ONNX of the merged model, checked against PyTorch."""
 
-    height: int = field(default=512, metadata={"help": "input height of the exported model (fixed)", "ge": 1})
-    width: int = field(default=512, metadata={"help": "input width of the exported model (fixed)", "ge": 1})
+    height: int = field(
+        default=512,
+        metadata={"help": "fixed input height of the exported model, e.g. the sliding window's", "ge": 1},
+    )
+    width: int = field(default=512, metadata={"help": "fixed input width of the exported model", "ge": 1})
     opset: int = field(default=18, metadata={"help": "ONNX opset", "ge": 1})
     rtol: float = field(
         default=1e-3, metadata={"help": "largest max|onnx - torch| / max|torch| accepted", "gt": 0}
     )
     min_agreement: float = field(
-        default=0.999, metadata={"help": "smallest share of equal argmax pixels", "gt": 0, "le": 1}
+        default=0.999,
+        metadata={"help": "smallest share of pixels with the same argmax in both", "gt": 0, "le": 1},
+    )
+    int8: Int8Mode | None = field(
+        default=None,
+        metadata={
+            "help": "also write an int8 copy (models/onnx/model.int8.onnx) by onnxruntime's quantization: static "
+            "(calibrated on data.train, the source domain), dynamic, or null = none"
+        },
+    )
+    int8_windows: int = field(
+        default=64, metadata={"help": "windows of the export size that calibrate static int8", "ge": 1}
     )
 
     def __post_init__(self) -> None:
@@ -91,11 +113,15 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class TrackConfig:
-    """What the pipeline records in MLflow beyond its runs."""
+    """Stage ``package``: the merged model as an MLflow model (models/mlflow_model), logged with evaluate's
+    scores."""
 
     register_model: bool = field(
         default=False,
-        metadata={"help": "stage package registers the model as models:/recyclelora-<run name>"},
+        metadata={
+            "help": "also register the model as models:/recyclelora-<run name> (e.g. rrqr-16+4-vits14-s0), "
+            "the version tagged with its runs and key params"
+        },
     )
 
     def __post_init__(self) -> None:

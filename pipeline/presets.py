@@ -3,7 +3,8 @@
 A preset is a YAML file ``presets/<NAME>.yaml`` beside ``params.yaml`` holding some of its keys. Every key
 must already exist in ``params.yaml`` (a typo is an error, not a new key); mappings are merged key by key,
 except the free-form ones (:data:`FREE_FORM`), which a preset replaces whole like any other value. The result
-is validated as a whole before ``params.yaml`` is replaced (atomically), and its comments are kept.
+is validated as a whole before ``params.yaml`` is replaced (atomically) by its text as
+:func:`pipeline.params_text.render_params` writes it: every key commented with its config field's help.
 
 Presets are composed, as mmseg's configs are: ``_base_: NAME`` (or a list of names, merged in order) starts a
 preset from ``presets/_base/NAME.yaml`` (which may name bases of its own), and the preset's own keys are merged
@@ -17,10 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedSeq
-
 from pipeline.params import load_pipeline_params
+from pipeline.params_text import flow_yaml, render_params
 from recyclelora.config import ParamsError, read_yaml
 from recyclelora.errors import UserError
 from recyclelora.io import atomic_path
@@ -97,50 +96,42 @@ def _overlay(target: dict[str, Any], preset: Mapping[str, Any], prefix: str, cha
         if isinstance(value, Mapping) and isinstance(current, Mapping) and name not in FREE_FORM:
             _overlay(current, value, f"{name}.", changed)
         elif current != value:
-            target[key] = _flow(value)
+            target[key] = value
             changed.append(name)
 
 
-def _flow(value: Any) -> Any:
-    """Lists of scalars in flow style (``[512, 512]``), as params.yaml writes them."""
-    if isinstance(value, list) and not any(isinstance(item, (list, Mapping)) for item in value):
-        sequence = CommentedSeq(value)
-        sequence.fa.set_flow_style()
-        return sequence
-    return value
-
-
-def _round_trip() -> YAML:
-    """A comment-preserving YAML reader/writer in params.yaml's style (``null`` spelled out)."""
-    rt = YAML()
-    rt.indent(mapping=2, sequence=4, offset=2)
-    rt.width = 110
-    rt.representer.add_representer(
-        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null")
-    )
-    return rt
-
-
-def _overlaid(params_path: Path, name: str) -> tuple[YAML, Any, list[str]]:
-    """params.yaml's document (comments kept) with preset ``name`` written over it, and the keys it changed."""
+def _overlaid(params_path: Path, name: str) -> tuple[dict[str, Any], list[str]]:
+    """params.yaml's values with preset ``name`` written over them, and the keys it changed."""
     preset = read_preset(preset_file(params_path, name))
-    rt = _round_trip()
-    document = rt.load(params_path.read_text())
+    values = read_yaml(params_path) or {}
+    if not isinstance(values, dict):
+        raise ParamsError(f"{params_path} must hold a mapping of sections")
     changed: list[str] = []
-    _overlay(document, preset, "", changed)
-    return rt, document, changed
+    _overlay(values, preset, "", changed)
+    return values, changed
+
+
+def _rendered(values: dict[str, Any], check: Callable[[Path], object]) -> str:
+    """params.yaml's text holding ``values``, once ``check`` accepts them (read from a plain dump: rendering
+    refuses unknown keys, which ``check`` reports as a user error)."""
+    with tempfile.TemporaryDirectory() as folder:
+        plain = Path(folder) / "params.yaml"
+        plain.write_text(flow_yaml(values) + "\n", encoding="utf-8")
+        check(plain)
+    return render_params(values)
 
 
 def apply_preset(params_path: str | Path, name: str) -> list[str]:
-    """Write preset ``name`` over ``params_path``; returns the dotted keys whose value changed.
+    """Write preset ``name`` over ``params_path``, every key commented with its help
+    (:func:`~pipeline.params_text.render_params`); returns the dotted keys whose value changed.
 
     Nothing is written when a preset key is unknown or the resulting params do not validate.
     """
     params_path = Path(params_path)
-    rt, document, changed = _overlaid(params_path, name)
+    values, changed = _overlaid(params_path, name)
+    text = _rendered(values, load_pipeline_params)
     with atomic_path(params_path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            rt.dump(document, handle)
+        tmp.write_text(text, encoding="utf-8")
         load_pipeline_params(tmp)
     return changed
 
@@ -154,12 +145,7 @@ def check_presets(
     problems: dict[str, str] = {}
     for name in available_presets(params_path):
         try:
-            rt, document, _ = _overlaid(params_path, name)
-            with tempfile.TemporaryDirectory() as folder:
-                written = Path(folder) / "params.yaml"
-                with open(written, "w", encoding="utf-8") as handle:
-                    rt.dump(document, handle)
-                check(written)
+            _rendered(_overlaid(params_path, name)[0], check)
         except (FileNotFoundError, UserError) as error:
             problems[name] = str(error)
     return problems

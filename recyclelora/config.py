@@ -25,19 +25,33 @@ class ParamsError(InvalidInputError):
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How the target domains are scored (the protocol: sliding 512 x 512 windows, stride 341)."""
+    """Stage ``evaluate``: every target domain, one confusion matrix each; the score is the mean of their
+    mIoU."""
 
-    targets: tuple[str, ...] = field(default=(), metadata={"help": "target manifests, one dataset each"})
-    crop: int = field(default=512, metadata={"help": "sliding-window size", "ge": 1})
-    stride: int = field(default=341, metadata={"help": "sliding-window stride", "ge": 1})
+    targets: tuple[str, ...] = field(
+        default=(), metadata={"help": "manifests of the target domains, one dataset each"}
+    )
+    crop: int = field(
+        default=512,
+        metadata={"help": "sliding-window size, e.g. the training crop's (the paper: 512)", "ge": 1},
+    )
+    stride: int = field(default=341, metadata={"help": "sliding-window stride (the paper: 341)", "ge": 1})
     whole: bool = field(default=False, metadata={"help": "whole-image inference instead of sliding windows"})
     resize: dict[str, ResizeConfig] = field(
         default_factory=dict,
-        metadata={"help": "per-target resize rule by manifest stem, replacing data.val_transform's for it"},
+        metadata={
+            "help": "per-target resize replacing data.val_transform's, by manifest stem, one of size: "
+            "[w, h], short_edge: n or fit: [long, short] (largest size inside, aspect kept); e.g. "
+            "{mapillary_val: {fit: [2048, 1024]}}, as the paper presets set"
+        },
     )
     max_pixels: int = field(
         default=DEFAULT_MAX_PIXELS,
-        metadata={"help": "largest image or label read (width x height)", "ge": 1, "le": PILLOW_MAX_PIXELS},
+        metadata={
+            "help": "largest image or label read (width x height), refused from its header",
+            "ge": 1,
+            "le": PILLOW_MAX_PIXELS,
+        },
     )
 
     def __post_init__(self) -> None:

@@ -17,31 +17,40 @@ class AdapterConfig:
     :data:`~recyclelora.adapters.initialisers.INITIALISERS`, which decides the ranks the layers get."""
 
     rank_main: int = field(
-        default=32, metadata={"help": "rank of the main adapter (minor directions)", "ge": 0}
+        default=32, metadata={"help": "rank of the main adapter, on the minor RRQR directions", "ge": 0}
     )
-    rank_sub: int = field(default=4, metadata={"help": "rank of the sub adapter (major directions)", "ge": 0})
+    rank_sub: int = field(
+        default=4, metadata={"help": "rank of the sub adapter, on the major RRQR directions", "ge": 0}
+    )
     alpha: float = field(
         default=1.0, metadata={"help": "scaling s = alpha / (rank_main + rank_sub)", "gt": 0}
     )
     init: str = field(
-        default="rrqr", metadata={"help": f"initialiser, one of {INIT_METHODS}", "choices": INIT_METHODS}
+        default="rrqr",
+        metadata={
+            "help": "initialiser: " + ", ".join(f"{i.name} ({i.label})" for i in INITIALISERS.values()),
+            "choices": INIT_METHODS,
+        },
     )
     target_modules: tuple[str, ...] = field(
         default=("qkv", "proj", "fc1", "fc2"),
-        metadata={"help": "linear layers to adapt, matched as dotted suffixes of names inside a block"},
+        metadata={
+            "help": "linears adapted in every block, matched as dotted suffixes of the names inside it"
+        },
     )
     blocks: tuple[int, ...] | None = field(
-        default=None, metadata={"help": "indices of the blocks to adapt (negative counts from the end); None = all"}
+        default=None,
+        metadata={"help": "indices of the adapted blocks (negative from the end); null = all"},
     )
     lr_mult_main: float = field(
-        default=1.0, metadata={"help": "learning-rate multiplier of the main adapter", "ge": 0}
+        default=1.0,
+        metadata={"help": "learning-rate multiplier of the main adapter (the paper: x1.0)", "ge": 0},
     )
     lr_mult_sub: float = field(
-        default=0.5, metadata={"help": "learning-rate multiplier of the sub adapter", "ge": 0}
+        default=0.5,
+        metadata={"help": "learning-rate multiplier of the sub adapter (the paper: x0.5)", "ge": 0},
     )
-    weight_decay: float = field(
-        default=0.0, metadata={"help": "weight decay of the adapter parameters", "ge": 0}
-    )
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay of the adapters", "ge": 0})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))

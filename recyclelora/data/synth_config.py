@@ -20,18 +20,24 @@ TARGET_DOMAINS: tuple[str, ...] = ("synth_tex", "synth_night", "synth_fog", "syn
 class SynthConfig:
     """Size and composition of the embedded benchmark."""
 
-    width: int = field(default=512, metadata={"ge": 32})
-    """Image width in pixels."""
-    height: int = field(default=256, metadata={"ge": 16})
-    """Image height in pixels."""
-    source_train: int = field(default=300, metadata={"ge": 1})
-    """Images in the source domain's ``train`` split."""
-    source_val: int = field(default=50, metadata={"ge": 1})
-    """Images in the source domain's ``val`` split."""
-    target_val: int = field(default=60, metadata={"ge": 1})
-    """Images in each target domain's ``val`` split."""
-    targets: tuple[str, ...] = TARGET_DOMAINS
-    """Target domains to render (names from :data:`TARGET_DOMAINS`)."""
+    width: int = field(
+        default=512,
+        metadata={"help": "image width in pixels (a multiple of the patch size: no padding)", "ge": 32},
+    )
+    height: int = field(default=256, metadata={"help": "image height in pixels, likewise", "ge": 16})
+    source_train: int = field(
+        default=300, metadata={"help": f"training images of the source domain {SOURCE_DOMAIN}", "ge": 1}
+    )
+    source_val: int = field(
+        default=50, metadata={"help": f"validation images of {SOURCE_DOMAIN} (data.val)", "ge": 1}
+    )
+    target_val: int = field(
+        default=60, metadata={"help": "images of each target domain, its val split (eval.targets)", "ge": 1}
+    )
+    targets: tuple[str, ...] = field(
+        default=TARGET_DOMAINS,
+        metadata={"help": f"target domains to render, of {', '.join(TARGET_DOMAINS)}"},
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))

@@ -14,6 +14,8 @@ IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 SCALE_RATIOS: tuple[float, ...] = tuple(round(0.1 * step, 1) for step in range(5, 21))
 #: Where the training pad to the crop size happens (see :mod:`recyclelora.data.transforms`).
 PadAt = Literal["before_flip", "after_normalize"]
+_MEAN_HELP = "normalisation mean, RGB, 0-255 scale"
+_STD_HELP = "normalisation standard deviation, RGB, 0-255 scale"
 
 
 def _check_range(name: str, bounds: tuple[float, float]) -> None:
@@ -25,37 +27,76 @@ def _check_range(name: str, bounds: tuple[float, float]) -> None:
 class TrainTransformConfig:
     """Training augmentation; the defaults are the published G->CBM configuration's."""
 
-    crop_size: tuple[int, int] = field(default=(512, 512), metadata={"ge": 1})
-    """Crop (height, width) in pixels; smaller resized images are padded up to it."""
-    base_size: int = field(default=512, metadata={"ge": 1})
-    """Short-edge length that ``scale_ratios`` multiply: the short edge becomes ``int(base_size * ratio)``."""
-    scale_ratios: tuple[float, ...] = SCALE_RATIOS
-    """Candidate ratios; one is drawn uniformly per sample."""
-    max_long_edge: int = field(default=2048, metadata={"ge": 1})
-    """The resize never makes the long edge longer than this."""
-    cat_max_ratio: float = field(default=0.75, metadata={"gt": 0, "le": 1})
-    """Largest share of one class among a crop's labelled pixels; 1.0 disables the check."""
-    crop_attempts: int = field(default=10, metadata={"ge": 0})
-    """Extra crops drawn while the ratio is exceeded (the last one is kept), as mmseg's RandomCrop."""
-    pad_at: PadAt = "before_flip"
-    """Pad to the crop size with 0 in uint8 pixels before the flip (G->CBM, C->BM) or with 0 after
-    normalisation (GS/GSU->CBM); the label is padded with 255 either way."""
-    flip_prob: float = field(default=0.5, metadata={"ge": 0, "le": 1})
-    """Probability of a horizontal flip."""
-    photometric: bool = True
-    """Apply the photometric distortion."""
-    brightness_delta: float = field(default=32.0, metadata={"ge": 0})
-    """Brightness: add U(-delta, delta) (0-255 scale), with probability 0.5."""
-    contrast_range: tuple[float, float] = field(default=(0.5, 1.5), metadata={"ge": 0})
-    """Contrast: multiply by U(low, high), with probability 0.5."""
-    saturation_range: tuple[float, float] = field(default=(0.5, 1.5), metadata={"ge": 0})
-    """Saturation: multiply the HSV saturation (0-255) by U(low, high), with probability 0.5."""
-    hue_delta: int = field(default=18, metadata={"ge": 0, "le": 90})
-    """Hue: add an integer of [-delta, delta) to OpenCV's hue (0-179, 2 degrees each), probability 0.5."""
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    """Normalisation mean (RGB, 0-255 scale)."""
-    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"gt": 0})
-    """Normalisation standard deviation (RGB, 0-255 scale)."""
+    crop_size: tuple[int, int] = field(
+        default=(512, 512),
+        metadata={
+            "help": "random crop (h, w) in pixels, a multiple of the patch size; smaller images are padded "
+            "to it",
+            "ge": 1,
+        },
+    )
+    base_size: int = field(
+        default=512,
+        metadata={
+            "help": "the short edge is resized to int(base_size x a ratio drawn from scale_ratios)",
+            "ge": 1,
+        },
+    )
+    scale_ratios: tuple[float, ...] = field(
+        default=SCALE_RATIOS, metadata={"help": "resize ratios, one drawn uniformly per sample"}
+    )
+    max_long_edge: int = field(
+        default=2048, metadata={"help": "the resize never makes the long edge longer than this", "ge": 1}
+    )
+    cat_max_ratio: float = field(
+        default=0.75,
+        metadata={
+            "help": "largest share of one class among a crop's labelled pixels (redrawn up to crop_attempts "
+            "times); 1.0 disables the check",
+            "gt": 0,
+            "le": 1,
+        },
+    )
+    crop_attempts: int = field(
+        default=10,
+        metadata={
+            "help": "extra crops drawn while cat_max_ratio is exceeded (the last one is kept), as mmseg's "
+            "RandomCrop",
+            "ge": 0,
+        },
+    )
+    pad_at: PadAt = field(
+        default="before_flip",
+        metadata={
+            "help": "pad to crop_size: before_flip (uint8 0, G->CBM, C->BM) or after_normalize (0 after "
+            "normalisation, GS/GSU->CBM); the label is padded with 255 either way"
+        },
+    )
+    flip_prob: float = field(default=0.5, metadata={"help": "horizontal flip probability", "ge": 0, "le": 1})
+    photometric: bool = field(
+        default=True,
+        metadata={"help": "brightness, contrast, saturation and hue distortion (each with probability 0.5)"},
+    )
+    brightness_delta: float = field(
+        default=32.0, metadata={"help": "brightness: add U(-d, d) (0-255 scale)", "ge": 0}
+    )
+    contrast_range: tuple[float, float] = field(
+        default=(0.5, 1.5), metadata={"help": "contrast: multiply by U(a, b)", "ge": 0}
+    )
+    saturation_range: tuple[float, float] = field(
+        default=(0.5, 1.5),
+        metadata={"help": "saturation: multiply the HSV saturation (0-255) by U(a, b)", "ge": 0},
+    )
+    hue_delta: int = field(
+        default=18,
+        metadata={
+            "help": "hue: add an integer of [-d, d) to OpenCV's hue (0-179, 2 degrees each)",
+            "ge": 0,
+            "le": 90,
+        },
+    )
+    mean: tuple[float, float, float] = field(default=IMAGENET_MEAN, metadata={"help": _MEAN_HELP})
+    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"help": _STD_HELP, "gt": 0})
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -74,12 +115,24 @@ class ResizeConfig:
     e.g. Mapillary's protocol: halved images fitted into 2048 x 1024); none keeps ``H x W``.
     """
 
-    size: tuple[int, int] | None = field(default=None, metadata={"ge": 1})
-    """Resize the image to this (width, height)."""
-    short_edge: int | None = field(default=None, metadata={"ge": 1})
-    """Or resize the image so that its short edge has this length (aspect ratio kept)."""
-    fit: tuple[int, int] | None = field(default=None, metadata={"ge": 1})
-    """Or resize it to the largest size that fits in (long edge, short edge) (aspect ratio kept)."""
+    size: tuple[int, int] | None = field(
+        default=None,
+        metadata={
+            "help": "resize the image to [w, h] (the label keeps its size); all of size, short_edge, fit null "
+            "= as is",
+            "ge": 1,
+        },
+    )
+    short_edge: int | None = field(
+        default=None, metadata={"help": "or resize the short edge to this length, aspect kept", "ge": 1}
+    )
+    fit: tuple[int, int] | None = field(
+        default=None,
+        metadata={
+            "help": "or to the largest size inside [long, short], aspect kept (mmseg's keep-ratio Resize)",
+            "ge": 1,
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("size", "fit"):
@@ -111,7 +164,5 @@ class ResizeConfig:
 class EvalTransformConfig(ResizeConfig):
     """Evaluation preprocessing: optional resize of the image (never of the label), then normalisation."""
 
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    """Normalisation mean (RGB, 0-255 scale)."""
-    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"gt": 0})
-    """Normalisation standard deviation (RGB, 0-255 scale)."""
+    mean: tuple[float, float, float] = field(default=IMAGENET_MEAN, metadata={"help": _MEAN_HELP})
+    std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"help": _STD_HELP, "gt": 0})

@@ -41,21 +41,26 @@ class BackboneConfig:
                 f"'{source.name}' ({source.description}{'; needs ' + source.needs if source.needs else ''})"
                 for source in WEIGHT_SOURCES.values()
             )
-            + f" or a {'/'.join(CHECKPOINT_SUFFIXES)} path"
+            + f" or a {'/'.join(CHECKPOINT_SUFFIXES)} file; converted once by stage weights"
         },
     )
     img_size: int = field(
         default=224,
-        metadata={"help": "size of the position grid; any multiple of the patch works at run time", "ge": 1},
+        metadata={
+            "help": "position-grid size the weights are kept at (DINOv2's own: 518 = 37 x 14); inputs of any "
+            "multiple of the patch are resampled to it on the fly",
+            "ge": 1,
+        },
     )
     patch_size: int | None = field(
         default=None,
-        metadata={"help": "None keeps the model's; e.g. 16 resamples a patch-14 model's weights", "ge": 1},
+        metadata={"help": "null keeps the model's; e.g. 16 resamples a patch-14 kernel", "ge": 1},
     )
     out_indices: tuple[int, ...] | None = field(
         default=None,
         metadata={
-            "help": "4 increasing block indices feeding the pyramid; None = evenly spaced up to the last",
+            "help": "4 increasing blocks feeding the pyramid; null = evenly spaced up to the last (2, 5, 8, "
+            "11 of 12)",
             "ge": 0,
         },
     )
@@ -65,21 +70,20 @@ class BackboneConfig:
     pyramid: Pyramid = field(
         default="interpolate",
         metadata={
-            "help": "'interpolate': parameter-free bilinear x4, x2, x1, x0.5 (the published backbone); "
-            "'learned': transposed convolutions and max-pool (a trainable neck, ViTDet/Rein-style)"
+            "help": "interpolate (parameter-free bilinear x4, x2, x1, x0.5, as published) or learned (a "
+            "trainable deconvolution / max-pool neck, ViTDet/Rein-style)"
         },
     )
     embed_resample: EmbedResample = field(
         default="bicubic",
         metadata={
-            "help": "how a checkpoint's patch kernel and position grid are resized to patch_size/img_size, and "
-            "the grid to each input at run time: 'bicubic' (plain bicubic, no antialias: the published "
-            "conversion; at run time the official DINOv2 rule) or 'pinv' (timm's pseudo-inverse kernel "
-            "resampling and antialiased position resize)"
+            "help": "patch kernel / position grid resizing, to patch_size/img_size and the grid to each "
+            "input: bicubic (no antialias: the published conversion, DINOv2's run-time rule) or pinv (timm's "
+            "pseudo-inverse kernel, antialiased grid)"
         },
     )
     model_kwargs: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "further timm.create_model arguments, e.g. depth, embed_dim"}
+        default_factory=dict, metadata={"help": "further timm.create_model arguments (depth, embed_dim, ...)"}
     )
 
     def __post_init__(self) -> None:

@@ -17,13 +17,26 @@ LEGACY_BACKBONE: dict[str, str] = {"pyramid": "learned", "embed_resample": "pinv
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``tuning``: ``adapters`` trains the adapters of ``adapter`` (the backbone is otherwise frozen),
-    ``frozen`` trains no backbone parameter, ``full`` trains all of them. Neck and head always train."""
+    """The segmentor: backbone, decode head, and how the backbone is tuned."""
 
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    tuning: Tuning = "adapters"
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    backbone: BackboneConfig = field(
+        default_factory=BackboneConfig, metadata={"help": "the pretrained ViT (stage weights converts it)"}
+    )
+    head: HeadConfig = field(
+        default_factory=HeadConfig,
+        metadata={"help": "the decode head; its Mask2Former fields default to the paper's recipe"},
+    )
+    tuning: Tuning = field(
+        default="adapters",
+        metadata={
+            "help": "adapters (trains the adapters of model.adapter, the backbone otherwise frozen), frozen "
+            "(no backbone parameter) or full (all of them); the neck and head always train"
+        },
+    )
+    adapter: AdapterConfig = field(
+        default_factory=AdapterConfig,
+        metadata={"help": "dual adapters of every adapted linear (model.tuning=adapters)"},
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self, "model")

@@ -50,7 +50,7 @@ def _check_mask2former_widths(config: HeadConfig) -> None:
 HEADS: dict[str, Head] = {
     entry.name: entry
     for entry in (
-        Head("light", "light", "FPN, CPU runs", 128),
+        Head("light", "light", "small FPN + cross-entropy, for CPU runs", 128),
         Head(
             "mask2former", "Mask2Former", "the paper's head", 256,
             extra=("transformers", "mask2former"), check=_check_mask2former_widths,
