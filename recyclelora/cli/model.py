@@ -92,18 +92,15 @@ def export_onnx_command(
 def _write_int8(model, out: Path, mode: str, calibration: list[Path], windows: int, size: tuple[int, int]) -> None:
     """Quantize ``out`` into ``<name>.int8.onnx`` and report its agreement with the torch model."""
     from recyclelora.data.transform_config import EvalTransformConfig
-    from recyclelora.eval.predictors import OnnxPredictor, TorchPredictor
-    from recyclelora.export import calibration_windows, quantize_onnx
+    from recyclelora.export import calibration_windows, int8_copy
     from recyclelora.models.merge import parity_input
 
-    target = out.with_name(out.stem + ".int8.onnx")
     batches = calibration_windows(calibration, EvalTransformConfig(), size, windows) if mode == "static" else None
-    quantize_onnx(out, target, mode, batches)
-    images = parity_input(*size, batch=3, seed=1)
-    agreement = (OnnxPredictor(target)(images).argmax(1) == TorchPredictor(model)(images).argmax(1)).float().mean()
+    copy = int8_copy(model, out, mode, batches, parity_input(*size, batch=3, seed=1))
     console.print(
-        f"int8 ({mode}) {target}: {target.stat().st_size / 2**20:.1f} MiB against {out.stat().st_size / 2**20:.1f} "
-        f"MiB, argmax agreement with torch {agreement.item():.2%} (not a gate: score it with `recyclelora-cli eval --backend onnxruntime`)"
+        f"int8 ({mode}) {copy.path}: {copy.size_mb:.1f} MiB against {out.stat().st_size / 2**20:.1f} MiB, argmax "
+        f"agreement with torch {copy.argmax_agreement:.2%} (not a gate: score it with `recyclelora-cli eval "
+        "--backend onnxruntime`)"
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +26,7 @@ from recyclelora.data.dataset import SegmentationDataset
 from recyclelora.data.transform_config import EvalTransformConfig
 from recyclelora.data.transforms import EvalTransform
 from recyclelora.errors import InvalidInputError, require_extra
-from recyclelora.eval.predictors import ONNX_INPUT
+from recyclelora.eval.predictors import ONNX_INPUT, OnnxPredictor, TorchPredictor
 from recyclelora.eval.sliding import window_grid
 from recyclelora.io import atomic_path
 
@@ -83,6 +84,31 @@ def quantize_onnx(
                     str(prepared), str(tmp), per_channel=True, weight_type=quantization.QuantType.QInt8
                 )
     return out
+
+
+@dataclass(frozen=True)
+class Int8Copy:
+    """An int8 copy of an exported model: where it is, its size and how often its argmax equals torch's."""
+
+    path: Path
+    size_mb: float
+    argmax_agreement: float
+
+
+def int8_copy(
+    model: torch.nn.Module,
+    source: str | os.PathLike[str],
+    mode: QuantMode,
+    calibration: Iterable[torch.Tensor] | None,
+    inputs: torch.Tensor,
+) -> Int8Copy:
+    """Quantize the export ``source`` of ``model`` into ``<name>.int8.onnx`` beside it (:func:`quantize_onnx`) and
+    measure the share of ``inputs``' pixels whose argmax equals ``model``'s: a report, not a gate (int8 is not
+    expected to match fp32 logits; score it on the targets)."""
+    source = Path(source)
+    out = quantize_onnx(source, source.with_name(f"{source.stem}.int8.onnx"), mode, calibration)
+    agreement = OnnxPredictor(out)(inputs).argmax(1) == TorchPredictor(model)(inputs).argmax(1)
+    return Int8Copy(out, out.stat().st_size / 2**20, float(agreement.float().mean()))
 
 
 def calibration_windows(

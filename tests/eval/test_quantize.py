@@ -3,17 +3,19 @@ calibration; calibration windows cut as evaluation cuts them."""
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import onnx
 import pytest
 import torch
 
+from pipeline.params import Int8Mode
 from recyclelora.data.dataset import SegmentationDataset
 from recyclelora.data.transform_config import EvalTransformConfig
 from recyclelora.data.transforms import EvalTransform
 from recyclelora.eval.predictors import OnnxPredictor
-from recyclelora.export import calibration_windows, quantize_onnx
+from recyclelora.export import QUANT_MODES, calibration_windows, int8_copy, quantize_onnx
 from tests.cli import write_dataset
 from tests.eval.test_onnx import SIZE, exported, model  # noqa: F401  (module fixtures)
 
@@ -67,3 +69,20 @@ def test_calibration_windows_tile_the_images_in_order(tmp_path) -> None:
     first = SegmentationDataset(manifest, EvalTransform(transform))[0]["image"]
     torch.testing.assert_close(batches[0][0], first[:, :SIZE, :SIZE])
     torch.testing.assert_close(batches[0][1], first[:, :SIZE, SIZE : 2 * SIZE])
+
+
+def test_int8_copy_is_written_beside_its_source_and_reports_its_agreement(
+    exported, model, tmp_path  # noqa: F811
+) -> None:
+    source = tmp_path / "model.onnx"
+    source.write_bytes(Path(exported).read_bytes())
+    images = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    copy = int8_copy(model, source, "dynamic", None, images)
+    assert copy.path == tmp_path / "model.int8.onnx" and _int8_initialisers(copy.path) > 0
+    assert copy.size_mb == pytest.approx(copy.path.stat().st_size / 2**20)
+    expected = (OnnxPredictor(copy.path)(images).argmax(1) == model(images).argmax(1)).float().mean().item()
+    assert copy.argmax_agreement == pytest.approx(expected)
+
+
+def test_the_pipeline_offers_the_int8_modes_the_quantizer_knows() -> None:
+    assert typing.get_args(Int8Mode) == QUANT_MODES

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -27,6 +28,7 @@ import pipeline.stages.train as train_stage
 from pipeline import compare, stages
 from pipeline.cli import app
 from pipeline.params import BaseConfig, DatasetsConfig, ExportConfig, TrackConfig, load_pipeline_params
+from pipeline.params_text import render_params
 from pipeline.presets import FREE_FORM, apply_preset, available_presets, read_preset
 from pipeline.stages._common import BACKBONE_FILE, with_backbone
 from pipeline.stages.data import check_manifests
@@ -34,7 +36,7 @@ from pipeline.stages.evaluate import evaluate_targets
 from pipeline.stages.init import compute_init_cache
 from pipeline.stages.weights import convert_backbone
 from recyclelora.adapters import AdapterConfig, CacheEntry, find_target_linears
-from recyclelora.config import EvalConfig, ParamsError
+from recyclelora.config import EvalConfig, ParamsError, read_yaml
 from recyclelora.data.manifest import read_manifest
 from recyclelora.data.synth import SynthConfig
 from recyclelora.data.transform_config import EvalTransformConfig, ResizeConfig, TrainTransformConfig
@@ -86,7 +88,7 @@ def run_pipeline(root: Path) -> None:
     stages.run_train(params, backbone, init, trained, metrics / "train.json", progress=False)
     stages.run_merge(params, trained / "model.safetensors", merged)
     stages.run_evaluate(params, merged, Path("reports/eval"), metrics / "eval.json", progress=False)
-    stages.run_export(params, merged, Path("models/model.onnx"), metrics / "export.json")
+    stages.run_export(params, merged, Path("models/onnx"), metrics / "export.json")
     stages.run_analyze(
         params, trained / "model.safetensors", Path("reports/analysis"), metrics / "analysis.json"
     )
@@ -152,7 +154,7 @@ def test_every_key_of_params_yaml_is_documented() -> None:
         (
             "data.subset",
             12403,
-            ["params.data.subset is 12403", "a mapping of a string to an integer", "samples kept by training"],
+            ["params.data.subset is 12403", "a mapping of a string to an integer", "seeded random subsets"],
         ),
         ("train.lr", "fast", ["params.train.lr is 'fast', but it must be a number"]),
         ("train.val_every", 2.5, ["params.train.val_every is 2.5, but it must be an integer"]),
@@ -214,6 +216,8 @@ def test_data_stage_refuses_manifests_it_does_not_write(workspace: Path) -> None
 
 @pytest.mark.slow
 def test_pipeline_stages_record_child_runs_outputs_and_metrics(workspace: Path) -> None:
+    edit_params(workspace / "params.yaml", "export.int8", "static")
+    edit_params(workspace / "params.yaml", "export.int8_windows", 4)
     run_pipeline(workspace)
     assert not list(workspace.rglob(f"*{PARTIAL_SUFFIX}"))
     client = MlflowClient(f"sqlite:///{workspace}/mlflow.db")
@@ -249,9 +253,13 @@ def test_pipeline_stages_record_child_runs_outputs_and_metrics(workspace: Path) 
     assert scores["mean_mIoU"] == pytest.approx(statistics.fmean(scores[t]["mIoU"] for t in targets))
     evaluate_artifacts = {a.path for a in client.list_artifacts(children["evaluate"].info.run_id, "eval")}
     assert {"eval/metrics.json", "eval/class_iou.png", "eval/per_class.parquet"} <= evaluate_artifacts
-    assert "model.onnx" in {a.path for a in client.list_artifacts(children["export"].info.run_id)}
+    exported = {a.path for a in client.list_artifacts(children["export"].info.run_id)}
+    assert {"model.onnx", "model.int8.onnx"} <= exported
     export = json.loads((workspace / "metrics/export.json").read_text())
     assert export["argmax_agreement"] >= 0.999 and export["max_rel_diff"] <= 1e-3
+    assert 0 <= export["int8_argmax_agreement"] <= 1 and export["int8_size_mb"] < export["size_mb"]
+    int8 = onnx.load(str(workspace / "models/onnx/model.int8.onnx"))
+    assert any(node.op_type == "QuantizeLinear" for node in int8.graph.node)  # static: calibrated QDQ pairs
     train_metrics = json.loads((workspace / "metrics/train.json").read_text())
     assert train_metrics["iterations"] == 4 and "val_mIoU" in train_metrics
     analysis = json.loads((workspace / "metrics/analysis.json").read_text())
@@ -388,7 +396,7 @@ def test_train_stage_records_the_samples_of_each_manifest_subset(workspace: Path
 
 
 @pytest.mark.parametrize("name", ["paper-g2cbm", "paper-gs2cbm", "paper-gsu2cbm", "paper-c2bm", "table"])
-def test_presets_validate_and_keep_comments(tmp_path: Path, name: str) -> None:
+def test_presets_validate_and_write_the_generated_comments(tmp_path: Path, name: str) -> None:
     shutil.copytree(PROJECT / "presets", tmp_path / "presets")
     shutil.copy(PROJECT / "params.yaml", tmp_path / "params.yaml")
     assert name in available_presets(tmp_path / "params.yaml")
@@ -396,6 +404,7 @@ def test_presets_validate_and_keep_comments(tmp_path: Path, name: str) -> None:
     assert result.exit_code == 0, result.output
     text = (tmp_path / "params.yaml").read_text()
     assert "# optimiser steps" in text and "# scaling s = alpha / (rank_main + rank_sub)" in text
+    assert text == render_params(read_yaml(tmp_path / "params.yaml"))  # comments from the fields' help
     preset = read_preset(PROJECT / "presets" / f"{name}.yaml")
     written = yaml.safe_load(text)
     for section, values in preset.items():
