@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
 
 from pipeline.sweep.slurm import stderr_log
-from tests.pipeline.workspace import RUN_ENV
+from tests.pipeline.workspace import RUN_ENV, tiny_repo
 
 
 def slurm_is_up() -> bool:
@@ -67,3 +69,34 @@ def exp_rows(shown: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 metrics = {k: v for m in data["metrics"].values() for k, v in (m.get("data") or {}).items()}
                 rows[rev["name"]] = {"params": params, "metrics": metrics}
     return rows
+
+
+#: Steps of :func:`distributed_train_sweep`'s experiment.
+DISTRIBUTED_STEPS = 6
+
+
+def distributed_train_sweep(
+    root: Path, tracking_uri: str, env: dict[str, str], *options: str
+) -> tuple[dict[str, Any], Run]:
+    """Sweep the train stage of a tiny repository in ``root`` for :data:`DISTRIBUTED_STEPS` steps as one SLURM job
+    with ``options`` (``--nodes``, ``--processes-per-node``, ...) and wait; checks that it succeeded, that MLflow
+    has one train run (rank 0 logs, the other ranks do not), tagged with the job's id, with one loss point per
+    step; returns its metrics in ``dvc exp show`` and that run."""
+    repo = tiny_repo(root)
+    command = [sys.executable, "-m", "pipeline", "sweep", "--executor", "slurm", "-S",
+               f"train.iterations={DISTRIBUTED_STEPS}", "--target", "train", *options, "--wait", "--poll", "2"]  # fmt: skip
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=1200, check=False)
+    sweep = repo / ".dvc" / "tmp" / "slurm" / "sweep"
+    assert done.returncode == 0, done.stdout + done.stderr + job_log_tail(sweep)
+    shown = subprocess.run(
+        ["dvc", "exp", "show", "--json"], cwd=repo, env=env, capture_output=True, text=True, check=True
+    )
+    metrics = exp_rows(json.loads(shown.stdout))["sweep"]["metrics"]
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("recyclelora").experiment_id])
+    (train,) = [run for run in runs if run.info.run_name == "train"]
+    job = json.loads((sweep / "sweep.json").read_text())["jobs"]["sweep"]
+    assert train.data.tags["slurm.job_id"] == job and train.info.status == "FINISHED"
+    steps = [point.step for point in client.get_metric_history(train.info.run_id, "loss")]
+    assert steps == list(range(1, DISTRIBUTED_STEPS + 1))
+    return metrics, train
