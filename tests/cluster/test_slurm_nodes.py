@@ -1,7 +1,7 @@
 """One experiment on two SLURM nodes: on the two-node SLURM of ``.ci/slurm-nodes-up.sh`` (two slurmd daemons on
 this machine, nodes n1 and n2), a sweep job of ``--nodes 2`` starts one torchrun per node through ``srun``; they
-meet at n1 through a c10d rendezvous and train as one gloo run of 2 ranks, logged once, and the experiment comes
-home."""
+meet at n1 through a c10d rendezvous and train as one gloo run of 2 ranks, logged once (by rank 0, on whichever
+node joined first), and the experiment comes home."""
 
 from __future__ import annotations
 
@@ -34,4 +34,5 @@ def test_a_job_of_two_nodes_trains_as_one_gloo_run_across_them(
     metrics, train = distributed_train_sweep(tmp_path / "repo", mlflow_server, env, *options)
     # one process per node (--processes-per-node defaults to 1): 2 ranks only if both nodes trained
     assert metrics["world_size"] == 2 and metrics["iterations"] == DISTRIBUTED_STEPS, metrics
-    assert train.data.tags["slurm.node"] == "n1"  # the first node's rank 0 logs
+    # rank 0 logs, on whichever node joined the c10d rendezvous first (both orders were seen here)
+    assert train.data.tags["slurm.node"] in ("n1", "n2")
