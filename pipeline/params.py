@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from recyclelora.config import ParamsError, RunConfig, build_config, read_params, run_config
+from recyclelora.data.custom_config import CustomDatasetConfig, check_custom_name
 from recyclelora.data.raw import RAW_DATASETS
 from recyclelora.data.synth_config import SynthConfig
 from recyclelora.errors import InvalidInputError
@@ -57,6 +58,13 @@ class DatasetsConfig:
             f"downloads it ({', '.join(DOWNLOADABLE)})"
         },
     )
+    custom: dict[str, CustomDatasetConfig] = field(
+        default_factory=dict,
+        metadata={
+            "help": "your own datasets, {name: {root, classes, label_map, splits, images, labels, ...}} "
+            "(docs/custom-data.md); each split becomes <name>_<split>.parquet"
+        },
+    )
     download_dir: str = field(
         default="data/downloads", metadata={"help": "where downloaded archives are kept and unpacked"}
     )
@@ -66,11 +74,19 @@ class DatasetsConfig:
 
     def __post_init__(self) -> None:
         validate_fields(self)
-        if self.synth is None and not self.real:
-            raise InvalidInputError("synth is null and real is empty: the pipeline needs at least one dataset")
+        if self.synth is None and not self.real and not self.custom:
+            raise InvalidInputError(
+                "synth is null and real and custom are empty: the pipeline needs at least one dataset"
+            )
         unknown = sorted(set(self.real) - set(RAW_DATASETS))
         if unknown:
             raise InvalidInputError(f"real names unknown dataset(s) {unknown}: choose from {list(RAW_DATASETS)}")
+        for name in self.custom:
+            check_custom_name(name)
+        if self.synth is not None:
+            clash = sorted(set(self.custom) & set(self.synth.splits()))
+            if clash:
+                raise InvalidInputError(f"custom names {clash} are benchmark domains: name your datasets otherwise")
         fetch = sorted(name for name, raw in self.real.items() if raw is None and name not in DOWNLOADABLE)
         if fetch:
             raise InvalidInputError(

@@ -30,7 +30,7 @@ BASES_DIR = "_base"
 BASE_KEY = "_base_"
 #: Mappings whose keys are data, not settings: a preset gives them whole.
 FREE_FORM: frozenset[str] = frozenset(
-    {"datasets.real", "data.subset", "model.backbone.model_kwargs", "eval.resize"}
+    {"datasets.real", "datasets.custom", "data.subset", "model.backbone.model_kwargs", "eval.resize"}
 )
 
 

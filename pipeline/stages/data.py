@@ -1,7 +1,8 @@
 """Stage ``data``: generate the embedded benchmark and/or download and prepare real datasets, with manifests.
 
 Everything lands in one folder (the stage's DVC output): ``<out>/<dataset>_<split>.parquet`` manifests, the
-labels as trainIds and, for the benchmark, its images. Raw downloads stay in ``datasets.download_dir``
+labels as class ids (trainIds for the public datasets and the benchmark, a custom dataset's own classes
+otherwise) and, for the benchmark, its images. Raw downloads stay in ``datasets.download_dir``
 (ignored by Git and DVC); they are inputs, never outputs. The SHA-256 of each GTAV zip, as published or as
 recorded on its first download, is kept in the checksum file dvc.yaml passes, a second output that Git tracks.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 from pipeline.params import DatasetsConfig, PipelineParams
 from pipeline.stages._common import log_numbers, open_stage, write_json
 from pipeline.tracking import log_small_artifacts
+from recyclelora.data.classes import CITYSCAPES_CLASSES, ClassSet
 from recyclelora.data.download import download_dataset
 from recyclelora.data.manifest import manifest_path, read_manifest
 from recyclelora.data.prepare import prepare_dataset
@@ -38,21 +40,32 @@ def prepare_datasets(config: DatasetsConfig, out: Path, checksums: Path) -> dict
             download_dataset(name, config.download_dir, checksums=checksums, workers=config.workers)
             raw = str(Path(config.download_dir) / "raw" / name)
         prepare_dataset(name, raw, out, workers=config.workers)
+    for name, custom in config.custom.items():
+        prepare_dataset(name, custom.root, out, workers=config.workers, custom=custom)
     return {path.name: len(read_manifest(path)) for path in sorted(out.glob("*.parquet"))}
 
 
-def planned_manifests(config: DatasetsConfig) -> list[str]:
-    """File names of the manifests :func:`prepare_datasets` will write: ``<dataset>_<split>.parquet``."""
+def planned_manifests(config: DatasetsConfig) -> dict[str, ClassSet]:
+    """File names of the manifests :func:`prepare_datasets` will write (``<dataset>_<split>.parquet``), each
+    with the class set of its labels."""
     splits = (
         {domain: list(counts) for domain, counts in config.synth.splits().items()} if config.synth else {}
     )
     splits |= {name: list(RAW_DATASETS[name].splits) for name in config.real}
-    return sorted(manifest_path("", name, split).name for name, names in splits.items() for split in names)
+    classes = dict.fromkeys(splits, CITYSCAPES_CLASSES)
+    for name, custom in config.custom.items():
+        splits[name], classes[name] = list(custom.splits), custom.class_set()
+    return {
+        manifest_path("", name, split).name: classes[name]
+        for name in sorted(splits)
+        for split in splits[name]
+    }
 
 
 def check_manifests(params: PipelineParams, out: Path) -> None:
     """Raise unless every manifest that ``data.train``, ``data.val`` and ``eval.targets`` name is one the
-    data stage writes into ``out``: run before any work."""
+    data stage writes into ``out``, training and validation share a class set and every target's classes are
+    among them: run before any work."""
     produced = planned_manifests(params.datasets)
     wanted = {
         "data.train": params.run.data.train,
@@ -66,6 +79,19 @@ def check_manifests(params: PipelineParams, out: Path) -> None:
                     f"params.{key} names {path}, which the data stage does not produce: choose from "
                     f"{[(out / name).as_posix() for name in produced]} or add the dataset to params.datasets"
                 )
+    trained = {Path(path).name: produced[Path(path).name] for path in (*params.run.data.train, *params.run.data.val)}
+    (first, classes), *others = trained.items()
+    for name, other in others:
+        if other.names != classes.names:
+            raise InvalidInputError(
+                f"params.data.train and data.val mix class sets: {first} has {list(classes.names)}, {name} has "
+                f"{list(other.names)}: train and validate on datasets of one class list"
+            )
+    for target in params.run.eval.targets:
+        try:
+            produced[Path(target).name].onto(classes)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"params.eval.targets: {Path(target).name}: {error}") from None
 
 
 def run_data(params_path: Path, out: Path, checksums: Path) -> dict[str, int]:

@@ -14,6 +14,7 @@ from pipeline.stages._common import log_numbers, open_stage, write_json
 from pipeline.tracking import log_small_artifacts
 from recyclelora.config import EvalConfig
 from recyclelora.data.check import ensure_checked
+from recyclelora.data.classes import ClassSet
 from recyclelora.data.dataset import SegmentationDataset
 from recyclelora.data.transform_config import EvalTransformConfig
 from recyclelora.data.transforms import EvalTransform
@@ -28,12 +29,17 @@ from recyclelora.train.distributed import resolve_device
 SUMMARY_KEYS = ("mIoU", "aAcc", "mAcc", "num_images")
 
 
-def target_sets(config: EvalConfig, transform: EvalTransformConfig) -> dict[str, SegmentationDataset]:
+def target_sets(
+    config: EvalConfig, transform: EvalTransformConfig, classes: ClassSet
+) -> dict[str, SegmentationDataset]:
     """Each manifest of ``config.targets`` (named by file stem), resized by its own ``config.resize`` rule or
-    else by ``transform``'s."""
+    else by ``transform``'s, its labels as ids of the model's ``classes``."""
     return {
         Path(target).stem: SegmentationDataset(
-            target, EvalTransform(config.target_transform(target, transform)), max_pixels=config.max_pixels
+            target,
+            EvalTransform(config.target_transform(target, transform)),
+            max_pixels=config.max_pixels,
+            classes=classes,
         )
         for target in config.targets
     }
@@ -53,13 +59,13 @@ def evaluate_targets(
     progress: bool = True,
 ) -> EvalResult:
     """Evaluate ``checkpoint`` on each target of ``config`` (:func:`target_sets`, :func:`sliding_config`)."""
-    model = Segmentor.from_checkpoint(checkpoint)
-    torch_device = resolve_device(device)
+    predictor = TorchPredictor(Segmentor.from_checkpoint(checkpoint), resolve_device(device))
     return evaluate(
-        TorchPredictor(model, torch_device),
-        target_sets(config, transform),
+        predictor,
+        target_sets(config, transform, predictor.classes),
         sliding=sliding_config(config),
-        device=torch_device,
+        classes=predictor.classes,
+        device=predictor.device,
         progress=progress,
     )
 

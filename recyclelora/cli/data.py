@@ -13,6 +13,7 @@ import typer
 from recyclelora.cli.common import console, user_errors
 from recyclelora.cli.evaluate import DEFAULT_MAX_PIXELS, MaxPixelsOpt
 from recyclelora.data.raw import GTA5_URL, RAW_DATASETS
+from recyclelora.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from recyclelora.data.prepare import PrepareResult
@@ -32,9 +33,26 @@ StrictOpt = Annotated[
 
 @data_app.command("prepare")
 def prepare(
-    dataset: DatasetArg,
-    raw: Annotated[Path, typer.Option("--raw", help="Folder of the unpacked dataset, as distributed.")],
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help=f"Dataset name: {', '.join(RAW_DATASETS)}, or your own dataset's with --custom.",
+            show_default=False,
+        ),
+    ],
     out: OutOpt,
+    raw: Annotated[
+        Path | None,
+        typer.Option("--raw", help="Folder of the unpacked dataset, as distributed (with --custom: its root)."),
+    ] = None,
+    custom: Annotated[
+        Path | None,
+        typer.Option(
+            "--custom",
+            help="YAML file describing your own dataset: root, classes, label_map, splits, images, labels "
+            "(docs/custom-data.md).",
+        ),
+    ] = None,
     split: Annotated[str | None, typer.Option(help="Only this split (train or val); default: all.")] = None,
     workers: WorkersOpt = None,
     strict: StrictOpt = False,
@@ -42,20 +60,29 @@ def prepare(
         bool, typer.Option(help="Halve Mapillary validation images and labels, as the field evaluates them.")
     ] = True,
 ) -> None:
-    """Convert a raw dataset's labels to trainIds, write manifests and a report of skipped files."""
-    from recyclelora.data.prepare import prepare_dataset
+    """Convert a dataset's labels to class ids, write manifests and a report of skipped files."""
 
-    _report(
-        lambda: prepare_dataset(
-            dataset.value,
-            raw,
+    def run() -> PrepareResult:
+        from recyclelora.config import build_config, read_yaml
+        from recyclelora.data.custom_config import CustomDatasetConfig
+        from recyclelora.data.prepare import prepare_dataset
+
+        spec = None if custom is None else build_config(CustomDatasetConfig, read_yaml(custom), str(custom))
+        folder = raw if raw is not None else (None if spec is None else Path(spec.root))
+        if folder is None:
+            raise InvalidInputError(f"give --raw: the folder of the unpacked {dataset} download")
+        return prepare_dataset(
+            dataset,
+            folder,
             out,
             split=split,
             workers=workers,
             strict=strict,
             halve_mapillary_val=halve_mapillary_val,
+            custom=spec,
         )
-    )
+
+    _report(run)
 
 
 @data_app.command("download")

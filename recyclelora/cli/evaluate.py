@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # imported by the commands that use them: --help stays free o
     import torch
 
     from recyclelora.eval.predict import InferenceConfig
-    from recyclelora.eval.sliding import Predict
+    from recyclelora.eval.predictors import OnnxPredictor, TorchPredictor
 
 
 class Backend(str, Enum):
@@ -106,7 +106,7 @@ def inference_config(
 
 def load_predictor(
     model: Path, backend: Backend, device: torch.device, backbone_weights: str | None, config: InferenceConfig
-) -> Predict:
+) -> TorchPredictor | OnnxPredictor:
     """A predictor for ``model`` on ``backend``; an ONNX model's fixed input size must be the window size."""
     from recyclelora.eval.predict import torch_predictor
     from recyclelora.eval.predictors import OnnxPredictor
@@ -208,7 +208,7 @@ def eval_command(
         )
         datasets = {
             name: DataLoader(
-                SegmentationDataset(paths, transform, max_pixels=max_pixels),
+                SegmentationDataset(paths, transform, max_pixels=max_pixels, classes=predictor.classes),
                 batch_size=None,
                 num_workers=workers,
             )
@@ -218,6 +218,7 @@ def eval_command(
             predictor,
             datasets,
             sliding=config.sliding,
+            classes=predictor.classes,
             device=target,
             save_predictions=save_predictions,
             overlays=overlays,
@@ -253,7 +254,7 @@ def predict_command(
     backbone_weights: WeightsOpt = None,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
 ) -> None:
-    """Segment your own images (no labels): a trainId PNG per image, with optional colour overlays."""
+    """Segment your own images (no labels): a class-id PNG per image, with optional colour overlays."""
     import torch
 
     from recyclelora.eval.predict import InferencePredictor, predict_images
@@ -264,6 +265,6 @@ def predict_command(
         predictor = load_predictor(model, backend, target, backbone_weights, config)
         predict = InferencePredictor(predictor, config)
         written = predict_images(
-            predict, images, out, overlays=overlays, device=target, max_pixels=max_pixels
+            predict, images, out, overlays=overlays, device=target, max_pixels=max_pixels, classes=predictor.classes
         )
     console.print(f"wrote {len(written)} prediction(s) to {written[0].parent}")

@@ -1,4 +1,5 @@
-"""Check manifests up front: every image and label decodes fully, their sizes agree, label ids are trainIds.
+"""Check manifests up front: every image and label decodes fully, their sizes agree, label ids are class ids of
+the manifest's class set.
 
 :func:`check_manifest` reads every sample of a manifest (a truncated JPEG or PNG fails, as in training: the
 check decodes with :func:`~recyclelora.data.dataset.load_pair`, so a 16-bit, rotated or oversized file is read
@@ -24,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from recyclelora.data.classes import IGNORE_INDEX, NUM_CLASSES
 from recyclelora.data.dataset import load_pair
-from recyclelora.data.manifest import Sample, read_manifest
+from recyclelora.data.manifest import Sample, read_classes, read_manifest
 from recyclelora.data.pixel_limits import DEFAULT_MAX_PIXELS, check_max_pixels
 from recyclelora.data.prepare import default_workers
 from recyclelora.errors import InvalidInputError
@@ -32,8 +33,9 @@ from recyclelora.io import atomic_write_text, default_cache_dir, sha256_bytes, s
 
 PathLike = str | os.PathLike[str]
 
-#: Bump when the check finds more: earlier passes are then checked again (2: modes, orientation, size limit).
-CHECK_VERSION = 2
+#: Bump when the check finds more: earlier passes are then checked again (2: modes, orientation, size limit;
+#: 3: ids against the manifest's own class set).
+CHECK_VERSION = 3
 #: Bad samples a summary lists; the rest are counted.
 MAX_LISTED = 20
 
@@ -83,21 +85,23 @@ def default_check_cache() -> Path:
     return default_cache_dir() / "data-check"
 
 
-def check_sample(sample: Sample, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+def check_sample(
+    sample: Sample, max_pixels: int = DEFAULT_MAX_PIXELS, num_classes: int = NUM_CLASSES
+) -> str | None:
     """What is wrong with ``sample`` (None: nothing): a file that cannot be read (see
     :func:`~recyclelora.data.dataset.load_pair`), image and label sizes that differ, or label ids outside
-    ``0..NUM_CLASSES-1`` and the ignore index."""
+    ``0..num_classes-1`` and the ignore index."""
     try:
         _, label = load_pair(sample, max_pixels)
     except InvalidInputError as error:
         return str(error)
     counts = np.bincount(label.ravel(), minlength=256)
-    invalid = [int(v) for v in np.flatnonzero(counts) if v >= NUM_CLASSES and v != IGNORE_INDEX]
+    invalid = [int(v) for v in np.flatnonzero(counts) if v >= num_classes and v != IGNORE_INDEX]
     if not invalid:
         return None
     return (
         f"label {sample.label} holds ids {invalid} ({int(counts[invalid].sum())} pixels) outside "
-        f"0..{NUM_CLASSES - 1} and the ignore index {IGNORE_INDEX}: prepare the dataset again"
+        f"0..{num_classes - 1} and the ignore index {IGNORE_INDEX}: prepare the dataset again"
     )
 
 
@@ -116,6 +120,7 @@ def check_manifest(
     path = Path(path)
     digest = sha256_file(path) if path.is_file() else ""  # hashed first: the bytes then checked
     samples = read_manifest(path)  # explains a missing or invalid manifest
+    num_classes = len(read_classes(path))
     columns = (
         TextColumn("check {task.description}"),
         BarColumn(),
@@ -129,7 +134,7 @@ def check_manifest(
     ):
         task = bar.add_task(path.name, total=len(samples))
         for row, (sample, problem) in enumerate(
-            zip(samples, pool.map(functools.partial(check_sample, max_pixels=max_pixels), samples))
+            zip(samples, pool.map(functools.partial(check_sample, max_pixels=max_pixels, num_classes=num_classes), samples))
         ):
             bar.advance(task)
             if problem is not None:

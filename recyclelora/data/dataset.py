@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from recyclelora.data.classes import ClassSet
 from recyclelora.data.images import ImageFileError, read_pair
-from recyclelora.data.manifest import Sample, read_manifest
+from recyclelora.data.manifest import Sample, common_classes, read_manifest
 from recyclelora.data.pixel_limits import DEFAULT_MAX_PIXELS, check_max_pixels
 from recyclelora.data.subset import check_subset
 from recyclelora.data.transforms import SegmentationTransform
@@ -96,7 +97,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     in manifest order; manifests not named are kept whole. Images and labels above ``max_pixels`` are refused
     when read (:func:`load_pair`). :attr:`kept` lists the kept samples in dataset order (manifests in the
     order given) with their manifest and row, to be recorded with a run (:func:`write_kept_samples`). Call
-    :meth:`set_epoch` before each epoch to vary the augmentation reproducibly.
+    :meth:`set_epoch` before each epoch to vary the augmentation reproducibly. With ``classes`` (a model's),
+    labels come as ids of that set: a manifest of another class set has its ids mapped by class name
+    (:meth:`~recyclelora.data.classes.ClassSet.onto`), one naming a class outside it is refused.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         subset: Mapping[str, int] | None = None,
         seed: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        classes: ClassSet | None = None,
     ) -> None:
         paths = [manifest_paths] if isinstance(manifest_paths, (str, os.PathLike)) else list(manifest_paths)
         if not paths:
@@ -117,6 +121,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         subset = {} if subset is None else subset
         check_subset(paths, subset, "subset")
         self.manifests: tuple[Path, ...] = tuple(Path(path) for path in paths)
+        self.classes = common_classes(self.manifests, f"datasets {[p.stem for p in self.manifests]}")
+        self.label_lut = None if classes is None else self.classes.onto(classes)
         kept: list[KeptSample] = []
         for path in self.manifests:
             samples = read_manifest(path)
@@ -151,6 +157,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} is out of range for a dataset of {len(self.kept)} samples")
         sample = self.kept[index].sample
         image, label = load_pair(sample, self.max_pixels)
+        if self.label_lut is not None:
+            label = self.label_lut[label]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image_out, label_out = self.transform(image, label, rng)
         return {"image": image_out, "label": label_out, "name": sample.image.stem, "dataset": sample.dataset}

@@ -1,4 +1,5 @@
-"""Raw label value -> Cityscapes trainId (0..18, 255 ignore), one lookup table per dataset.
+"""Raw label value -> class id (Cityscapes trainIds 0..18 for the public datasets, 255 ignore), one lookup
+table per dataset.
 
 Each map is a 256-entry ``uint8`` table ``lut`` with ``trainId = lut[value]`` plus the set of values the
 dataset defines (``known``). A value outside ``known`` is bad data and its frame is reported and skipped,
@@ -18,6 +19,7 @@ Known values per dataset:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -34,16 +36,20 @@ TABLE_SIZE = 256
 
 @dataclass(frozen=True, eq=False)
 class LabelMap:
-    """Lookup table ``lut`` (value -> trainId) and mask ``known`` (values the dataset defines), both (256,).
+    """Lookup table ``lut`` (value -> class id) and mask ``known`` (values the dataset defines), both (256,).
 
     ``unknown_to_ignore``: a value outside ``known`` is written as 255 (and counted) instead of making its
-    frame bad data.
+    frame bad data. ``num_classes``: size of the class set the ids index (Cityscapes' 19 unless a custom
+    dataset says otherwise). ``source``: what else decides the values the table sees (a colour mask's colour
+    list: values are positions in it), part of :meth:`digest`.
     """
 
     name: str
     lut: np.ndarray
     known: np.ndarray
     unknown_to_ignore: bool = False
+    num_classes: int = NUM_CLASSES
+    source: str = ""
 
     def __post_init__(self) -> None:
         if self.lut.shape != (TABLE_SIZE,) or self.lut.dtype != np.uint8:
@@ -56,17 +62,23 @@ class LabelMap:
                 f"LabelMap {self.name!r}: known must be a ({TABLE_SIZE},) bool array, got "
                 f"{self.known.shape} {self.known.dtype}"
             )
-        bad = np.setdiff1d(self.lut, [*range(NUM_CLASSES), IGNORE_INDEX])
+        bad = np.setdiff1d(self.lut, [*range(self.num_classes), IGNORE_INDEX])
         if bad.size:
             raise InvalidInputError(
-                f"LabelMap {self.name!r}: lut holds {bad.tolist()}, which are not trainIds "
-                f"0..{NUM_CLASSES - 1} or {IGNORE_INDEX}"
+                f"LabelMap {self.name!r}: lut holds {bad.tolist()}, which are not class ids "
+                f"0..{self.num_classes - 1} or {IGNORE_INDEX}"
             )
         if self.unknown_to_ignore and (self.lut[~self.known] != IGNORE_INDEX).any():
             raise InvalidInputError(
                 f"LabelMap {self.name!r}: unknown_to_ignore needs lut = {IGNORE_INDEX} at every value "
                 "outside known"
             )
+
+    def digest(self) -> str:
+        """SHA-256 of what the map writes: the table, the defined values, the unknown rule, the class count and
+        the source of the values."""
+        flags = f"{self.unknown_to_ignore}|{self.num_classes}|{self.source}".encode()
+        return hashlib.sha256(self.lut.tobytes() + self.known.tobytes() + flags).hexdigest()
 
     def unknown_counts(self, values: np.ndarray) -> dict[int, int]:
         """Pixel count of each distinct value of the integer array ``values`` that the dataset does not
@@ -96,15 +108,21 @@ class LabelMap:
 
 
 def build_label_map(
-    name: str, mapping: Mapping[int, int], known: Iterable[int], *, unknown_to_ignore: bool = False
+    name: str,
+    mapping: Mapping[int, int],
+    known: Iterable[int],
+    *,
+    unknown_to_ignore: bool = False,
+    num_classes: int = NUM_CLASSES,
+    source: str = "",
 ) -> LabelMap:
-    """A :class:`LabelMap` from ``{value: trainId}`` (unlisted values -> 255) and the defined values."""
+    """A :class:`LabelMap` from ``{value: class id}`` (unlisted values -> 255) and the defined values."""
     lut = np.full(TABLE_SIZE, IGNORE_INDEX, dtype=np.uint8)
     for value, train_id in mapping.items():
         lut[value] = train_id
     mask = np.zeros(TABLE_SIZE, dtype=bool)
     mask[list(known)] = True
-    return LabelMap(name, lut, mask, unknown_to_ignore)
+    return LabelMap(name, lut, mask, unknown_to_ignore, num_classes, source)
 
 
 #: Cityscapes label id -> trainId (the official table of ``cityscapesscripts.helpers.labels``).

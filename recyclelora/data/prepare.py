@@ -39,10 +39,19 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from recyclelora.data.classes import NUM_CLASSES
+from recyclelora.data.classes import CITYSCAPES_CLASSES
+from recyclelora.data.custom import UnknownColourError, custom_label_map, custom_raw_dataset
+from recyclelora.data.custom_config import CustomDatasetConfig, check_custom_name
 from recyclelora.data.images import exif_transpose_of, open_image, orient, rgb_pixels
 from recyclelora.data.labelmaps import LabelMap, load_label_map
-from recyclelora.data.manifest import Sample, manifest_path, read_manifest, write_manifest
+from recyclelora.data.manifest import (
+    LABEL_MAP_KEY,
+    Sample,
+    manifest_path,
+    read_manifest,
+    read_metadata,
+    write_manifest,
+)
 from recyclelora.data.raw import RAW_DATASETS, RawDataset
 from recyclelora.data.report import BadDataLog, BadFile, IgnoredValues, Problem
 from recyclelora.errors import InvalidInputError
@@ -69,7 +78,8 @@ def default_workers() -> int:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """What to prepare: ``dataset`` from ``raw`` into ``out``, one ``split`` or all (None)."""
+    """What to prepare: ``dataset`` from ``raw`` into ``out``, one ``split`` or all (None); ``custom`` describes
+    a dataset of your own named ``dataset`` (:mod:`recyclelora.data.custom`)."""
 
     dataset: str
     raw: Path
@@ -79,12 +89,18 @@ class PrepareConfig:
     strict: bool = False
     halve_mapillary_val: bool = True
     mapillary_val_format: str = "jpeg"
+    custom: CustomDatasetConfig | None = None
 
     def __post_init__(self) -> None:
         validate_fields(self)
-        if self.dataset not in RAW_DATASETS:
-            raise InvalidInputError(f"dataset={self.dataset!r} is unknown: choose one of {list(RAW_DATASETS)}")
-        splits = RAW_DATASETS[self.dataset].splits
+        if self.custom is not None:
+            check_custom_name(self.dataset)
+        elif self.dataset not in RAW_DATASETS:
+            raise InvalidInputError(
+                f"dataset={self.dataset!r} is unknown: choose one of {list(RAW_DATASETS)}, or describe your own "
+                "(--custom)"
+            )
+        splits = self.spec.splits
         if self.split is not None and self.split not in splits:
             raise InvalidInputError(
                 f"split={self.split!r} does not exist for {self.dataset}: choose one of {list(splits)}"
@@ -97,8 +113,13 @@ class PrepareConfig:
         if not Path(self.raw).is_dir():
             raise FileNotFoundError(
                 f"raw={self.raw} is not a folder: point it at the unpacked {self.dataset} download, laid out as\n"
-                f"{RAW_DATASETS[self.dataset].layout()}\nGet it from {RAW_DATASETS[self.dataset].source}."
+                f"{self.spec.layout()}\nGet it from {self.spec.source}."
             )
+
+    @property
+    def spec(self) -> RawDataset:
+        """How the dataset lies on disk."""
+        return custom_raw_dataset(self.custom, self.dataset) if self.custom else RAW_DATASETS[self.dataset]
 
 
 @dataclass(frozen=True)
@@ -160,23 +181,26 @@ def prepare_dataset(
     strict: bool = False,
     halve_mapillary_val: bool = True,
     mapillary_val_format: str = "jpeg",
+    custom: CustomDatasetConfig | None = None,
 ) -> PrepareResult:
     """Prepare ``name`` from ``raw`` into ``out`` and write ``<out>/<name>_report.json``.
 
     ``halve_mapillary_val`` stores Mapillary's validation pairs halved, the image as ``mapillary_val_format``
-    (``jpeg``: as published, ``png``: lossless). Raises ``FileNotFoundError`` for a wrong layout,
+    (``jpeg``: as published, ``png``: lossless). ``custom`` describes a dataset of your own (its files, classes
+    and label map; ``raw`` is its root). Raises ``FileNotFoundError`` for a wrong layout,
     :class:`~recyclelora.data.report.BadDataError` on the first bad file when ``strict``, and ``ValueError``
     when a split ends up with no usable pair.
     """
     config = PrepareConfig(
-        name, Path(raw), Path(out), split, workers, strict, halve_mapillary_val, mapillary_val_format
+        name, Path(raw), Path(out), split, workers, strict, halve_mapillary_val, mapillary_val_format, custom
     )
-    spec = RAW_DATASETS[name]
+    spec = config.spec
     raw, out = config.raw.resolve(), config.out.resolve()
     splits = [config.split] if config.split else list(spec.splits)
     for s in splits:
         spec.check_layout(raw, s)
-    label_map = load_label_map(name, raw)
+    label_map = custom_label_map(custom, name) if custom else load_label_map(name, raw)
+    classes = custom.class_set() if custom else CITYSCAPES_CLASSES
     bad = BadDataLog(name, strict=config.strict)
     results = []
     with Progress(
@@ -201,7 +225,7 @@ def prepare_dataset(
                         ignored += 1
             path = manifest_path(out, name, s)
             if rows:
-                write_manifest(path, rows)
+                write_manifest(path, rows, classes, {LABEL_MAP_KEY: label_map.digest()})
             else:  # an earlier manifest of this split would describe data that is no longer usable
                 path.unlink(missing_ok=True)
             skipped = sum(r.split == s for r in bad.records)
@@ -225,19 +249,20 @@ def _jobs(
     """Pair images with labels by key; an unpaired file goes to ``bad``. With ``halved_format`` (a key of
     :data:`MAPILLARY_VAL_FORMATS`) the pairs are halved and their images written below ``out``."""
     raw_split = spec.splits[split]
-    images = spec.images.collect(raw, raw_split)
-    labels = spec.labels.collect(raw, raw_split)
+    image_files, label_files = spec.files(split)
+    images = image_files.collect(raw, raw_split)
+    labels = label_files.collect(raw, raw_split)
     if not images and not labels:
         raise FileNotFoundError(
-            f"{spec.name}/{split}: no files match <raw>/{spec.images.describe(raw_split)} or "
-            f"<raw>/{spec.labels.describe(raw_split)} in {raw}. Get the dataset from {spec.source}."
+            f"{spec.name}/{split}: no files match <raw>/{image_files.describe(raw_split)} or "
+            f"<raw>/{label_files.describe(raw_split)} in {raw}. Get the dataset from {spec.source}."
         )
-    unpaired = (("image", images, labels, spec.labels), ("label", labels, images, spec.images))
+    unpaired = (("image", images, labels, label_files), ("label", labels, images, image_files))
     for kind, files, partners, partner_set in unpaired:
         for key in sorted(files.keys() - partners.keys()):
             detail = f"{kind} without partner: no <raw>/{partner_set.describe(raw_split)} with key {key!r}"
             bad.add(BadFile(spec.name, split, str(files[key]), Problem.MISSING_PARTNER, detail))
-    previous = _previous_samples(manifest_path(out, spec.name, split))
+    previous = _previous_samples(manifest_path(out, spec.name, split), label_map)
     jobs = []
     for key in sorted(images.keys() & labels.keys()):
         label_entry = f"labels/{spec.name}/{split}/{key}.png"
@@ -265,9 +290,12 @@ def _jobs(
     return jobs
 
 
-def _previous_samples(path: Path) -> dict[Path, Sample]:
-    """Rows of an earlier manifest by absolute label path; none when it is missing or unreadable."""
+def _previous_samples(path: Path, label_map: LabelMap) -> dict[Path, Sample]:
+    """Rows of an earlier manifest by absolute label path; none when it is missing or unreadable, or when its
+    labels were written through another label map (an edited custom map: every label is written again)."""
     try:
+        if read_metadata(path).get(LABEL_MAP_KEY) != label_map.digest():
+            return {}
         return {sample.label: sample for sample in read_manifest(path)}
     except (FileNotFoundError, ValueError):
         return {}
@@ -318,6 +346,8 @@ def _convert(job: _Job) -> BadFile | _Converted:
         return bad(job.image, Problem.UNREADABLE, f"image: {type(error).__name__}: {error}")
     try:
         values = job.read_label(job.label)
+    except UnknownColourError as error:
+        return bad(job.label, Problem.UNKNOWN_VALUE, f"{error} of {job.dataset}")
     except _DECODE_ERRORS as error:
         return bad(job.label, Problem.UNREADABLE, f"label: {type(error).__name__}: {error}")
     if values.shape != image.shape[:2]:
@@ -350,7 +380,7 @@ def _convert(job: _Job) -> BadFile | _Converted:
     row.update(
         height=height,
         width=width,
-        class_pixels=np.bincount(train_ids.ravel(), minlength=256)[:NUM_CLASSES].tolist(),
+        class_pixels=np.bincount(train_ids.ravel(), minlength=256)[: job.label_map.num_classes].tolist(),
         label_sha256=sha256_bytes(buffer.getvalue()),
     )
     return _Converted(row, False, _ignored_record(job, unknown))

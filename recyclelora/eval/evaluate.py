@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from recyclelora.data.classes import CLASS_NAMES, IGNORE_INDEX, colorize
+from recyclelora.data.classes import CITYSCAPES_CLASSES, IGNORE_INDEX, ClassSet
 from recyclelora.data.transform_config import IMAGENET_MEAN, IMAGENET_STD
 from recyclelora.errors import InvalidInputError
 from recyclelora.eval.metrics import ConfusionMatrix, SegMetrics, class_counts
@@ -86,9 +86,11 @@ def denormalize(
     return pixels.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def overlay(image: np.ndarray, pred: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """Blend the class colours of ``pred`` over an (H, W, 3) uint8 image: ``(1 - a) image + a colour``."""
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colorize(pred).astype(np.float32)
+def overlay(
+    image: np.ndarray, pred: np.ndarray, alpha: float = OVERLAY_ALPHA, classes: ClassSet = CITYSCAPES_CLASSES
+) -> np.ndarray:
+    """Blend the colours of ``classes`` at ``pred`` over an (H, W, 3) uint8 image: ``(1 - a) image + a colour``."""
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * classes.colorize(pred).astype(np.float32)
     return blended.round().astype(np.uint8)
 
 
@@ -98,8 +100,9 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 class PredictionWriter:
-    """Writes ``root/<dataset>/<name>.png`` (8-bit trainIds) and, with ``overlays``, the class colours blended
-    over the de-normalised image at ``root/<dataset>_overlay/<name>.png``; refuses unsafe or repeated names."""
+    """Writes ``root/<dataset>/<name>.png`` (8-bit class ids) and, with ``overlays``, the colours of ``classes``
+    blended over the de-normalised image at ``root/<dataset>_overlay/<name>.png``; refuses unsafe or repeated
+    names."""
 
     def __init__(
         self,
@@ -107,10 +110,12 @@ class PredictionWriter:
         overlays: bool = False,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        classes: ClassSet = CITYSCAPES_CLASSES,
     ) -> None:
         self.root = Path(root)
         self.overlays = overlays
         self.mean, self.std = mean, std
+        self.classes = classes
         self._written: set[tuple[str, str]] = set()
 
     def write(self, dataset: str, name: str, pred: torch.Tensor, image: torch.Tensor) -> None:
@@ -122,7 +127,7 @@ class PredictionWriter:
         pred_np = pred.to("cpu", torch.uint8).numpy()
         _save_png(pred_np, self.root / folder / f"{relative}.png")
         if self.overlays:
-            blended = overlay(denormalize(image, self.mean, self.std), pred_np)
+            blended = overlay(denormalize(image, self.mean, self.std), pred_np, classes=self.classes)
             _save_png(blended, self.root / f"{folder}_overlay" / f"{relative}.png")
 
 
@@ -131,7 +136,7 @@ def evaluate(
     datasets: Mapping[str, Iterable[Mapping]],
     *,
     sliding: SlidingWindowConfig | None = PROTOCOL_SLIDING,
-    class_names: Sequence[str] = CLASS_NAMES,
+    classes: ClassSet = CITYSCAPES_CLASSES,
     ignore_index: int = IGNORE_INDEX,
     device: torch.device | str = "cpu",
     save_predictions: str | os.PathLike[str] | None = None,
@@ -140,7 +145,8 @@ def evaluate(
     std: Sequence[float] = IMAGENET_STD,
     progress: bool = True,
 ) -> EvalResult:
-    """Evaluate ``predict`` on every dataset; ``sliding=None`` runs whole-image inference.
+    """Evaluate ``predict`` on every dataset, whose labels are ids of ``classes`` (those ``predict`` scores);
+    ``sliding=None`` runs whole-image inference.
 
     Images, scores and confusion matrices live on ``device`` (give the model's device to avoid copies).
     With ``save_predictions``, each image's argmax is saved by a :class:`PredictionWriter` (``overlays``,
@@ -150,8 +156,8 @@ def evaluate(
         raise InvalidInputError("no dataset to evaluate: pass at least one {name: samples} entry")
     if overlays and save_predictions is None:
         raise InvalidInputError("overlays=True needs save_predictions: give a folder to write them to")
-    writer = None if save_predictions is None else PredictionWriter(save_predictions, overlays, mean, std)
-    num_classes = len(class_names)
+    writer = None if save_predictions is None else PredictionWriter(save_predictions, overlays, mean, std, classes)
+    num_classes = len(classes)
     metrics: dict[str, SegMetrics] = {}
     counts: dict[str, int] = {}
     image_names: dict[str, tuple[str, ...]] = {}
@@ -185,7 +191,7 @@ def evaluate(
                 bar.advance(task)
             if not names:
                 raise InvalidInputError(f"dataset {dataset!r} yielded no samples: check its manifest and split")
-            metrics[dataset] = matrix.compute(class_names)
+            metrics[dataset] = matrix.compute(classes.names)
             counts[dataset] = len(names)
             image_names[dataset] = tuple(names)
             image_counts[dataset] = torch.stack(per_image).cpu().numpy()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from recyclelora.data.classes import NUM_CLASSES
+from recyclelora.data.classes import CITYSCAPES_CLASSES, ClassSet
 from recyclelora.data.images import open_image, read_image
 from recyclelora.data.pixel_limits import DEFAULT_MAX_PIXELS, check_max_pixels
 from recyclelora.data.transform_config import IMAGENET_MEAN, IMAGENET_STD, ResizeConfig
@@ -43,12 +43,15 @@ class InferenceConfig(ResizeConfig):
 
 class InferencePredictor:
     """``predict`` wrapped into the test pipeline of :class:`InferenceConfig`; returns float32 scores
-    ``(B, num_classes, H, W)`` at the input size, so pass it to ``evaluate(..., sliding=None)``."""
+    ``(B, num_classes, H, W)`` at the input size, so pass it to ``evaluate(..., sliding=None)``. ``classes``
+    are ``predict``'s own (a :class:`~recyclelora.eval.predictors.TorchPredictor`'s or ``OnnxPredictor``'s), or
+    Cityscapes' for a bare function."""
 
-    def __init__(self, predict: Predict, config: InferenceConfig, num_classes: int = NUM_CLASSES) -> None:
+    def __init__(self, predict: Predict, config: InferenceConfig) -> None:
         self.predict = predict
         self.config = config
-        self.num_classes = num_classes
+        self.classes: ClassSet = getattr(predict, "classes", CITYSCAPES_CLASSES)
+        self.num_classes = len(self.classes)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
@@ -117,9 +120,11 @@ def predict_images(
     std: Sequence[float] = IMAGENET_STD,
     progress: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    classes: ClassSet = CITYSCAPES_CLASSES,
 ) -> list[Path]:
     """Write the argmax of ``predict`` for each image as ``out/pred/<stem>.png`` (8-bit trainIds at the
-    image's size) and, with ``overlays``, the class colours over the image at ``out/pred_overlay/<stem>.png``.
+    image's size) and, with ``overlays``, the colours of ``classes`` over the image at
+    ``out/pred_overlay/<stem>.png``.
 
     ``predict`` sees one normalised ``(1, 3, H, W)`` image at its original size (e.g. a
     :class:`InferencePredictor`). Each image is read upright and as a viewer shows it, and refused above
@@ -141,7 +146,7 @@ def predict_images(
         stems[path.stem] = path
         with open_image(path, max_pixels):
             pass
-    writer = PredictionWriter(out, overlays, mean, std)
+    writer = PredictionWriter(out, overlays, mean, std, classes)
     written = []
     columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress) as bar:

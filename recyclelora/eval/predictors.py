@@ -12,10 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from recyclelora.data.classes import ClassSet, classes_of_count
 from recyclelora.errors import InvalidInputError, require_extra
 
 ONNX_INPUT = "images"
 ONNX_OUTPUT = "logits"
+#: ONNX metadata entry holding the model's class set (:meth:`~recyclelora.data.classes.ClassSet.to_json`).
+ONNX_CLASSES = "recyclelora.classes"
 #: onnxruntime comes with the ``onnx`` extra; it is imported when an ONNX model is run, not before.
 NEEDS_ORT = "Running an ONNX model (onnxruntime)"
 
@@ -24,7 +27,8 @@ class TorchPredictor:
     """Runs a PyTorch model in eval mode under ``torch.inference_mode``, optionally with autocast.
 
     ``device=None`` keeps the model where its parameters are; ``amp_dtype`` (e.g. ``torch.bfloat16`` on CUDA)
-    enables autocast for the forward pass; scores are returned in float32.
+    enables autocast for the forward pass; scores are returned in float32. ``classes``: those the model
+    predicts, as its checkpoint records them.
     """
 
     def __init__(
@@ -38,6 +42,11 @@ class TorchPredictor:
         self.device = torch.device(device)
         self.amp_dtype = amp_dtype
         self.model = model.to(self.device).eval()
+
+    @property
+    def classes(self) -> ClassSet:
+        info = getattr(self.model, "checkpoint_info", None)
+        return info.classes if info is not None else classes_of_count(self.model.num_classes)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with (
@@ -57,7 +66,8 @@ def default_providers() -> list[str]:
 
 
 class OnnxPredictor:
-    """Runs an exported model (input ``images``, output ``logits``) with an onnxruntime session."""
+    """Runs an exported model (input ``images``, output ``logits``) with an onnxruntime session; ``classes``:
+    those it predicts, from its metadata."""
 
     def __init__(self, path: str | os.PathLike[str], providers: list[str] | None = None) -> None:
         path = Path(path)
@@ -75,6 +85,11 @@ class OnnxPredictor:
                 f"{ONNX_OUTPUT!r}: export it with recyclelora.export.export_onnx"
             )
         self.input_shape = self.session.get_inputs()[inputs.index(ONNX_INPUT)].shape
+        recorded = self.session.get_modelmeta().custom_metadata_map.get(ONNX_CLASSES)
+        count = self.session.get_outputs()[outputs.index(ONNX_OUTPUT)].shape[1]
+        self.classes: ClassSet = (
+            ClassSet.from_json(recorded) if recorded else classes_of_count(count if isinstance(count, int) else 0)
+        )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         for axis, (want, got) in enumerate(zip(self.input_shape, images.shape)):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from recyclelora.errors import UserError, require_extra
-from recyclelora.eval.predictors import ONNX_INPUT, ONNX_OUTPUT, OnnxPredictor, TorchPredictor
+from recyclelora.eval.predictors import ONNX_CLASSES, ONNX_INPUT, ONNX_OUTPUT, OnnxPredictor, TorchPredictor
 from recyclelora.io import atomic_path
 
 #: Protobuf cannot serialise a model above 2 GiB: larger weights go to ``<file>.data`` beside the model.
@@ -47,7 +47,8 @@ def export_onnx(
     opset: int = 18,
     dynamic_batch: bool = True,
 ) -> Path:
-    """Export ``model`` (in eval mode) to ``path`` with input ``images`` and output ``logits``.
+    """Export ``model`` (in eval mode) to ``path`` with input ``images`` and output ``logits``; the class set
+    of a model loaded from a checkpoint goes into the file's metadata (``recyclelora.classes``).
 
     The spatial size is fixed to ``example``'s; the batch dimension is dynamic unless ``dynamic_batch=False``.
     The file is checked with ``onnx.checker`` (path form, so models over 2 GiB work) before it replaces
@@ -82,6 +83,9 @@ def export_onnx(
             "torch.export fixed the batch dimension to a constant: the model's forward depends on the batch "
             "size; make it batch-agnostic or export with dynamic_batch=False"
         )
+    info = getattr(model, "checkpoint_info", None)
+    if info is not None:
+        program.model.metadata_props[ONNX_CLASSES] = info.classes.to_json()
     initializers = graph.initializers.values()
     weight_bytes = sum(v.const_value.nbytes for v in initializers if v.const_value is not None)
     external = f"{path.name}.data" if weight_bytes > _PROTOBUF_LIMIT else None

@@ -21,6 +21,7 @@ import xxhash
 from safetensors import SafetensorError, safe_open
 
 from recyclelora.adapters import Factors
+from recyclelora.data.classes import ClassSet, classes_of_count
 from recyclelora.errors import InvalidInputError
 from recyclelora.io import save_safetensors
 from recyclelora.models.build import build_segmentor
@@ -33,6 +34,7 @@ VERSION = 1
 _INIT = "init."
 _FIELDS = ("a_main", "b_main", "a_sub", "b_sub")
 DIGEST_KEY = "tensors_xxh3_128"
+CLASSES_KEY = "classes"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,14 @@ class CheckpointInfo:
     merged: bool
     backbone_sha256: str
     metadata: dict[str, str]
+
+    @property
+    def classes(self) -> ClassSet:
+        """The classes the model predicts, as recorded at training; a file without the record (written before
+        class sets) has the 19 Cityscapes classes, or numbered ones when its head has another count."""
+        if CLASSES_KEY in self.metadata:
+            return ClassSet.from_json(self.metadata[CLASSES_KEY])
+        return classes_of_count(self.config.head.num_classes or 0)
 
 
 def _saved_keys(model: Segmentor, everything: bool) -> list[str]:
@@ -87,13 +97,17 @@ def save_segmentor(
     backbone_sha256: str,
     init_factors: dict[str, Factors] | None = None,
     merged: bool = False,
+    classes: ClassSet | None = None,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write the checkpoint atomically; ``metadata`` adds string entries (e.g. step, source hash).
+    """Write the checkpoint atomically; ``classes`` records the class set the head predicts (its count must be
+    the head's); ``metadata`` adds string entries (e.g. step, source hash).
 
     The header records ``model.trainable_parameters()`` as ``trainable_parameters`` (JSON), unless
     ``metadata`` gives it (a merged model has no trainable adapters left to count).
     """
+    if classes is not None and len(classes) != config.head.num_classes:
+        raise ValueError(f"{len(classes)} classes given for a head of {config.head.num_classes}")
     state = model.state_dict()
     everything = merged or config.backbone.weights == "none"  # a random backbone cannot be rebuilt: keep it
     tensors = {k: state[k].detach().to("cpu").contiguous() for k in _saved_keys(model, everything)}
@@ -107,6 +121,7 @@ def save_segmentor(
         "merged": json.dumps(merged),
         "backbone_sha256": backbone_sha256,
         "trainable_parameters": json.dumps(model.trainable_parameters()),
+        **({} if classes is None else {CLASSES_KEY: classes.to_json()}),
         **(metadata or {}),
         DIGEST_KEY: tensor_digest(tensors),
     }

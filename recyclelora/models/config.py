@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from recyclelora.adapters.config import AdapterConfig
+from recyclelora.data.classes import ClassSet
+from recyclelora.errors import InvalidInputError
 from recyclelora.models.backbone_config import BackboneConfig
 from recyclelora.models.heads.config import HeadConfig
 from recyclelora.validation import validate_fields
@@ -48,6 +50,17 @@ class ModelConfig:
             "tuning": self.tuning,
             "adapter": self.adapter.to_dict(),
         }
+
+    def for_classes(self, classes: ClassSet) -> ModelConfig:
+        """This config with ``head.num_classes`` set to the size of ``classes`` (a null count follows the data);
+        a count given and different is refused."""
+        count = self.head.num_classes
+        if count is not None and count != len(classes):
+            raise InvalidInputError(
+                f"model.head.num_classes is {count} but the training data has {len(classes)} classes "
+                f"{list(classes.names)}: set it to {len(classes)}, or to null to follow the data"
+            )
+        return replace(self, head=replace(self.head, num_classes=len(classes)))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:

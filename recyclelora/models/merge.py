@@ -77,6 +77,7 @@ def merge_checkpoint(
             info.config,
             backbone_sha256=info.backbone_sha256,
             merged=True,
+            classes=info.classes,
             metadata={"source_sha256": source_sha256, "trainable_parameters": trained},
         )
         merged = Segmentor.from_checkpoint(tmp)

@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from recyclelora.data.dataset import SegmentationDataset, write_kept_samples
+from recyclelora.data.manifest import common_classes
 from recyclelora.data.transforms import EvalTransform, TrainTransform
 from recyclelora.errors import InvalidInputError, UserError
 from recyclelora.eval.evaluate import evaluate
@@ -267,6 +268,8 @@ class _Trainer:
         info: distributed.DistInfo,
         cache_dir: str | Path | None,
     ) -> None:
+        self.classes = common_classes((*data.train, *data.val), "data.train and data.val")
+        model_config = model_config.for_classes(self.classes)
         self.model_config, self.config, self.data = model_config, config, data
         self.out_dir, self.info = out_dir, info
         torch.manual_seed(config.seed)
@@ -398,7 +401,13 @@ class _Trainer:
         self.model.eval()
         sets = {Path(m).stem: SegmentationDataset(m, EvalTransform(self.data.val_transform)) for m in self.data.val}
         with self.autocast:
-            result = evaluate(TorchPredictor(self.model, self.info.device), sets, sliding=None, progress=False)
+            result = evaluate(
+                TorchPredictor(self.model, self.info.device),
+                sets,
+                sliding=None,
+                classes=self.classes,
+                progress=False,
+            )
         self.model.train()
         return {f"val_mIoU/{name}": m.miou for name, m in result.metrics.items()} | {"val_mIoU": result.mean_miou}
 
@@ -410,7 +419,8 @@ class _Trainer:
             with atomic_dir(folder) as partial:
                 built = self.built
                 save_segmentor(partial / MODEL_FILE, self.model, self.model_config, init_factors=built.init_factors,
-                               backbone_sha256=built.backbone_sha256, metadata={"step": str(step)})  # fmt: skip
+                               backbone_sha256=built.backbone_sha256, classes=self.classes,
+                               metadata={"step": str(step)})  # fmt: skip
                 extra = {"history": json.dumps(self.history), "settings": json.dumps(self.settings)}
                 save_trainer_state(partial, step=step, optimizer=self.optimizer, extra=extra)
             atomic_write_text(folder.parent / "latest", folder.name)

@@ -199,7 +199,7 @@ def test_clear_errors(work, tmp_path) -> None:
     beta = ("--data", work / "beta_val.parquet")
     assert_user_error(invoke("eval", "--model", tmp_path / "missing.safetensors", *beta), "does not exist")
     five = save_tiny_checkpoint(tmp_path / "five.safetensors", num_classes=5)
-    assert_user_error(invoke("eval", "--model", five, *beta, *WINDOW), "5 class scores", "num_classes=19")
+    assert_user_error(invoke("eval", "--model", five, *beta, *WINDOW), "are not among the model's 5 training classes")
     empty = write_manifest(tmp_path / "empty_val.parquet", [])
     assert_user_error(invoke("eval", "--model", model, "--data", empty), "has no samples")
     assert_user_error(invoke("eval", "--model", model, "--data", tmp_path / "nope.parquet"), "does not exist")

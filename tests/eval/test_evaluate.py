@@ -12,12 +12,13 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from recyclelora.data.classes import PALETTE
+from recyclelora.data.classes import PALETTE, ClassSet
 from recyclelora.eval.evaluate import evaluate
 from recyclelora.eval.reports import metrics_table, write_reports
 from recyclelora.eval.sliding import SlidingWindowConfig
 
 NAMES = ("x", "y", "z")
+CLASSES = ClassSet.of(NAMES, PALETTE[:3].tolist())
 IDENTITY = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 
 
@@ -50,7 +51,7 @@ B_IOU = [0.0, 3 / 4, math.nan]
 
 @pytest.mark.parametrize("sliding", [None, SlidingWindowConfig(crop=(2, 2), stride=(1, 1), batch_size=3)])
 def test_metrics_on_known_predictions(sliding) -> None:
-    result = evaluate(one_hot_predict, known_sets(), sliding=sliding, class_names=NAMES, progress=False)
+    result = evaluate(one_hot_predict, known_sets(), sliding=sliding, classes=CLASSES, progress=False)
     a, b = result.metrics["A"], result.metrics["B"]
     np.testing.assert_allclose(a.iou, A_IOU)
     np.testing.assert_allclose(b.iou, B_IOU)
@@ -65,7 +66,7 @@ def test_saved_predictions_and_overlays(tmp_path) -> None:
     evaluate(
         one_hot_predict,
         sets,
-        class_names=NAMES,
+        classes=CLASSES,
         save_predictions=tmp_path,
         overlays=True,
         progress=True,
@@ -99,7 +100,7 @@ def test_an_image_scored_at_a_test_size_is_compared_at_the_label_size(tmp_path) 
     # a 2 x 2 image predicting x | y, a 2 x 4 label x x | y y: scores upsampled to 2 x 4 agree everywhere
     small = sample([[0, 1], [0, 1]], [[0, 0, 1, 1], [0, 0, 1, 1]], "s", "S")
     result = evaluate(
-        one_hot_predict, {"S": [small]}, sliding=None, class_names=NAMES, save_predictions=tmp_path,
+        one_hot_predict, {"S": [small]}, sliding=None, classes=CLASSES, save_predictions=tmp_path,
         overlays=True, progress=False, **IDENTITY,
     )  # fmt: skip
     assert result.metrics["S"].aacc == 1.0 and result.metrics["S"].confusion.sum() == 8
@@ -110,40 +111,40 @@ def test_an_image_scored_at_a_test_size_is_compared_at_the_label_size(tmp_path) 
 
 def test_unsized_iterables_are_accepted() -> None:
     sets = {name: (s for s in samples) for name, samples in known_sets().items()}
-    result = evaluate(one_hot_predict, sets, sliding=None, class_names=NAMES, progress=True)
+    result = evaluate(one_hot_predict, sets, sliding=None, classes=CLASSES, progress=True)
     np.testing.assert_allclose(result.metrics["A"].iou, A_IOU)
 
 
 def test_errors() -> None:
     sets = known_sets()
     with pytest.raises(ValueError, match="'B' yielded no samples"):
-        evaluate(one_hot_predict, {"A": sets["A"], "B": []}, class_names=NAMES, progress=False)
+        evaluate(one_hot_predict, {"A": sets["A"], "B": []}, classes=CLASSES, progress=False)
     with pytest.raises(ValueError, match="no dataset"):
-        evaluate(one_hot_predict, {}, class_names=NAMES, progress=False)
+        evaluate(one_hot_predict, {}, classes=CLASSES, progress=False)
     with pytest.raises(ValueError, match="3 class scores per pixel but num_classes=19"):
         evaluate(one_hot_predict, sets, progress=False)
     with pytest.raises(ValueError, match=r"label must be an \(H, W\) map"):
         bad = dict(sets["B"][0], label=torch.zeros(1, 2, 2, dtype=torch.long))
-        evaluate(one_hot_predict, {"B": [bad]}, class_names=NAMES, progress=False)
+        evaluate(one_hot_predict, {"B": [bad]}, classes=CLASSES, progress=False)
     with pytest.raises(ValueError, match="needs save_predictions"):
-        evaluate(one_hot_predict, sets, class_names=NAMES, overlays=True, progress=False)
+        evaluate(one_hot_predict, sets, classes=CLASSES, overlays=True, progress=False)
 
 
 @pytest.mark.parametrize("name", ["../escape", "/abs", ""])
 def test_unsafe_names_are_refused(tmp_path, name) -> None:
     s = dict(known_sets()["B"][0], name=name)
     with pytest.raises(ValueError, match="relative path"):
-        evaluate(one_hot_predict, {"B": [s]}, class_names=NAMES, save_predictions=tmp_path, progress=False)
+        evaluate(one_hot_predict, {"B": [s]}, classes=CLASSES, save_predictions=tmp_path, progress=False)
 
 
 def test_duplicate_names_are_refused(tmp_path) -> None:
     s = known_sets()["B"][0]
     with pytest.raises(ValueError, match="two samples are named 'b1'"):
-        evaluate(one_hot_predict, {"B": [s, s]}, class_names=NAMES, save_predictions=tmp_path, progress=False)
+        evaluate(one_hot_predict, {"B": [s, s]}, classes=CLASSES, save_predictions=tmp_path, progress=False)
 
 
 def test_reports_are_written_and_parseable(tmp_path) -> None:
-    result = evaluate(one_hot_predict, known_sets(), class_names=NAMES, progress=False)
+    result = evaluate(one_hot_predict, known_sets(), classes=CLASSES, progress=False)
     paths = write_reports(result, tmp_path)
 
     metrics = json.loads(paths["metrics"].read_text())
@@ -172,7 +173,7 @@ def test_reports_are_written_and_parseable(tmp_path) -> None:
 
 
 def test_rich_table_lists_classes_and_datasets() -> None:
-    result = evaluate(one_hot_predict, known_sets(), class_names=NAMES, progress=False)
+    result = evaluate(one_hot_predict, known_sets(), classes=CLASSES, progress=False)
     console = Console(file=io.StringIO(), width=120)
     console.print(metrics_table(result))
     text = console.file.getvalue()

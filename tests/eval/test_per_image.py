@@ -13,7 +13,7 @@ from recyclelora.data.transforms import EvalTransform
 from recyclelora.eval.evaluate import evaluate
 from recyclelora.eval.reports import IMAGE_TABLE_SCHEMA, write_reports
 from recyclelora.eval.sliding import SlidingWindowConfig
-from tests.eval.test_evaluate import NAMES, known_sets, one_hot_predict
+from tests.eval.test_evaluate import CLASSES, known_sets, one_hot_predict
 
 
 def random_sets(seed: int = 0) -> dict[str, list[dict]]:
@@ -37,7 +37,7 @@ def mixing_predict(images: torch.Tensor) -> torch.Tensor:
 
 
 def test_per_image_counts_by_hand() -> None:
-    result = evaluate(one_hot_predict, known_sets(), class_names=NAMES, progress=False)
+    result = evaluate(one_hot_predict, known_sets(), classes=CLASSES, progress=False)
     assert result.image_names == {"A": ("img1", "city/img2"), "B": ("b1",)}
     assert result.image_counts["A"].dtype == np.int64
     # img1: x TP 1 FN 1 (an x predicted as y), y TP 2 FP 1, z TP 1, one pixel ignored; img2: 6 x right
@@ -48,15 +48,15 @@ def test_per_image_counts_by_hand() -> None:
 
 @pytest.mark.parametrize("sliding", [None, SlidingWindowConfig(crop=(4, 4), stride=(3, 3), batch_size=2)])
 def test_per_image_counts_sum_to_the_dataset_counts(sliding) -> None:
-    result = evaluate(mixing_predict, random_sets(), sliding=sliding, class_names=NAMES, progress=False)
+    result = evaluate(mixing_predict, random_sets(), sliding=sliding, classes=CLASSES, progress=False)
     for dataset, m in result.metrics.items():
         counts = result.image_counts[dataset]
-        assert counts.shape == (result.num_images[dataset], len(NAMES), 3)
+        assert counts.shape == (result.num_images[dataset], len(CLASSES), 3)
         np.testing.assert_array_equal(counts.sum(0), np.stack([m.tp, m.fp, m.fn], axis=-1))
 
 
 def test_per_image_table_matches_the_class_table(tmp_path: Path) -> None:
-    result = evaluate(mixing_predict, random_sets(), class_names=NAMES, progress=False)
+    result = evaluate(mixing_predict, random_sets(), classes=CLASSES, progress=False)
     paths = write_reports(result, tmp_path)
     assert paths["per_image"] == tmp_path / "per_image.parquet"
     table = pq.read_table(paths["per_image"])
@@ -78,7 +78,7 @@ def test_per_image_table_matches_the_class_table(tmp_path: Path) -> None:
 def test_per_image_rows_are_stable_across_runs(tmp_path: Path) -> None:
     tables = []
     for run in ("first", "second"):
-        result = evaluate(mixing_predict, random_sets(), class_names=NAMES, progress=False)
+        result = evaluate(mixing_predict, random_sets(), classes=CLASSES, progress=False)
         tables.append(pq.read_table(write_reports(result, tmp_path / run)["per_image"]))
     assert tables[0].equals(tables[1])
     assert (tmp_path / "first/metrics.json").read_bytes() == (tmp_path / "second/metrics.json").read_bytes()

@@ -101,19 +101,23 @@ class RawDataset:
     labels: FileSet
     read_label: Callable[[Path], np.ndarray] = read_index_png
 
+    def files(self, split: str) -> tuple[FileSet, FileSet]:
+        """The image and label files of ``split`` (ours), as ``(images, labels)``."""
+        return self.images, self.labels
+
     def layout(self) -> str:
         """The expected layout, one line per split and kind, for messages."""
         return "\n".join(
             f"  <raw>/{files.describe(raw_split)}"
-            for raw_split in self.splits.values()
-            for files in (self.images, self.labels)
+            for split, raw_split in self.splits.items()
+            for files in self.files(split)
         )
 
     def check_layout(self, raw: Path, split: str) -> None:
         """Raise ``FileNotFoundError`` naming the missing folder, the expected layout and the source."""
         if split not in self.splits:
             raise InvalidInputError(f"{self.name} has no split {split!r}: choose one of {list(self.splits)}")
-        for files in (self.images, self.labels):
+        for files in self.files(split):
             root = files.root(raw, self.splits[split])
             if not root.is_dir():
                 raise FileNotFoundError(

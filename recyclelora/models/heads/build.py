@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from recyclelora.errors import require_extra
+from recyclelora.errors import InvalidInputError, require_extra
 from recyclelora.models.heads.base import SegHead
 from recyclelora.models.heads.config import HeadConfig
 from recyclelora.models.heads.registry import HEADS
@@ -32,6 +32,11 @@ FACTORIES: dict[str, HeadFactory] = {"light": _light, "mask2former": _mask2forme
 def build_head(config: HeadConfig, in_channels: Sequence[int]) -> SegHead:
     """Build the head of :data:`HEADS` that ``config.kind`` names over features of ``in_channels`` channels
     (finest first); a missing optional dependency raises a one-line error naming the extra to install."""
+    if config.num_classes is None:
+        raise InvalidInputError(
+            "model.head.num_classes is null (the training data's class count): give it a number, or build the "
+            "model by training, which takes it from the data"
+        )
     head = HEADS[config.kind]
     if head.extra is not None:
         require_extra(*head.extra, f"The {head.label} head (model.head.kind: {head.name})")

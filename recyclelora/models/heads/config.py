@@ -25,9 +25,13 @@ class HeadConfig:
             "choices": tuple(HEADS),
         },
     )
-    num_classes: int = field(
+    num_classes: int | None = field(
         default=NUM_CLASSES,
-        metadata={"help": "semantic classes, the ignore label not counted (Cityscapes: 19)", "ge": 1},
+        metadata={
+            "help": "semantic classes, the ignore label not counted; null = the training data's class set "
+            "(Cityscapes: 19)",
+            "ge": 1,
+        },
     )
     channels: int | None = field(
         default=None,
