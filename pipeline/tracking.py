@@ -782,10 +782,26 @@ def _fit(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - len(_TRUNCATED)] + _TRUNCATED
 
 
+#: What MLflow accepts in a param name; a mapping with another key (a label map's '#rrggbb') is one value.
+_PARAM_NAME = re.compile(r"[\w\-. :/]+")
+
+
+def _nameable(tree: Mapping[str, object]) -> dict[str, object]:
+    """``tree`` with every mapping whose keys MLflow cannot name kept whole, as its JSON text."""
+    return {
+        key: value
+        if not isinstance(value, Mapping)
+        else _nameable(value)
+        if all(_PARAM_NAME.fullmatch(str(k)) for k in value)
+        else json.dumps(value, default=str)
+        for key, value in tree.items()
+    }
+
+
 def flatten_params(params: Mapping[str, object]) -> dict[str, str]:
-    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": "0.0001"}`` (empty sections left out); values cut to
-    MLflow's 6000 characters."""
-    flat = flatten(params, keep_empty=False)
+    """``{"train": {"lr": 1e-4}}`` -> ``{"train.lr": "0.0001"}`` (empty sections left out, a mapping with keys
+    MLflow refuses kept as one JSON value); values cut to MLflow's 6000 characters."""
+    flat = flatten(_nameable(params), keep_empty=False)
     for name in flat:
         if len(name) > MAX_ENTITY_KEY_LENGTH:
             raise InvalidInputError(

@@ -161,8 +161,8 @@ def test_dvc_repro_trains_on_my_folder_and_scores_my_other_folders(tmp_path: Pat
     scores = json.loads((repo / "metrics" / "eval.json").read_text())
     assert set(scores) >= {"farm_b_val", "farm_c_val"}
     table = pq.read_table(repo / "reports" / "eval" / "per_class.parquet").to_pylist()
-    assert {row["class"] for row in table} == set(CLASSES)
+    assert {row["class_name"] for row in table} == set(CLASSES)
     # C's own ids (sky 0, crop 1, soil 2) were scored as the model's (sky 4, crop 1, soil 0), by name
-    labelled = {row["class"]: row["tp"] + row["fn"] for row in table if row["dataset"] == "farm_c_val"}
+    labelled = {row["class_name"]: row["tp"] + row["fn"] for row in table if row["dataset"] == "farm_c_val"}
     assert labelled["weed"] == labelled["water"] == 0
     assert min(labelled["sky"], labelled["crop"], labelled["soil"]) > 0
