@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.params import DatasetsConfig, PipelineParams
 from pipeline.stages._common import log_numbers, open_stage, write_json
 from pipeline.tracking import log_small_artifacts
-from recyclelora.data.classes import CITYSCAPES_CLASSES, ClassSet
+from recyclelora.data.classes import CITYSCAPES_CLASSES, ClassSet, same_classes
 from recyclelora.data.download import download_dataset
 from recyclelora.data.manifest import manifest_path, read_manifest
 from recyclelora.data.prepare import prepare_dataset
@@ -79,14 +79,8 @@ def check_manifests(params: PipelineParams, out: Path) -> None:
                     f"params.{key} names {path}, which the data stage does not produce: choose from "
                     f"{[(out / name).as_posix() for name in produced]} or add the dataset to params.datasets"
                 )
-    trained = {Path(path).name: produced[Path(path).name] for path in (*params.run.data.train, *params.run.data.val)}
-    (first, classes), *others = trained.items()
-    for name, other in others:
-        if other.names != classes.names:
-            raise InvalidInputError(
-                f"params.data.train and data.val mix class sets: {first} has {list(classes.names)}, {name} has "
-                f"{list(other.names)}: train and validate on datasets of one class list"
-            )
+    trained = {Path(p).name: produced[Path(p).name] for p in (*params.run.data.train, *params.run.data.val)}
+    classes = same_classes(trained, "params.data.train and data.val")
     for target in params.run.eval.targets:
         try:
             produced[Path(target).name].onto(classes)

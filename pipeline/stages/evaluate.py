@@ -60,11 +60,12 @@ def evaluate_targets(
 ) -> EvalResult:
     """Evaluate ``checkpoint`` on each target of ``config`` (:func:`target_sets`, :func:`sliding_config`)."""
     predictor = TorchPredictor(Segmentor.from_checkpoint(checkpoint), resolve_device(device))
+    classes = predictor.classes
     return evaluate(
         predictor,
-        target_sets(config, transform, predictor.classes),
+        target_sets(config, transform, classes),
         sliding=sliding_config(config),
-        classes=predictor.classes,
+        classes=classes,
         device=predictor.device,
         progress=progress,
     )

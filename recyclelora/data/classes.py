@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import colorsys
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,6 +128,16 @@ def classes_of_count(count: int) -> ClassSet:
     return ClassSet.of([f"class {index}" for index in range(count)])
 
 
-def colorize(label: np.ndarray, classes: ClassSet = CITYSCAPES_CLASSES) -> np.ndarray:
-    """Map an (H, W) class-id array to an (H, W, 3) RGB image in ``classes``' colours; others are black."""
-    return classes.colorize(label)
+def same_classes(sets: Mapping[str, ClassSet], what: str) -> ClassSet:
+    """The one class set of ``sets`` (``{dataset: its set}``, e.g. a run's training and validation data, named
+    ``what`` in the message); raises when two of them differ."""
+    if not sets:
+        raise InvalidInputError(f"{what}: no dataset given")
+    (first, classes), *others = sets.items()
+    for name, other in others:
+        if other.names != classes.names:
+            raise InvalidInputError(
+                f"{what} mix class sets: {first} has {list(classes.names)}, {name} has {list(other.names)}: "
+                "give datasets labelled with one class list (a custom dataset's label_map can map onto it)"
+            )
+    return classes

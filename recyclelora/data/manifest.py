@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recyclelora.data.classes import CITYSCAPES_CLASSES, CLASS_NAMES, ClassSet
+from recyclelora.data.classes import CITYSCAPES_CLASSES, CLASS_NAMES, ClassSet, same_classes
 from recyclelora.errors import InvalidInputError, first_sentence
 from recyclelora.io import atomic_path
 
@@ -164,17 +164,7 @@ def read_classes(path: str | os.PathLike[str]) -> ClassSet:
 def common_classes(paths: Sequence[str | os.PathLike[str]], what: str) -> ClassSet:
     """The one class set of the manifests ``paths`` (e.g. a run's training and validation data, named ``what``
     in the message); raises when two of them differ."""
-    sets = {Path(p): read_classes(p) for p in paths}
-    if not sets:
-        raise InvalidInputError(f"{what}: no manifest given")
-    (first, classes), *others = sets.items()
-    for path, other in others:
-        if other.names != classes.names:
-            raise InvalidInputError(
-                f"{what} mix class sets: {first} has {list(classes.names)}, {path} has {list(other.names)}: "
-                "give datasets labelled with one class list (a custom dataset's label_map can map onto it)"
-            )
-    return classes
+    return same_classes({str(p): read_classes(p) for p in paths}, what)
 
 
 def _resolve(base: Path, value: str) -> Path:
