@@ -70,7 +70,10 @@ def prepare(
         spec = None if custom is None else build_config(CustomDatasetConfig, read_yaml(custom), str(custom))
         folder = raw if raw is not None else (None if spec is None else Path(spec.root))
         if folder is None:
-            raise InvalidInputError(f"give --raw: the folder of the unpacked {dataset} download")
+            raise InvalidInputError(
+                f"give --raw (the folder of the unpacked {dataset} download) or --custom (a YAML file describing "
+                "your own dataset, docs/custom-data.md)"
+            )
         return prepare_dataset(
             dataset,
             folder,

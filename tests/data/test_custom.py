@@ -8,11 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
+from typer.testing import CliRunner
 
+from recyclelora.cli.main import app
 from recyclelora.config import ParamsError, build_config
 from recyclelora.data.classes import ClassSet
-from recyclelora.data.custom import CustomDatasetConfig
+from recyclelora.data.custom_config import CustomDatasetConfig
 from recyclelora.data.manifest import (
     common_classes,
     manifest_path,
@@ -237,3 +240,28 @@ def test_common_classes_refuses_mixed_class_sets(tmp_path: Path) -> None:
     assert common_classes([a, b], "training data").names == tuple(CLASSES)
     with pytest.raises(InvalidInputError, match=r"training data mix class sets: .*\['soil', 'crop'\]"):
         common_classes([a, c], "training data")
+
+
+def test_cli_prepare_custom(tmp_path: Path) -> None:
+    """``data prepare NAME --custom FILE`` prepares the folder the file describes; without --raw or --custom,
+    or with a label map onto an unknown class, it says so in one line and exits 1."""
+    root = tmp_path / "raw"
+    image(root / "images" / "a.png")
+    write(root / "labels" / "a.png", raw_mask())
+    spec = tmp_path / "fields.yaml"
+    spec.write_text(yaml.safe_dump({"root": str(root), "images": "images/*.png", "labels": "labels/*.png",
+                                    "classes": CLASSES, "label_map": dict(LABEL_MAP)}))  # fmt: skip
+    out = tmp_path / "out"
+    runner = CliRunner()
+    ok = runner.invoke(app, ["data", "prepare", "fields", "--custom", str(spec), "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert read_classes(out / "fields_train.parquet").names == tuple(CLASSES)
+    for args, message in (
+        (["data", "prepare", "fields", "--out", str(out)], "give --raw"),
+        (["data", "prepare", "fields", "--custom", str(tmp_path / "bad.yaml"), "--out", str(out)], "tree"),
+    ):
+        (tmp_path / "bad.yaml").write_text(spec.read_text().replace("crop", "tree", 1))
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
