@@ -2,8 +2,10 @@
 
 - training: optimiser steps per second and peak memory of the preset's step (batch of ``train.batch_size`` crops,
   AdamW with the recipe's parameter groups) in fp32, TF32 and bf16 autocast;
-- the share of a step's device time spent in the deformable attention's sampling (``grid_sample`` forward and
-  backward, from ``torch.profiler``), the head's largest part on CPU;
+- the share of a step's device time spent in the deformable attention's sampling (forward and backward, from
+  ``torch.profiler``: ``grid_sample`` on a GPU, the gather formulation on a CPU), the head's largest part on CPU;
+- that sampling alone at the paper's pixel-decoder shape, transformers' ``grid_sample`` and our gather
+  formulation side by side (forward + backward calls per second), which decides whether a GPU should gather too;
 - evaluation: sliding windows per second over a Cityscapes-sized 1024 x 2048 image (the preset's window and
   stride), fp32 and bf16;
 - ONNX: the model exported at one window and its parity with torch on onnxruntime's CUDA provider (where the
@@ -31,13 +33,16 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.table import Table
+from transformers.models.mask2former.modeling_mask2former import multi_scale_deformable_attention
 
+from benchmarks.bench_deformable import max_relative, sampling_call, sampling_inputs
 from pipeline.presets import apply_preset
 from recyclelora.config import RunConfig, read_params, run_config
 from recyclelora.eval.predictors import OnnxPredictor, TorchPredictor
 from recyclelora.eval.sliding import SlidingWindowConfig, slide_inference, window_grid
 from recyclelora.export.onnx import export_onnx, verify_onnx
 from recyclelora.models.build import build_segmentor
+from recyclelora.models.heads.deformable import PROFILE_LABEL, deformable_sampling
 from recyclelora.models.segmentor import Segmentor
 from recyclelora.train.optim import build_optimizer
 
@@ -56,6 +61,7 @@ TINY = {
     "eval": {"crop": 64, "stride": 43},
 }  # fmt: skip
 TINY_EVAL_IMAGE = (128, 256)
+#: transformers' sampling ops (self time); the gather formulation is counted by its profiler label (total time).
 SAMPLING_OPS = ("aten::grid_sampler_2d", "aten::grid_sampler_2d_backward")
 
 
@@ -141,7 +147,8 @@ def measure_training(config: RunConfig, device: torch.device, steps: int) -> lis
 
 
 def sampling_share(config: RunConfig, device: torch.device) -> dict[str, Any]:
-    """Share of one fp32 step's self device time (CPU time on a CPU) in ``grid_sample`` forward and backward."""
+    """Share of one fp32 step's self device time (CPU time on a CPU) in the deformable sampling, forward and
+    backward."""
     torch.manual_seed(0)
     model = build_segmentor(config.model).model.to(device).train()
     step = _training_step(model, config, device, bf16=False)
@@ -153,10 +160,30 @@ def sampling_share(config: RunConfig, device: torch.device) -> dict[str, Any]:
         step()
         _synchronize(device)
     attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    times = {event.key: getattr(event, attribute) for event in profile.key_averages()}
-    share = sum(times.get(op, 0.0) for op in SAMPLING_OPS) / max(sum(times.values()), 1e-9)
-    return {"what": "deformable sampling (grid_sample fwd + bwd), share of a step", "per_second": None,
+    events = {event.key: event for event in profile.key_averages()}
+    total = sum(getattr(event, attribute) for event in events.values())
+    sampling = sum(getattr(events[op], attribute) for op in SAMPLING_OPS if op in events)
+    if PROFILE_LABEL in events:
+        sampling += events[PROFILE_LABEL].cpu_time_total
+    share = sampling / max(total, 1e-9)
+    return {"what": "deformable sampling (fwd + bwd), share of a step", "per_second": None,
             "unit": f"{share:.1%}", "share": share}  # fmt: skip
+
+
+def compare_sampling(device: torch.device, batch: int, calls: int) -> list[dict[str, Any]]:
+    """Forward + backward calls per second of transformers' ``grid_sample`` sampling and of the gather formulation
+    at the paper's pixel-decoder shape, with the gather's largest difference relative to the largest magnitude."""
+    inputs = sampling_inputs(batch, device)
+    rows, reference = [], None
+    for name, sampler in (("grid_sample", multi_scale_deformable_attention), ("gather", deformable_sampling)):
+        call = sampling_call(sampler, inputs, backward=True)
+        results = call()
+        reference = reference or results
+        difference = max_relative(results, reference)
+        rows.append({"what": f"deformable sampling fwd + bwd, batch {batch}, {name}",
+                     "per_second": 1 / _seconds_per_call(call, device, calls, 1), "unit": "calls/s",
+                     "max_rel_diff": difference})  # fmt: skip
+    return rows
 
 
 def measure_sliding(config: RunConfig, device: torch.device, image_size: tuple[int, int], calls: int) -> list[dict]:
@@ -200,8 +227,9 @@ def render(rows: list[dict[str, Any]], title: str) -> Table:
     for row in rows:
         rate = f"{row['per_second']:.3g} {row['unit']}" if row.get("per_second") else row["unit"]
         memory = f"{row['peak_memory_gib']:.1f} GiB" if row.get("peak_memory_gib") is not None else ""
-        parity = (f"rel {row['max_rel_diff']:.2e}, argmax {row['argmax_agreement']:.4%}"
-                  if "max_rel_diff" in row else "")  # fmt: skip
+        parity = f"rel {row['max_rel_diff']:.2e}" if "max_rel_diff" in row else ""
+        if "argmax_agreement" in row:
+            parity += f", argmax {row['argmax_agreement']:.4%}"
         table.add_row(row["what"], rate, memory, parity)
     return table
 
@@ -219,6 +247,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     began = time.perf_counter()
     rows = measure_training(config, device, args.steps)
     rows.append(sampling_share(config, device))
+    rows += compare_sampling(device, batch=1 if args.tiny else config.train.batch_size, calls=2 if args.tiny else 10)
     rows += measure_sliding(config, device, image, calls=2)
     with tempfile.TemporaryDirectory() as folder:
         rows.append(onnx_parity(config, device, Path(folder)))

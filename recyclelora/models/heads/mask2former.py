@@ -2,8 +2,9 @@
 
 Only the glue lives here: the mapping of ``HeadConfig`` onto ``Mask2FormerConfig``, the conversion of semantic
 label maps into per-class binary masks, the weighting of transformers' Hungarian-matched loss and the
-semantic inference rule of the Mask2Former paper. The pixel decoder (multi-scale deformable attention, which
-has a pure-PyTorch path), the masked-attention decoder, the matcher and the loss are transformers'.
+semantic inference rule of the Mask2Former paper. The pixel decoder (multi-scale deformable attention, sampled
+on a CPU by our gather formulation, :mod:`~recyclelora.models.heads.deformable`), the masked-attention decoder,
+the matcher and the loss are transformers'.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 from recyclelora.data.classes import IGNORE_INDEX
 from recyclelora.models.heads.base import SegHead
 from recyclelora.models.heads.config import HeadConfig
+from recyclelora.models.heads.deformable import use_gather_sampling
 from recyclelora.models.heads.mask2former_init import init_as_mmdet
 
 #: Pyramid levels the pixel decoder needs: three for deformable attention (strides 8-32) and the stride-4 map.
@@ -120,12 +122,14 @@ class _Mask2FormerModules(Mask2FormerPreTrainedModel):
 
     A ``Mask2FormerPreTrainedModel`` only so that its ``_init_weights`` (grid init of the deformable sampling
     offsets, Xavier decoder, normal level embeddings) applies; ``apply`` visits children before parents, the
-    order that init relies on.
+    order that init relies on. The pixel decoder's deformable attentions are swapped for
+    :class:`~recyclelora.models.heads.deformable.DeformableAttention` before that init (same parameter names).
     """
 
     def __init__(self, config: Mask2FormerConfig, feature_channels: Sequence[int], init: str) -> None:
         super().__init__(config)
         self.pixel_decoder = Mask2FormerPixelDecoder(config, feature_channels=list(feature_channels))
+        use_gather_sampling(self.pixel_decoder)
         self.transformer_module = Mask2FormerTransformerModule(in_features=config.feature_size, config=config)
         self.class_predictor = nn.Linear(config.hidden_dim, config.num_labels + 1)
         self.apply(self._init_weights)
