@@ -29,7 +29,7 @@ from pipeline.params import (
     TrackConfig,
     load_pipeline_params,
 )
-from recyclelora.config import RunConfig, read_yaml
+from recyclelora.config import RunConfig, build_config, read_yaml
 from recyclelora.io import atomic_path
 from recyclelora.validation import union_options
 
@@ -59,11 +59,15 @@ def section_configs() -> dict[str, type]:
 def render_params(values: Mapping[str, Any]) -> str:
     """The whole text of params.yaml holding ``values`` (as :func:`~recyclelora.config.read_yaml` parses it):
     :data:`HEADER`, then each section under its heading, keys in their dataclass's field order, each commented
-    with its help. Raises ValueError for a section or key no config declares (values are validated first)."""
+    with its help. Each section is built by :func:`~recyclelora.config.build_config` first, so an unknown key or a
+    refused value raises its :class:`~recyclelora.config.ParamsError`; an unknown section raises ValueError."""
     configs = section_configs()
     unknown = sorted(set(values) - set(configs))
     if unknown:
         raise ValueError(f"unknown section(s) {unknown}: the sections are {list(configs)}")
+    for name, config in configs.items():
+        if isinstance(values.get(name), Mapping):
+            build_config(config, values[name], name)  # unknown keys refused, as when params.yaml is read
     lines = HEADER.splitlines()
     for name, config in configs.items():
         if name not in values:
@@ -102,11 +106,6 @@ def write_params(path: str | Path) -> bool:
 
 def _fields(config: type, values: Mapping[str, Any], depth: int, where: str) -> list[str]:
     fields = {item.name: item for item in dataclasses.fields(config)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {[f'{where}.{key}' for key in unknown]}: the keys are {list(fields)}"
-        )
     hints = typing.get_type_hints(config)
     lines = []
     for name, item in fields.items():

@@ -93,12 +93,12 @@ def test_comments_sit_at_their_column_and_wrap_within_the_width() -> None:
 def test_a_list_too_long_for_one_line_is_written_in_block_style() -> None:
     short = ["data/prepared/a_val.parquet", "data/prepared/b_val.parquet"]
     long = [f"data/prepared/target{i}_val.parquet" for i in range(4)]
-    text = render_params({"eval": {"targets": short, "crop": 8}})
+    text = render_params({"eval": {"targets": short, "crop": 512}})
     assert "  targets: [data/prepared/a_val.parquet, data/prepared/b_val.parquet]  # manifests" in text
-    text = render_params({"eval": {"targets": long, "crop": 8}})
+    text = render_params({"eval": {"targets": long, "crop": 512}})
     assert _block(text, "targets")[0].startswith("  targets:  ")
     assert "\n    - data/prepared/target3_val.parquet\n" in text
-    assert _load(text)["eval"] == {"targets": long, "crop": 8}
+    assert _load(text)["eval"] == {"targets": long, "crop": 512}
 
 
 def test_a_null_dataclass_field_is_written_null_and_a_set_one_as_its_keys() -> None:
