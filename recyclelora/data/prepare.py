@@ -18,8 +18,9 @@ JPEG settings (quality 75, 4:2:0 chroma) as published, or losslessly to ``<key>.
 Images and labels are read by :mod:`recyclelora.data.images` (16-bit and other modes, size limit). A label is
 written on its raw image's stored pixel grid, which readers turn upright with the image by its EXIF
 orientation; a halved image is written upright, and so is its label.
-A rerun reuses a pair when its label PNG still has the checksum the previous manifest recorded and is newer
-than both raw files (so an edited raw file is converted again).
+A rerun reuses a pair when its label PNG still has the checksum the previous manifest recorded and is strictly
+newer than both raw files (so an edited raw file is converted again, also one rewritten within the file system's
+timestamp tick of the label, which leaves the two times equal).
 """
 
 from __future__ import annotations
@@ -323,7 +324,7 @@ def _convert(job: _Job) -> BadFile | _Converted:
         and previous.image == (job.image_out or job.image)
         and previous.image.is_file()
         and job.label_out.is_file()
-        and job.label_out.stat().st_mtime_ns >= max(p.stat().st_mtime_ns for p in (job.image, job.label))
+        and job.label_out.stat().st_mtime_ns > max(p.stat().st_mtime_ns for p in (job.image, job.label))
     ):
         written = job.label_out.read_bytes()
         if sha256_bytes(written) == previous.label_sha256:

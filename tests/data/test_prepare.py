@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,22 @@ def test_rerun_reuses_intact_outputs_and_redoes_tampered_ones(gta5: RawFixture, 
     assert (third.converted, third.reused) == (2, 1)
     assert read_manifest(manifest) == rows
     np.testing.assert_array_equal(np.asarray(Image.open(tampered)), gta5.expected[("train", "00002")])
+
+
+def test_a_raw_label_edited_within_the_labels_timestamp_tick_is_converted_again(
+    gta5: RawFixture, tmp_path: Path
+) -> None:
+    """A raw label rewritten so soon after the prepared one that both carry the same modification time (one
+    tick of a coarse file-system clock) is not taken for the unchanged file."""
+    out = tmp_path / "out"
+    assert prepare_dataset("gta5", gta5.raw, out, workers=1).splits[0].converted == 3
+    written = out / "labels/gta5/train/00002.png"
+    expected = break_gta5(gta5, "size mismatch")
+    tick = written.stat().st_mtime_ns
+    os.utime(gta5.raw / "labels/00002.png", ns=(tick, tick))
+    rerun = prepare_dataset("gta5", gta5.raw, out, workers=1)
+    assert (rerun.splits[0].converted, rerun.splits[0].reused, rerun.splits[0].skipped) == (0, 2, 1)
+    assert [(record.problem.value, record.file) for record in rerun.bad.records] == expected
 
 
 def test_halved_mapillary_rerun_checks_the_written_image(tmp_path: Path) -> None:
