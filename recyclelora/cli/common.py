@@ -22,8 +22,10 @@ from typer.exceptions import TyperException
 from recyclelora.errors import USER_ERRORS
 from recyclelora.signals import Interrupted
 
-console = Console()
-errors = Console(stderr=True)
+# soft wrap: a long line (a path) is never broken by a newline, so it stays whole when copied or read by a script;
+# tables and progress bars still fit the terminal
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 _log_handler = RichHandler(console=errors, show_time=False, show_path=False)
 
 #: Set to 1 (or pass ``recyclelora-cli --debug``) to get the traceback of a user error instead of one line.

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-from recyclelora.cli.common import user_errors
+from recyclelora.cli.common import console, user_errors
 from recyclelora.data.synth_config import SOURCE_DOMAIN, TARGET_DOMAINS, SynthConfig
 
 if TYPE_CHECKING:
@@ -16,7 +15,6 @@ if TYPE_CHECKING:
 
 _DEFAULT = SynthConfig()
 STATS_IMAGES = 20
-_console = Console()
 
 
 def _parse_size(size: str) -> tuple[int, int]:
@@ -63,7 +61,7 @@ def synth(
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=_console,
+            console=console,
             transient=True,
         ) as bar:
             task = bar.add_task("synth", total=None)
@@ -87,8 +85,8 @@ def synth(
             reference = reference or stats
             shift = f"{stats.shift(reference):.1f}"
             table.add_row(domain, split, str(len(samples)), _rgb(stats.mean), _rgb(stats.std), shift)
-    _console.print(table)
-    _console.print(
+    console.print(table)
+    console.print(
         f"statistics over the first {STATS_IMAGES} images of each split; colour shift: mean "
         f"distance of per-class mean colours to {SOURCE_DOMAIN}/train"
     )
