@@ -3,7 +3,9 @@
 Rows: the interpreter alone (``python -c pass``) and a two-command Typer app's ``--help`` (the floor of any
 Typer command line: typer, click, rich and pydantic imported, help rendered), ``recyclelora-cli --help`` and the ``--help`` of
 every command and sub-command, ``python -m pipeline --help`` and every stage's ``--help``, and the bare import of
-each stage module (``python -c "import pipeline.stages.<name>"``: what a stage process pays before it works).
+each stage module (``python -c "import pipeline.stages.<name>"``: what a stage process pays before it works),
+beside the package floors: the bare import of torch, torchvision, timm and MLflow, alone and together (a stage
+that builds a model imports all four: timm imports torchvision, which imports ``torch._dynamo``).
 Target: every ``--help`` under 1 s. Each command runs with its tree's root as working directory and on
 ``PYTHONPATH``, so it imports that tree's code whatever is installed. ``recyclelora-cli`` is run as its console
 script does (``from recyclelora.cli.main import app; app()``).
@@ -46,6 +48,8 @@ def paths(command, prefix=()):
         yield from paths(sub, (*prefix, sub_name))
 print(json.dumps(list(paths(typer.main.get_command(getattr(importlib.import_module(module), name))))))
 """
+#: Third-party imports the stages cannot do without, alone and together (the floor of a model-building stage).
+PACKAGE_FLOORS = ("torch", "torch, torchvision", "torch, torchvision, timm", "mlflow", "torch, torchvision, timm, mlflow")
 TYPER_FLOOR = """
 import typer
 app = typer.Typer()
@@ -86,6 +90,8 @@ def rows(
     for path in stages:
         argv = [python, "-m", "pipeline"] if own_pipeline else [python, "-c", CLI, "stage"]
         table[" ".join(["python -m pipeline", *path, "--help"])] = [*argv, *path, "--help"]
+    for packages in PACKAGE_FLOORS:
+        table[f"package floor: import {packages}"] = [python, "-c", f"import {packages}"]
     for module in modules:
         table[f"import {module}"] = [python, "-c", f"import {module}"]
     return table
