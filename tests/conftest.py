@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,11 @@ from recyclelora.data.synth import SynthConfig, generate_benchmark
 from recyclelora.data.transform_config import TrainTransformConfig
 from recyclelora.train.config import DataConfig
 from tests.helpers import tiny_vit
+
+# The command lines' rich consoles (made on first import, after this) render 200 columns wide, in this process
+# and the ones it starts: a table cell holding a temporary path (longer under pytest-xdist's per-worker folders)
+# is then not folded across the lines an assertion reads.
+os.environ["COLUMNS"] = "200"
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ def slurm_is_up() -> bool:
 #: Every cluster test's marks: the slow lane, and skipped unless a SLURM is up.
 SLURM_TEST = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("slurm"),
     pytest.mark.skipif(not slurm_is_up(), reason='no SLURM up: run `eval "$(.ci/slurm-up.sh)"` (root) first'),
 ]
 
