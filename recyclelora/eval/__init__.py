@@ -1,0 +1,1 @@
+"""Evaluation: sliding-window prediction, mIoU and its reports, bootstrap intervals, adapter analysis."""

@@ -1,0 +1,1 @@
+"""Training: the loop, optimiser and schedules, resumable state, and the (torchrun / SLURM) launch."""
