@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -25,8 +26,21 @@ from recyclelora.errors import InvalidInputError
 def start_workers(jobs: int, env: Mapping[str, str]) -> None:
     """``dvc queue start --jobs N`` with ``env``: it starts those of workers 1..N that are not running, so calling
     it again restarts a worker that died (its file-based message queue can hand a worker a half-written message,
-    treeverse/dvc#10428; seen here with two workers)."""
-    subprocess.run(["dvc", "queue", "start", "--jobs", str(jobs)], check=True, env=dict(env))
+    treeverse/dvc#10428; seen here with two workers).
+
+    Its output goes through a file and is then printed: the daemons it leaves behind would otherwise hold this
+    process's stdout and stderr, and whoever reads them to the end (a pipe, ``| tee``, a test) would wait for the
+    last worker to exit, long after the table is written (a worker can stay idle for hours).
+    """
+    with tempfile.TemporaryFile("w+") as log:
+        try:
+            subprocess.run(
+                ["dvc", "queue", "start", "--jobs", str(jobs)],
+                stdout=log, stderr=subprocess.STDOUT, env=dict(env), check=True,
+            )  # fmt: skip
+        finally:
+            log.seek(0)
+            typer.echo(log.read(), nl=False)
 
 
 def wait_for(

@@ -438,3 +438,33 @@ def test_preset_none_runs_the_committed_params_without_overrides(monkeypatch: py
     assert runner.invoke(cli.app, ["table", "--preset", "presets/table.yaml"]).exit_code == 0
     assert seen == [None, Path("presets/table.yaml")]
     assert compare.budget_overrides(None) == []
+
+
+FAKE_QUEUE_START = """\
+#!/bin/sh
+echo "Started '$4' new experiments task queue workers."
+sleep 120 &
+echo $! > "{pidfile}"
+"""
+
+
+def test_started_workers_do_not_hold_the_output_of_the_run(tmp_path: Path) -> None:
+    """``dvc queue start`` leaves daemons behind; they must not inherit the comparison's stdout or stderr, or a
+    reader of its output (a pipe, a test) waits for the last worker long after the table is written."""
+    bin_dir, pidfile = tmp_path / "bin", tmp_path / "worker.pid"
+    bin_dir.mkdir()
+    (bin_dir / "dvc").write_text(FAKE_QUEUE_START.format(pidfile=pidfile))
+    (bin_dir / "dvc").chmod(0o755)
+    env = os.environ | {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(HERE.parents[1]),
+    }
+    code = "import os; from pipeline.compare.runner import start_workers; start_workers(2, os.environ)"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False
+        )  # a worker holding the pipes would make this wait 120 s
+    finally:
+        os.kill(int(pidfile.read_text()), 9)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "Started '2' new experiments task queue workers.\n"
