@@ -104,24 +104,32 @@ def train_command(params: Path, run_dir: Path, cache_dir: Path) -> list[str]:
 
 def run_to_end(command: list[str]) -> None:
     """Run a training ``command`` in a subprocess (:data:`ENV`) and check that it succeeded."""
-    done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=START_S)
+    done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=START_S, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def assert_same_training(run: Path, reference: Path, iterations: int = ITERATIONS) -> None:
-    """``run`` logged the ``iterations`` losses and saved the tensors of ``reference``, within the resume tests'
-    tolerance."""
+#: A resumed run against the uninterrupted one on the same processes: only a few ULPs of drift.
+RESUME_TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+#: Two processes against their one-process reference (2 micro-batches): the all-reduce also sums in another
+#: order, so the tolerance of test_ddp.py (1e-5 absolute; one AMD EPYC measured up to 4e-6 after 16 steps).
+PROCESSES_TOLERANCE = {"rtol": 0.0, "atol": 1e-5}
+
+
+def assert_same_training(
+    run: Path, reference: Path, iterations: int = ITERATIONS, tolerance: dict[str, float] = RESUME_TOLERANCE
+) -> None:
+    """``run`` logged the ``iterations`` losses and saved the tensors of ``reference``, within ``tolerance``."""
 
     def losses(folder: Path) -> list[float]:
         with open(folder / "train_log.csv") as handle:
             return [float(row["loss"]) for row in csv.DictReader(handle)]
 
-    assert losses(run) == pytest.approx(losses(reference), rel=1e-6, abs=1e-6)
+    assert losses(run) == pytest.approx(losses(reference), rel=1e-6, abs=tolerance["atol"])
     assert len(losses(run)) == iterations
     tensors, expected = load_file(run / "model.safetensors"), load_file(reference / "model.safetensors")
     assert tensors.keys() == expected.keys()
     for key, value in expected.items():
-        torch.testing.assert_close(tensors[key], value, rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(tensors[key], value, **tolerance, msg=key)
 
 
 @pytest.fixture(scope="module")
@@ -253,4 +261,4 @@ def test_under_torchrun_every_process_stops_at_the_same_step_and_rank_0_says_so(
         output = launcher.finish()
     assert launcher.process.returncode == 0, output[-3000:]
     assert json.loads((run_dir / "train_summary.json").read_text())["resumed_from"] == int(match[1])
-    assert_same_training(run_dir, ddp_uninterrupted, iterations=DDP_ITERATIONS)
+    assert_same_training(run_dir, ddp_uninterrupted, iterations=DDP_ITERATIONS, tolerance=PROCESSES_TOLERANCE)
