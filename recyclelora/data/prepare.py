@@ -18,9 +18,10 @@ JPEG settings (quality 75, 4:2:0 chroma) as published, or losslessly to ``<key>.
 Images and labels are read by :mod:`recyclelora.data.images` (16-bit and other modes, size limit). A label is
 written on its raw image's stored pixel grid, which readers turn upright with the image by its EXIF
 orientation; a halved image is written upright, and so is its label.
-A rerun reuses a pair when its label PNG still has the checksum the previous manifest recorded and is strictly
-newer than both raw files (so an edited raw file is converted again, also one rewritten within the file system's
-timestamp tick of the label, which leaves the two times equal).
+Each label PNG also records the SHA-256 of the raw image and raw label it was made from (text chunk
+``recyclelora:sources``). A rerun reuses a pair when its label PNG still has the checksum the previous manifest
+recorded and was made from the same raw bytes: a raw file replaced or edited is converted again, whatever its
+modification time (an older one comes with an unpacked archive, ``cp -p`` or ``rsync -a``).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from recyclelora.data.manifest import (
 from recyclelora.data.raw import RAW_DATASETS, RawDataset
 from recyclelora.data.report import BadDataLog, BadFile, IgnoredValues, Problem
 from recyclelora.errors import InvalidInputError
-from recyclelora.io import atomic_path, atomic_write_bytes, sha256_bytes
+from recyclelora.io import atomic_path, atomic_write_bytes, sha256_bytes, sha256_file
 from recyclelora.validation import validate_fields
 
 _DECODE_ERRORS = (OSError, ValueError)  # ImageFileError is a ValueError; OpenCV raises OSError
@@ -70,6 +71,8 @@ MAPILLARY_VAL_FORMATS: dict[str, tuple[str, dict[str, object], str]] = {
 
 #: Text chunk of a trainId label PNG holding ``{raw value: pixels}`` of the values that were written as 255.
 IGNORED_VALUES_KEY = "recyclelora:ignored_values"
+#: Label PNG text chunk: ``{"image": sha256, "label": sha256}`` of the raw pair the label was made from.
+SOURCES_KEY = "recyclelora:sources"
 
 
 def default_workers() -> int:
@@ -318,26 +321,35 @@ def _run(jobs: list[_Job], workers: int) -> Iterator[BadFile | _Converted]:
 def _convert(job: _Job) -> BadFile | _Converted:
     """Reuse the previous row if its outputs are intact and current, else decode, check, map and write."""
     row = {"dataset": job.dataset, "split": job.split, "image": job.image_entry, "label": job.label_entry}
+
+    def bad(path: Path, problem: Problem, detail: str) -> BadFile:
+        return BadFile(job.dataset, job.split, str(path), problem, detail)
+
+    try:
+        sources = json.dumps({"image": sha256_file(job.image), "label": sha256_file(job.label)})
+    except OSError as error:
+        return bad(Path(error.filename or job.image), Problem.UNREADABLE, f"{type(error).__name__}: {error}")
     previous = job.previous
     if (
         previous is not None
         and previous.image == (job.image_out or job.image)
         and previous.image.is_file()
         and job.label_out.is_file()
-        and job.label_out.stat().st_mtime_ns > max(p.stat().st_mtime_ns for p in (job.image, job.label))
     ):
         written = job.label_out.read_bytes()
-        if sha256_bytes(written) == previous.label_sha256:
+        text = _png_text(written)
+        if sha256_bytes(written) == previous.label_sha256 and text.get(SOURCES_KEY) == sources:
             row.update(
                 height=previous.height,
                 width=previous.width,
                 class_pixels=list(previous.class_pixels),
                 label_sha256=previous.label_sha256,
             )
-            return _Converted(row, True, _ignored_record(job, _read_ignored_values(written)))
-
-    def bad(path: Path, problem: Problem, detail: str) -> BadFile:
-        return BadFile(job.dataset, job.split, str(path), problem, detail)
+            ignored = {
+                int(value): int(count)
+                for value, count in json.loads(text.get(IGNORED_VALUES_KEY, "{}")).items()
+            }
+            return _Converted(row, True, _ignored_record(job, ignored))
 
     try:
         with open_image(job.image) as opened:
@@ -370,9 +382,9 @@ def _convert(job: _Job) -> BadFile | _Converted:
             Image.fromarray(orient(train_ids, transpose)).resize(size, Image.Resampling.NEAREST)
         )
         transpose = None  # the new pair is upright as written
-    info = None
+    info = PngInfo()
+    info.add_text(SOURCES_KEY, sources)
     if unknown:
-        info = PngInfo()
         info.add_text(IGNORED_VALUES_KEY, json.dumps({str(v): n for v, n in unknown.items()}))
     buffer = io.BytesIO()
     Image.fromarray(train_ids).save(buffer, format="PNG", pnginfo=info)
@@ -387,11 +399,13 @@ def _convert(job: _Job) -> BadFile | _Converted:
     return _Converted(row, False, _ignored_record(job, unknown))
 
 
-def _read_ignored_values(png: bytes) -> dict[int, int]:
-    """``{raw value: pixels}`` recorded in a trainId label PNG written by :func:`_convert` (empty if none)."""
-    with Image.open(io.BytesIO(png)) as label:
-        text = label.info.get(IGNORED_VALUES_KEY)
-    return {int(value): int(count) for value, count in json.loads(text).items()} if text else {}
+def _png_text(png: bytes) -> dict[str, str]:
+    """The text chunks of a label PNG written by :func:`_convert` (empty when it does not decode)."""
+    try:
+        with Image.open(io.BytesIO(png)) as label:
+            return {key: value for key, value in label.info.items() if isinstance(value, str)}
+    except _DECODE_ERRORS:
+        return {}
 
 
 def _ignored_record(job: _Job, pixels: dict[int, int]) -> IgnoredValues | None:

@@ -7,9 +7,7 @@ prepared labels can be checked pixel for pixel against an oracle independent of 
 from __future__ import annotations
 
 import json
-import os
 import struct
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,19 +98,6 @@ def synthia_label(path: Path, ids: np.ndarray, seed: int) -> None:
 LabelWriter = Callable[[Path, np.ndarray], None]
 
 
-#: How long before its writing a fixture's raw file is dated. ``prepare`` reuses a converted label only when it is
-#: strictly newer than its raw files, so a prepare run right after the fixture is written reuses its outputs on a
-#: rerun whatever the file system's timestamp tick; a raw file a test edits later is written plainly, newer.
-RAW_AGE_NS = 60 * 10**9
-
-
-def _age(*paths: Path) -> None:
-    """Date freshly written raw files :data:`RAW_AGE_NS` in the past."""
-    past = time.time_ns() - RAW_AGE_NS
-    for path in paths:
-        os.utime(path, ns=(past, past))
-
-
 @dataclass
 class RawFixture:
     """A raw dataset folder and, per (split, key), the trainIds prepare must produce (and the raw label)."""
@@ -135,7 +120,6 @@ class RawFixture:
             start += count
         values = flat.reshape(values.shape)
         write_label(path, values)
-        _age(path)
         self.labels[(split, key)] = (path, values, write_label)
         self.expected[(split, key)] = expected.reshape(values.shape)
 
@@ -155,7 +139,6 @@ class RawFixture:
             raw_values = np.kron(raw_values, np.ones((2, 2), dtype=raw_values.dtype))
         write_rgb(image, seed)
         write_label(label, raw_values)
-        _age(image, label)
         self.labels[(split, key)] = (label, raw_values, write_label)
         expected = np.vectorize(pairs.__getitem__, otypes=[np.uint8])(raw_values)
         self.expected[(split, key)] = expected[::2, ::2] if halve else expected

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from recyclelora.cli.main import app
 from recyclelora.data.dataset import load_pair
 from recyclelora.data.manifest import manifest_path, read_manifest
-from recyclelora.data.prepare import prepare_dataset
+from recyclelora.data.prepare import SOURCES_KEY, prepare_dataset
 from recyclelora.data.raw import RAW_DATASETS
 from recyclelora.data.report import BadDataError
 from recyclelora.io import sha256_file
@@ -183,20 +183,36 @@ def test_rerun_reuses_intact_outputs_and_redoes_tampered_ones(gta5: RawFixture, 
     np.testing.assert_array_equal(np.asarray(Image.open(tampered)), gta5.expected[("train", "00002")])
 
 
-def test_a_raw_label_edited_within_the_labels_timestamp_tick_is_converted_again(
-    gta5: RawFixture, tmp_path: Path
+@pytest.mark.parametrize("replaced", ["label", "image"])
+def test_a_raw_file_replaced_by_an_older_one_is_converted_again(
+    replaced: str, gta5: RawFixture, tmp_path: Path
 ) -> None:
-    """A raw label rewritten so soon after the prepared one that both carry the same modification time (one
-    tick of a coarse file-system clock) is not taken for the unchanged file."""
+    """A raw file swapped for another one dated before the prepared label (an unpacked archive, ``cp -p``,
+    ``rsync -a`` keep old modification times) is not taken for the one the label was made from."""
     out = tmp_path / "out"
     assert prepare_dataset("gta5", gta5.raw, out, workers=1).splits[0].converted == 3
+    raw = gta5.raw / f"{replaced}s/00002.png"
+    if replaced == "label":
+        expected = break_gta5(gta5, "size mismatch")
+    else:
+        Image.fromarray(np.zeros((12, 15, 3), dtype=np.uint8)).save(raw)
+        expected = [("size-mismatch", str(gta5.raw / "labels/00002.png"))]
     written = out / "labels/gta5/train/00002.png"
-    expected = break_gta5(gta5, "size mismatch")
-    tick = written.stat().st_mtime_ns
-    os.utime(gta5.raw / "labels/00002.png", ns=(tick, tick))
+    past = written.stat().st_mtime_ns - 3600 * 10**9
+    os.utime(raw, ns=(past, past))
     rerun = prepare_dataset("gta5", gta5.raw, out, workers=1)
     assert (rerun.splits[0].converted, rerun.splits[0].reused, rerun.splits[0].skipped) == (0, 2, 1)
     assert [(record.problem.value, record.file) for record in rerun.bad.records] == expected
+
+
+def test_a_label_records_the_raw_pair_it_was_made_from(gta5: RawFixture, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    prepare_dataset("gta5", gta5.raw, out, workers=1)
+    sources = json.loads(Image.open(out / "labels/gta5/train/00001.png").info[SOURCES_KEY])
+    assert sources == {
+        "image": sha256_file(gta5.raw / "images/00001.png"),
+        "label": sha256_file(gta5.raw / "labels/00001.png"),
+    }
 
 
 def test_halved_mapillary_rerun_checks_the_written_image(tmp_path: Path) -> None:
